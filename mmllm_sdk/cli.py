@@ -1,0 +1,201 @@
+"""The ``mmllm`` command line: plugins, validate, chat, export."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from mmllm_sdk.errors import MMLLMError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.run(args) or 0
+    except MMLLMError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mmllm",
+        description="Build, inspect, chat with and export multimodal LLMs made of plugins.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    plugins = commands.add_parser("plugins", help="list the loaded plugins and what each registers",
+                                  description="List the loaded plugins (built-in and installed) and the components each registers.")
+    plugins.add_argument("--json", action="store_true", help="print JSON for machines")
+    plugins.set_defaults(run=cmd_plugins)
+
+    validate = commands.add_parser("validate", help="check a model spec without loading weights",
+                                   description="Check a model spec: components, token budget per modality and parameter "
+                                   "counts, from configs only (no weights are read).")
+    validate.add_argument("spec", help="path of a YAML model spec")
+    validate.add_argument("--json", action="store_true", help="print JSON for machines")
+    validate.set_defaults(run=cmd_validate)
+
+    chat = commands.add_parser("chat", help="ask a model a question about some inputs",
+                               description="Load a checkpoint folder (or build a model from a spec) and answer a question. "
+                               "Without a question, read questions from standard input, one per line.")
+    chat.add_argument("model", metavar="CKPT_OR_SPEC", help="a checkpoint folder (with mmllm.json) or a YAML model spec")
+    chat.add_argument("question", nargs="?", help="the question; omit it for an interactive session")
+    chat.add_argument("--input", action="append", default=[], metavar="MODALITY=PATH",
+                      help="attach an input to the first question, e.g. --input image=cat.png (repeatable)")
+    chat.add_argument("--system", help="a system prompt")
+    chat.add_argument("--max-new-tokens", type=int, default=128, help="the most tokens to generate (default 128)")
+    chat.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    chat.add_argument("--temperature", type=float, default=0.7, help="sampling temperature with --sample (default 0.7)")
+    chat.set_defaults(run=cmd_chat)
+
+    export = commands.add_parser("export", help="write a checkpoint in another library's format",
+                                 description="Export a checkpoint. hf-llava writes a folder that "
+                                 "transformers.LlavaForConditionalGeneration.from_pretrained loads (CLIP vision encoder, "
+                                 "linear or mlp projector, Llama-family LLM).")
+    export.add_argument("checkpoint", help="an SDK checkpoint folder")
+    export.add_argument("--format", required=True, choices=["hf-llava"], help="the target format")
+    export.add_argument("output", help="the folder to write (replaced atomically if it exists)")
+    export.set_defaults(run=cmd_export)
+    return parser
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from mmllm_sdk.plugins import plugin_info
+    from mmllm_sdk.registry import get_registry
+
+    rows = []
+    for name, entries in get_registry().by_plugin().items():
+        info = plugin_info(name)
+        registers: dict[str, list[str]] = {}
+        for entry in entries:
+            registers.setdefault(entry.kind, []).append(f"{entry.modality}/{entry.name}" if entry.kind in ("encoders", "generators") else entry.name)
+        rows.append({"name": name, "distribution": info.distribution, "version": info.version, "builtin": info.builtin, "registers": registers})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for row in rows:
+        origin = "built-in" if row["builtin"] else f"{row['distribution']} {row['version']}"
+        print(f"{row['name']} ({origin})")
+        for kind, names in row["registers"].items():
+            print(f"  {kind}: {', '.join(names)}")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from mmllm_sdk.model.modeling import build_model
+    from mmllm_sdk.spec import load_spec
+
+    spec = load_spec(args.spec)
+    model = build_model(spec, skeleton=True, progress=False)
+    counts = model.parameter_counts()
+    report: dict[str, Any] = {
+        "spec": str(args.spec),
+        "llm": {"name": spec.llm.name, "hidden_size": model.llm.hidden_size, "vocab_size": len(model.llm.tokenizer)},
+        "inputs": {
+            modality: {
+                "encoder": inputs.encoder.name,
+                "projector": inputs.projector.name,
+                "placeholder": model.processor.inputs[modality].spec.placeholder,
+                "encoder_tokens": model.encoders[modality].num_tokens,
+                "encoder_dim": model.encoders[modality].output_dim,
+                "llm_tokens_per_item": model.input_projectors[modality].num_tokens,
+            }
+            for modality, inputs in spec.inputs.items()
+        },
+        "parameters": {row.component: {"total": row.total, "trainable": row.trainable} for row in counts},
+        "total_parameters": sum(row.total for row in counts),
+        "trainable_parameters": sum(row.trainable for row in counts),
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"{args.spec}: valid")
+    print(f"LLM backbone  {spec.llm.name}: hidden size {report['llm']['hidden_size']}, vocabulary {report['llm']['vocab_size']}")
+    for modality, row in report["inputs"].items():
+        print(
+            f"input {modality:<7} {row['encoder']} ({row['encoder_tokens']} x {row['encoder_dim']}) -> {row['projector']} "
+            f"-> {row['llm_tokens_per_item']} LLM tokens per {row['placeholder']}"
+        )
+    print(f"\n{'component':<28}{'parameters':>14}{'trainable':>14}")
+    for row in counts:
+        print(f"{row.component:<28}{row.total:>14,}{row.trainable:>14,}")
+    print(f"{'total':<28}{report['total_parameters']:>14,}{report['trainable_parameters']:>14,}")
+    return 0
+
+
+def load_any(path: str) -> Any:
+    """A model from a checkpoint folder or a spec file."""
+    from mmllm_sdk.model.checkpoint import MANIFEST
+    from mmllm_sdk.model.modeling import MMLLM, build_model
+    from mmllm_sdk.spec import load_spec
+
+    if (Path(path) / MANIFEST).is_file():
+        return MMLLM.from_pretrained(path)
+    if Path(path).is_dir():
+        raise MMLLMError(f"{path!r} is a folder without {MANIFEST}; pass an SDK checkpoint folder or a YAML spec.")
+    return build_model(load_spec(path))
+
+
+def parse_inputs(values: list[str]) -> list[dict[str, str]]:
+    parts = []
+    for value in values:
+        modality, sep, path = value.partition("=")
+        if not sep or not modality or not path:
+            raise MMLLMError(f"--input {value!r} must look like MODALITY=PATH, for example --input image=cat.png.")
+        parts.append({"type": modality, "path": path})
+    return parts
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    parts = parse_inputs(args.input)
+    model = load_any(args.model)
+    model.eval()
+    generation = {"max_new_tokens": args.max_new_tokens, "do_sample": args.sample}
+    if args.sample:
+        generation["temperature"] = args.temperature
+    messages: list[dict[str, Any]] = [{"role": "system", "content": args.system}] if args.system else []
+
+    def ask(question: str) -> str:
+        nonlocal parts
+        messages.append({"role": "user", "content": [*parts, {"type": "text", "text": question}]})
+        parts = []
+        answer = model.generate(messages, **generation).text
+        messages.append({"role": "assistant", "content": answer})
+        return answer
+
+    if args.question:
+        print(ask(args.question))
+        return 0
+    interactive = sys.stdin.isatty()
+    while True:
+        if interactive:
+            print("> ", end="", flush=True)
+        line = sys.stdin.readline()
+        if not line or line.strip() in ("exit", "quit"):
+            return 0
+        if line.strip():
+            print(ask(line.strip()), flush=True)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from mmllm_sdk.model.export import export_hf_llava
+    from mmllm_sdk.model.modeling import MMLLM
+
+    model = MMLLM.from_pretrained(args.checkpoint)
+    out = export_hf_llava(model, args.output)
+    print(f"Wrote {out} (load it with transformers.LlavaForConditionalGeneration.from_pretrained).")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""LLMBackbone: a Hugging Face causal LM with its tokenizer and chat template."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AddedToken
+
+from mmllm_sdk.errors import SpecError
+
+
+class LLMBackbone(nn.Module):
+    """The contract of the LLM backbone (frozen by default).
+
+    ``model`` is any ``transformers`` causal LM that accepts ``inputs_embeds``;
+    ``tokenizer`` is a fast tokenizer with a chat template. A plugin's factory returns
+    an instance of this class (or a subclass that overrides how it is called).
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, reference: dict[str, Any] | None = None) -> None:
+        super().__init__()
+        if not getattr(tokenizer, "is_fast", False):
+            raise SpecError(
+                f"The LLM's tokenizer ({type(tokenizer).__name__}) is a slow tokenizer; the processor needs a "
+                "fast one (offset mappings): install 'tokenizers' and load the folder's tokenizer.json."
+            )
+        if not tokenizer.chat_template:
+            raise SpecError(
+                "The LLM's tokenizer has no chat template; set llm.params.chat_template to a Jinja template "
+                "or use an instruction-tuned model's tokenizer."
+            )
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        self.model = model
+        self.tokenizer = tokenizer
+        self._reference = reference or {}
+
+    @property
+    def hidden_size(self) -> int:
+        return self.model.config.get_text_config().hidden_size
+
+    def reference(self) -> dict[str, Any]:
+        return self._reference
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.model.get_input_embeddings()
+
+    def add_special_tokens(self, tokens: list[str]) -> list[int]:
+        """Add tokens that must stay whole (placeholders, signal tokens); return their ids.
+
+        New embedding rows (input and output) start at the mean of the existing rows,
+        so the result is deterministic for given base weights.
+        """
+        new = [t for t in tokens if t not in self.tokenizer.get_vocab()]
+        if new:
+            self.tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in new], special_tokens=True)
+        ids = [self.tokenizer.convert_tokens_to_ids(t) for t in tokens]
+        old_rows = self.get_input_embeddings().weight.shape[0]
+        if len(self.tokenizer) > old_rows:
+            self.model.resize_token_embeddings(len(self.tokenizer), mean_resizing=False)
+            with torch.no_grad():
+                for embedding in {id(e): e for e in (self.model.get_input_embeddings(), self.model.get_output_embeddings()) if e is not None}.values():
+                    weight = embedding.weight
+                    if weight.device.type != "meta":
+                        weight[old_rows:] = weight[:old_rows].mean(dim=0, keepdim=True)
+        return ids
+
+    def render_chat(self, messages: list[dict[str, Any]], add_generation_prompt: bool = False) -> str:
+        """The conversation as text through the tokenizer's chat template."""
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+    def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any) -> Any:
+        return self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
+
+    def generate(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        """New token ids only (the LLM's own KV-cached generation)."""
+        kwargs.setdefault("pad_token_id", self.tokenizer.pad_token_id)
+        return self.model.generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)

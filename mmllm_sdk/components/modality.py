@@ -1,0 +1,106 @@
+"""ModalitySpec: a modality's name, its placeholder in text and how its files are read."""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mmllm_sdk.errors import InputError
+
+_NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
+DIRECTORY = "/"  # the loaders key of a loader that reads folders
+
+
+@dataclass(frozen=True)
+class AudioClip:
+    """Mono audio as float32 samples in [-1, 1] and their sampling rate in Hz."""
+
+    samples: np.ndarray  # (T,)
+    sampling_rate: int
+
+    @property
+    def seconds(self) -> float:
+        return len(self.samples) / self.sampling_rate
+
+
+@dataclass(frozen=True)
+class VideoClip:
+    """A video as a list of RGB frames (PIL images) and its frame rate, when known."""
+
+    frames: list  # list[PIL.Image.Image]
+    fps: float | None = None
+
+
+@dataclass(frozen=True)
+class ModalitySpec:
+    """What the SDK needs to know of a modality before any encoder sees it.
+
+    ``loaders`` maps a lower-case file suffix (``".png"``) to ``loader(path) -> item``
+    (the key ``"/"`` reads a folder, e.g. a folder of video frames);
+    ``normalize(obj) -> item`` turns an object a user passes in memory (a PIL image,
+    an array) into the same kind of item, or raises :class:`InputError`.
+    """
+
+    name: str  # "image"; the ``type`` of a message content part
+    placeholder: str  # "<image>"; one tokenizer token, expanded to the projector's token count
+    loaders: Mapping[str, Callable[[Path], Any]] = field(default_factory=dict)
+    normalize: Callable[[Any], Any] | None = None
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not _NAME.match(self.name):
+            raise ValueError(
+                f"Modality name {self.name!r} must be lower case letters, digits, '-' or '_', starting with a letter."
+            )
+        if not self.placeholder or any(ch.isspace() for ch in self.placeholder):
+            raise ValueError(f"Placeholder {self.placeholder!r} of modality {self.name!r} must be non-empty, without spaces.")
+        for suffix in self.loaders:
+            if suffix != DIRECTORY and not suffix.startswith(".") or suffix != suffix.lower():
+                raise ValueError(
+                f"Loader suffix {suffix!r} of modality {self.name!r} must look like '.png' (lower case), or be "
+                f"{DIRECTORY!r} for a loader of folders."
+            )
+
+    def load(self, source: Any) -> Any:
+        """Read one item from a path (str or PathLike) or normalize an in-memory object."""
+        if isinstance(source, (str, os.PathLike)):
+            return self.load_file(Path(source))
+        if self.normalize is None:
+            return source
+        return self.normalize(source)
+
+    def load_file(self, path: Path) -> Any:
+        suffix = path.suffix.lower() if path.is_file() else ""
+        if not path.exists():
+            raise InputError(f"The {self.name} file {str(path)!r} does not exist; check the path (relative paths are read from {os.getcwd()!r}).")
+        if path.is_dir():
+            loader = self.loaders.get(DIRECTORY)
+            if loader is None:
+                raise InputError(f"{str(path)!r} is a directory; a {self.name} input must be a file ({self._suffixes()}).")
+            return loader(path)
+        if path.stat().st_size == 0:
+            raise InputError(f"The {self.name} file {str(path)!r} is empty (0 bytes); re-export or re-download it.")
+        loader = self.loaders.get(suffix)
+        if loader is None:
+            raise InputError(
+                f"The {self.name} file {str(path)!r} has suffix {suffix or '(none)'!r}, which no loader reads; "
+                f"supported: {self._suffixes()}. Convert it, or register a loader in a plugin."
+            )
+        try:
+            return loader(path)
+        except InputError:
+            raise
+        except Exception as exc:
+            raise InputError(
+                f"The {self.name} file {str(path)!r} could not be read ({type(exc).__name__}: {exc}); "
+                "it may be corrupt or truncated: re-export it or remove it from the data."
+            ) from exc
+
+    def _suffixes(self) -> str:
+        return ", ".join(sorted(s for s in self.loaders if s != DIRECTORY)) or "none registered"

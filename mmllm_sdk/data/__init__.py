@@ -1,0 +1,1 @@
+"""Message formats and data loading."""

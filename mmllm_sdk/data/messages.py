@@ -1,0 +1,106 @@
+"""Conversation formats: Hugging Face chat messages with content parts, and LLaVA records."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from mmllm_sdk.errors import InputError
+
+LLAVA_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+SOURCE_KEYS = ("path", "url")  # besides the modality's own key: {"type": "image", "image": ...}
+
+
+@dataclass
+class ModalityItem:
+    """One non-text input: its modality and where it comes from (a path or an in-memory object)."""
+
+    modality: str
+    source: Any
+
+
+@dataclass
+class Conversation:
+    """Messages whose content is text with placeholders, and the modality items in text order."""
+
+    messages: list[dict[str, str]]
+    items: list[ModalityItem] = field(default_factory=list)
+
+
+def normalize_conversation(conversation: Any, placeholders: Mapping[str, str]) -> Conversation:
+    """Read one conversation in either supported format.
+
+    ``placeholders`` maps each modality the model takes to its placeholder text. In the
+    Hugging Face format a ``{"type": "image", ...}`` part becomes the placeholder at its
+    position (parts are joined with newlines); in a LLaVA record the text already holds
+    the placeholders and the record's ``image`` (or ``audio``, ``video`` …) key holds
+    one path or a list of them.
+    """
+    if isinstance(conversation, Mapping) and "conversations" in conversation:
+        return _from_llava(conversation, placeholders)
+    if isinstance(conversation, Mapping):
+        raise InputError(
+            f"A conversation must be a list of messages or a LLaVA record with 'conversations'; got a dict with keys "
+            f"{sorted(conversation)}."
+        )
+    if not isinstance(conversation, Sequence) or isinstance(conversation, str):
+        raise InputError(f"A conversation must be a list of messages; got {type(conversation).__name__}.")
+    if not conversation:
+        raise InputError("The conversation is empty; pass at least one message like {'role': 'user', 'content': '...'}.")
+    result = Conversation(messages=[])
+    for index, message in enumerate(conversation):
+        if not isinstance(message, Mapping) or "role" not in message or "content" not in message:
+            raise InputError(f"Message {index} must be a dict with 'role' and 'content'; got {message!r:.200}.")
+        text = _content_text(message["content"], placeholders, result.items, index)
+        result.messages.append({"role": str(message["role"]), "content": text})
+    return result
+
+
+def _content_text(content: Any, placeholders: Mapping[str, str], items: list[ModalityItem], index: int) -> str:
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, Sequence):
+        raise InputError(f"Message {index}: 'content' must be a string or a list of parts; got {type(content).__name__}.")
+    pieces = []
+    for part in content:
+        kind = part.get("type") if isinstance(part, Mapping) else None
+        if kind == "text":
+            pieces.append(str(part.get("text", "")))
+        elif kind in placeholders:
+            source = next((part[k] for k in (kind, *SOURCE_KEYS) if part.get(k) is not None), None)
+            if source is None:
+                raise InputError(
+                    f"Message {index}: the {kind} part {dict(part)!r:.200} says where nothing is; give it 'path' "
+                    f"(a file) or '{kind}' (a file path or an in-memory object)."
+                )
+            items.append(ModalityItem(kind, source))
+            pieces.append(placeholders[kind])
+        else:
+            known = ", ".join(["text", *placeholders])
+            raise InputError(
+                f"Message {index}: a content part of type {kind!r} cannot be used by this model; it takes: {known}."
+            )
+    return "\n".join(pieces)
+
+
+def _from_llava(record: Mapping[str, Any], placeholders: Mapping[str, str]) -> Conversation:
+    turns = record["conversations"]
+    if not isinstance(turns, Sequence) or not turns:
+        raise InputError("The LLaVA record's 'conversations' is empty; it needs at least one {'from', 'value'} turn.")
+    messages = []
+    for index, turn in enumerate(turns):
+        if not isinstance(turn, Mapping) or "from" not in turn or "value" not in turn:
+            raise InputError(f"LLaVA turn {index} must have 'from' and 'value'; got {turn!r:.200}.")
+        role = LLAVA_ROLES.get(str(turn["from"]).lower())
+        if role is None:
+            raise InputError(f"LLaVA turn {index} comes 'from' {turn['from']!r}; expected one of {', '.join(LLAVA_ROLES)}.")
+        messages.append({"role": role, "content": str(turn["value"])})
+    items = []
+    for modality in placeholders:
+        sources = record.get(modality)
+        if sources is None:
+            continue
+        for source in sources if isinstance(sources, list) else [sources]:
+            items.append(ModalityItem(modality, source))
+    return Conversation(messages, items)

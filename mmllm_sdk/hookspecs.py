@@ -1,0 +1,83 @@
+"""The plugin hooks: one ``register_*`` hook per kind of component a plugin can add."""
+
+from __future__ import annotations
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("mmllm")
+hookimpl = pluggy.HookimplMarker("mmllm")
+
+
+@hookspec
+def register_modalities(register):
+    """Register modalities: ``register(ModalitySpec(name, placeholder, loaders))``.
+
+    :param register: callback taking one :class:`~mmllm_sdk.components.modality.ModalitySpec`.
+    """
+
+
+@hookspec
+def register_encoders(register):
+    """Register modality encoders: ``register(modality, name, factory)``.
+
+    :param register: callback taking the modality name, the encoder name and a
+        factory ``factory(params: dict) -> ModalityEncoder`` (usually the encoder class).
+    """
+
+
+@hookspec
+def register_projectors(register):
+    """Register input projectors: ``register(name, factory)``.
+
+    :param register: callback taking the projector name and a factory
+        ``factory(in_dim, out_dim, num_input_tokens, params) -> InputProjector``.
+    """
+
+
+@hookspec
+def register_llms(register):
+    """Register LLM backbones: ``register(name, factory)``.
+
+    :param register: callback taking the backbone name and ``factory(params) -> LLMBackbone``.
+    """
+
+
+@hookspec
+def register_signal_tokens(register):
+    """Register signal-token vocabularies: ``register(modality, vocabulary)``.
+
+    :param register: callback taking the modality name and a
+        :class:`~mmllm_sdk.components.signals.SignalVocabulary`.
+    """
+
+
+@hookspec
+def register_output_projectors(register):
+    """Register output projectors: ``register(name, factory)``.
+
+    :param register: callback taking the name and ``factory(llm_dim, condition_spec, params) -> OutputProjector``.
+    """
+
+
+@hookspec
+def register_generators(register):
+    """Register modality generators: ``register(modality, name, factory)``.
+
+    :param register: callback taking the modality, the generator name and ``factory(params) -> ModalityGenerator``.
+    """
+
+
+@hookspec
+def register_recipes(register):
+    """Register training recipes: ``register(name, recipe)``.
+
+    :param register: callback taking the recipe name and the recipe object.
+    """
+
+
+@hookspec
+def register_datasets(register):
+    """Register data sources: ``register(name, factory)``.
+
+    :param register: callback taking the data source name and ``factory(params) -> dataset``.
+    """

@@ -1,0 +1,1 @@
+"""Composing the five components into one model: processor, merge, forward, generate, checkpoints."""

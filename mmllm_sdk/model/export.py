@@ -1,0 +1,129 @@
+"""Export to other libraries' formats: ``hf-llava`` for transformers' LlavaForConditionalGeneration."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from mmllm_sdk.errors import ExportError
+
+if TYPE_CHECKING:
+    from mmllm_sdk.model.modeling import MMLLM
+
+# LLaVA's name for each way of selecting vision features (transformers' vision_feature_select_strategy)
+SELECT_STRATEGY = {"patch": "default", "cls_patch": "full"}
+
+
+def llava_state_dict(model: MMLLM) -> tuple[dict[str, torch.Tensor], str]:
+    """Our weights under LlavaForConditionalGeneration's names, and the projector activation to declare."""
+    from mmllm_sdk.default_plugins.projectors import LinearProjector, MLPProjector
+
+    encoder, projector = model.encoders["image"], model.input_projectors["image"]
+    state = {f"model.vision_tower.{k}": v for k, v in encoder.model.state_dict().items()}
+    if isinstance(projector, MLPProjector):
+        state.update({f"model.multi_modal_projector.{k}": v for k, v in projector.state_dict().items()})
+        activation = "gelu"
+    else:  # LinearProjector: linear_1 is ours, an identity-activation and an identity linear_2 keep it exact
+        assert isinstance(projector, LinearProjector)
+        eye = torch.eye(projector.out_dim, dtype=projector.linear.weight.dtype)
+        state["model.multi_modal_projector.linear_1.weight"] = projector.linear.weight
+        state["model.multi_modal_projector.linear_1.bias"] = projector.linear.bias
+        state["model.multi_modal_projector.linear_2.weight"] = eye
+        state["model.multi_modal_projector.linear_2.bias"] = torch.zeros(projector.out_dim, dtype=eye.dtype)
+        activation = "linear"
+    for key, value in model.llm.model.state_dict().items():
+        if key.startswith("model."):
+            state[f"model.language_model.{key.removeprefix('model.')}"] = value
+        elif key.startswith("lm_head."):
+            state[key] = value
+        else:
+            raise ExportError(f"The LLM's weight {key!r} has no place in a LLaVA model (expected 'model.*' and 'lm_head.*').")
+    return state, activation
+
+
+def check_exportable(model: MMLLM) -> None:
+    """A LLaVA model has exactly: a CLIP vision tower, a linear or 2-layer mlp projector and a causal LM."""
+    from transformers import CLIPVisionModel
+
+    from mmllm_sdk.default_plugins.projectors import LinearProjector, MLPProjector
+
+    problems = []
+    if set(model.encoders) != {"image"}:
+        problems.append(f"it must have exactly one input, 'image' (it has: {', '.join(model.encoders) or 'none'})")
+    else:
+        encoder, projector = model.encoders["image"], model.input_projectors["image"]
+        if not isinstance(getattr(encoder, "model", None), CLIPVisionModel):
+            problems.append(f"the image encoder must be hf-clip-vision (it is {model.spec.inputs['image'].encoder.name})")
+        is_mlp = isinstance(projector, MLPProjector) and projector.params.num_layers == 2
+        if not (is_mlp or isinstance(projector, LinearProjector)):
+            problems.append(
+                f"the projector must be 'linear' or a 2-layer 'mlp' (it is {model.spec.inputs['image'].projector.name})"
+            )
+    if not hasattr(model.llm.model, "lm_head") or not hasattr(model.llm.model, "model"):
+        problems.append("the LLM must be a decoder-only causal LM with 'model' and 'lm_head' (Llama, Mistral, Qwen2 …)")
+    if problems:
+        raise ExportError("This model cannot be exported as hf-llava: " + "; ".join(problems) + ".")
+
+
+def export_hf_llava(model: MMLLM, output: str | os.PathLike[str]) -> Path:
+    """Write ``output`` so that ``LlavaForConditionalGeneration.from_pretrained(output)`` gives our logits.
+
+    The image placeholder id becomes ``image_token_id``, so ``model.processor``'s
+    ``input_ids`` feed the exported model unchanged. The tokenizer and image processor
+    are saved beside the weights (safetensors).
+    """
+    from transformers import LlavaConfig, LlavaForConditionalGeneration
+
+    from mmllm_sdk.model.checkpoint import replace_directory
+
+    check_exportable(model)
+    encoder = model.encoders["image"]
+    state, activation = llava_state_dict(model)
+    text_config = model.llm.model.config
+    config = LlavaConfig(
+        vision_config=encoder.model.config.to_dict(),
+        text_config=text_config.to_dict(),
+        image_token_id=model.placeholder_ids["image"],
+        image_seq_length=model.input_projectors["image"].num_tokens,
+        vision_feature_layer=encoder.feature_layer,
+        vision_feature_select_strategy=SELECT_STRATEGY[encoder.select],
+        projector_hidden_act=activation,
+        multimodal_projector_bias=True,
+        tie_word_embeddings=getattr(text_config, "tie_word_embeddings", False),
+    )
+    with torch.device("meta"):
+        llava = LlavaForConditionalGeneration(config)
+    expected = set(llava.state_dict())
+    missing = sorted(expected - set(state) - _tied_keys(llava))
+    unexpected = sorted(set(state) - expected)
+    if missing or unexpected:
+        raise ExportError(f"The LLaVA weights do not line up: missing {missing[:5]}, unexpected {unexpected[:5]}.")
+    llava.load_state_dict(state, strict=False, assign=True)
+    llava.tie_weights()
+    llava.eval()
+
+    target = Path(output).resolve()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        llava.save_pretrained(staging)
+        model.llm.tokenizer.save_pretrained(staging)
+        processor = getattr(encoder, "image_processor", None)
+        if processor is not None:
+            processor.save_pretrained(staging)
+        replace_directory(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return target
+
+
+def _tied_keys(model: torch.nn.Module) -> set[str]:
+    if not getattr(model.config, "tie_word_embeddings", False):
+        return set()
+    return {"lm_head.weight"}

@@ -1,0 +1,290 @@
+"""MMLLM: encoders, input projectors and the LLM backbone composed into one model."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from mmllm_sdk.components.encoder import ModalityEncoder
+from mmllm_sdk.components.hf import skeleton_mode
+from mmllm_sdk.components.llm import LLMBackbone
+from mmllm_sdk.components.projector import InputProjector
+from mmllm_sdk.errors import DimensionError, InputError, MMLLMError, PlaceholderMismatchError, PluginError
+from mmllm_sdk.model.processor import MMLLMProcessor, ModalityInput
+from mmllm_sdk.registry import Registration, get_registry
+from mmllm_sdk.spec import ModelSpec, parse_spec
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Response:
+    """What :meth:`MMLLM.generate` returns: the text and, for any-to-any models, generated items per modality."""
+
+    text: str
+    outputs: dict[str, list[Any]] = field(default_factory=dict)
+    token_ids: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ParameterCount:
+    component: str  # "llm", "inputs.image.encoder", …
+    total: int
+    trainable: int
+
+
+class MMLLM(nn.Module):
+    """A multimodal LLM for understanding: ``F_X = encoder(I_X)``, ``P_X = projector(F_X)``, ``t = LLM(P_X, F_T)``.
+
+    Build one with :func:`build_model` (from a spec) or :meth:`from_pretrained` (from a
+    checkpoint). ``processor`` turns conversations into batches; ``forward(**batch)``
+    returns the LLM's output with ``.loss`` when the batch has labels.
+    """
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        llm: LLMBackbone,
+        encoders: dict[str, ModalityEncoder],
+        input_projectors: dict[str, InputProjector],
+        sources: dict[str, Registration],
+    ) -> None:
+        super().__init__()
+        self.spec = spec
+        self.llm = llm
+        self.encoders = nn.ModuleDict(encoders)
+        self.input_projectors = nn.ModuleDict(input_projectors)
+        self.sources = sources  # component path -> the plugin registration it was built from
+        registry = get_registry()
+        modalities = {name: registry.modality(name) for name in encoders}
+        ids = llm.add_special_tokens([m.placeholder for m in modalities.values()])
+        self.placeholder_ids = {name: token_id for name, token_id in zip(modalities, ids, strict=True)}
+        self.processor = MMLLMProcessor(
+            llm,
+            {
+                name: ModalityInput(modalities[name], encoders[name], self.placeholder_ids[name], input_projectors[name].num_tokens)
+                for name in encoders
+            },
+        )
+        self._frozen: set[str] = set()
+
+    # freezing --------------------------------------------------------------------------------
+
+    def components(self) -> dict[str, nn.Module]:
+        """Each component by its path in the spec: ``llm``, ``inputs.<modality>.encoder`` / ``.projector``."""
+        parts: dict[str, nn.Module] = {"llm": self.llm}
+        for modality in self.encoders:
+            parts[f"inputs.{modality}.encoder"] = self.encoders[modality]
+            parts[f"inputs.{modality}.projector"] = self.input_projectors[modality]
+        return parts
+
+    def set_trainable(self, component: str, trainable: bool) -> None:
+        """Freeze or unfreeze one component; a frozen one also stays in eval mode (no dropout)."""
+        module = self.components()[component]
+        module.requires_grad_(trainable)
+        if trainable:
+            self._frozen.discard(component)
+        else:
+            self._frozen.add(component)
+            module.eval()
+
+    def train(self, mode: bool = True) -> MMLLM:
+        super().train(mode)
+        for component, module in self.components().items():
+            if component in self._frozen:
+                module.eval()
+        return self
+
+    def parameter_counts(self) -> list[ParameterCount]:
+        """Total and trainable parameters per component (shared tensors counted once)."""
+        rows = []
+        for component, module in self.components().items():
+            params = {id(p): p for p in module.parameters()}.values()
+            rows.append(ParameterCount(component, sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)))
+        return rows
+
+    # forward ---------------------------------------------------------------------------------
+
+    @property
+    def device(self) -> torch.device:
+        return self.llm.get_input_embeddings().weight.device
+
+    def get_modality_features(self, modality: str, **inputs: torch.Tensor) -> torch.Tensor:
+        """Soft prompt tokens P_X of a batch of items: (items, M, D_llm)."""
+        encoder = self.encoders[modality]
+        frozen = f"inputs.{modality}.encoder" in self._frozen
+        with torch.no_grad() if frozen else contextlib.nullcontext():
+            features = encoder(**{k: v.to(self.device) for k, v in inputs.items()})  # (items, N, D)
+        return self.input_projectors[modality](features)  # (items, M, D_llm)
+
+    def embed_inputs(self, input_ids: torch.Tensor, modality_inputs: dict[str, dict[str, torch.Tensor]]) -> torch.Tensor:
+        """Token embeddings with each modality's projected features scattered into its placeholder positions."""
+        embeds = self.llm.get_input_embeddings()(input_ids)  # (B, T, D_llm)
+        for modality, placeholder_id in self.placeholder_ids.items():
+            positions = input_ids == placeholder_id  # (B, T)
+            expected = int(positions.sum())
+            inputs = modality_inputs.get(modality)
+            if inputs is None:
+                if expected:
+                    raise PlaceholderMismatchError(
+                        f"input_ids hold {expected} {modality} placeholder position(s) but the batch has no "
+                        f"'{modality}' inputs; build batches with model.processor."
+                    )
+                continue
+            features = self.get_modality_features(modality, **inputs)
+            found = features.shape[0] * features.shape[1]
+            if found != expected:
+                raise PlaceholderMismatchError(
+                    f"input_ids hold {expected} {modality} placeholder position(s) but the {features.shape[0]} "
+                    f"{modality} input(s) give {found} feature token(s) ({features.shape[1]} each); build batches "
+                    "with model.processor so that every placeholder is expanded to the projector's token count."
+                )
+            mask = positions.unsqueeze(-1).expand_as(embeds)
+            embeds = embeds.masked_scatter(mask, features.to(embeds.dtype).reshape(-1, embeds.shape[-1]))
+        return embeds
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """The LLM's output (``.logits``, and ``.loss`` when ``labels`` are given) for a processor batch.
+
+        Keyword arguments named after a modality (``image={"pixel_values": …}``) are that
+        modality's encoder inputs; the rest go to the LLM (``use_cache``, ``output_hidden_states``, …).
+        """
+        modality_inputs = {k: kwargs.pop(k) for k in list(kwargs) if k in self.encoders}
+        modalities = {entry.name for entry in get_registry().entries("modalities")}
+        unknown = [k for k in kwargs if k in modalities]
+        if unknown:
+            raise InputError(f"The batch has {', '.join(unknown)} inputs, but this model takes only {', '.join(self.encoders) or 'text'}.")
+        inputs_embeds = self.embed_inputs(input_ids, modality_inputs)
+        return self.llm(inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels, **kwargs)
+
+    @torch.no_grad()
+    def generate(self, messages: list[dict[str, Any]], **generation_kwargs: Any) -> Response:
+        """Answer one conversation; keyword arguments go to the LLM's ``generate`` (``max_new_tokens``, …)."""
+        batch = self.processor([messages], add_generation_prompt=True)
+        modality_inputs = {k: batch[k] for k in self.encoders if k in batch}
+        input_ids = batch["input_ids"].to(self.device)
+        inputs_embeds = self.embed_inputs(input_ids, modality_inputs)
+        new_tokens = self.llm.generate(inputs_embeds=inputs_embeds, attention_mask=batch["attention_mask"].to(self.device), **generation_kwargs)
+        token_ids = new_tokens[0].tolist()
+        return Response(text=self.processor.decode(token_ids), token_ids=token_ids)
+
+    # checkpoints -----------------------------------------------------------------------------
+
+    def save_pretrained(self, directory: str | os.PathLike[str]) -> None:
+        """Write an SDK checkpoint: ``mmllm.json`` and the trainable tensors in ``trainable.safetensors``."""
+        from mmllm_sdk.model.checkpoint import save_checkpoint
+
+        save_checkpoint(self, directory)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike[str], **build_kwargs: Any) -> MMLLM:
+        """Rebuild a model from an SDK checkpoint through the installed plugins."""
+        from mmllm_sdk.model.checkpoint import load_checkpoint
+
+        return load_checkpoint(directory, **build_kwargs)
+
+
+# building ------------------------------------------------------------------------------------
+
+
+def build_model(spec: ModelSpec | dict[str, Any], *, skeleton: bool = False, progress: bool = True) -> MMLLM:
+    """Build the model a spec describes.
+
+    The spec is checked against the plugins first; then every component is built in a
+    skeleton (configs only, weights on the ``meta`` device) so that dimension errors
+    surface before any weight is read. With ``skeleton=True`` that skeleton is returned
+    (``mmllm validate`` uses it to count parameters).
+    """
+    spec = parse_spec(spec)
+    with skeleton_mode():
+        model = _assemble(spec, progress=False)
+    if skeleton:
+        return model
+    return _assemble(spec, progress=progress)
+
+
+def _assemble(spec: ModelSpec, progress: bool) -> MMLLM:
+    registry = get_registry()
+    steps = 1 + 2 * len(spec.inputs)
+    bar = tqdm(total=steps, desc="Building model", unit="component", disable=not progress)
+    sources: dict[str, Registration] = {}
+
+    def make(path: str, entry: Registration, call: Callable[[], Any], contract: type) -> Any:
+        bar.set_postfix_str(f"{path}: {entry.name}")
+        sources[path] = entry
+        with _seeded(spec.seed, path):
+            component = _call_plugin(entry, call)
+        if not isinstance(component, contract):
+            raise PluginError(
+                f"Plugin {entry.plugin!r} built the {entry.label} as a {type(component).__name__}; "
+                f"it must return a {contract.__name__}."
+            )
+        bar.update(1)
+        return component
+
+    llm_entry = registry.get("llms", spec.llm.name)
+    llm = make("llm", llm_entry, lambda: llm_entry.value(spec.llm.params), LLMBackbone)
+    encoders, projectors = {}, {}
+    for modality, inputs in spec.inputs.items():
+        entry = registry.get("encoders", inputs.encoder.name, modality=modality)
+        encoder = make(f"inputs.{modality}.encoder", entry, lambda e=entry, p=inputs.encoder.params: e.value(p), ModalityEncoder)
+        if encoder.modality != modality:
+            raise PluginError(f"Plugin {entry.plugin!r}: the {entry.label} reports modality {encoder.modality!r}.")
+        entry = registry.get("projectors", inputs.projector.name)
+        projector = make(
+            f"inputs.{modality}.projector",
+            entry,
+            lambda e=entry, p=inputs.projector.params, enc=encoder: e.value(
+                in_dim=enc.output_dim, out_dim=llm.hidden_size, num_input_tokens=enc.num_tokens, params=p
+            ),
+            InputProjector,
+        )
+        if projector.out_dim != llm.hidden_size:
+            raise DimensionError(
+                f"inputs.{modality}.projector ({inputs.projector.name}) outputs {projector.out_dim} dims but the LLM "
+                f"embeds in {llm.hidden_size}; the projector must map to the LLM's hidden size."
+            )
+        encoders[modality], projectors[modality] = encoder, projector
+    bar.close()
+    model = MMLLM(spec, llm, encoders, projectors, sources)
+    model.set_trainable("llm", spec.llm.trainable)
+    for modality, inputs in spec.inputs.items():
+        model.set_trainable(f"inputs.{modality}.encoder", inputs.encoder.trainable)
+        model.set_trainable(f"inputs.{modality}.projector", inputs.projector.trainable)
+    for row in model.parameter_counts():
+        logger.info("%s: %d parameters, %d trainable", row.component, row.total, row.trainable)
+    return model
+
+
+def _call_plugin(entry: Registration, call: Callable[[], Any]) -> Any:
+    try:
+        return call()
+    except MMLLMError:
+        raise
+    except Exception as exc:
+        raise PluginError(
+            f"Plugin {entry.plugin!r} failed to build the {entry.label}: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+@contextlib.contextmanager
+def _seeded(seed: int, path: str) -> Iterator[None]:
+    """Random init from (spec seed, component path): the same spec rebuilds the same weights."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed * 1_000_003 + zlib.crc32(path.encode()))
+        yield

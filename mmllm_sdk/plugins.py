@@ -1,0 +1,151 @@
+"""Loading plugins: the built-ins, then every ``mmllm`` entry point that MMLLM_LOAD_PLUGINS allows."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import os
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pluggy
+
+from mmllm_sdk import hookspecs
+from mmllm_sdk.errors import MMLLMError, PluginError
+
+ENTRY_POINT_GROUP = "mmllm"
+LOAD_ENV = "MMLLM_LOAD_PLUGINS"
+
+DEFAULT_PLUGINS = (
+    "mmllm_sdk.default_plugins.modalities",
+    "mmllm_sdk.default_plugins.encoders",
+    "mmllm_sdk.default_plugins.projectors",
+    "mmllm_sdk.default_plugins.llms",
+)
+
+HOOK_NAMES = tuple(name for name in dir(hookspecs) if name.startswith("register_"))
+
+
+@dataclass(frozen=True)
+class PluginInfo:
+    """Where a loaded plugin comes from: its name, distribution and version."""
+
+    name: str
+    distribution: str
+    version: str
+    builtin: bool
+
+
+pm = pluggy.PluginManager("mmllm")
+pm.add_hookspecs(hookspecs)
+_infos: dict[str, PluginInfo] = {}
+_loaded = False
+
+
+def _sdk_version() -> str:
+    from mmllm_sdk import __version__
+
+    return __version__
+
+
+def load_plugins() -> None:
+    """Load the built-in plugins and the installed ones (once per process)."""
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for module_name in DEFAULT_PLUGINS:
+        module = importlib.import_module(module_name)
+        pm.register(module, name=module_name)
+        _infos[module_name] = PluginInfo(module_name, "mmllm-sdk", _sdk_version(), builtin=True)
+
+    allowed = _allowed_plugins()
+    entry_points = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+    found = set()
+    for entry_point in entry_points:
+        dist = getattr(entry_point, "dist", None)
+        dist_name = dist.metadata["Name"] if dist is not None else entry_point.name
+        if allowed is not None and entry_point.name not in allowed and dist_name not in allowed:
+            continue
+        found.update({entry_point.name, dist_name})
+        if pm.has_plugin(entry_point.name):
+            continue
+        try:
+            plugin = entry_point.load()
+        except Exception as exc:
+            raise PluginError(
+                f"Plugin {entry_point.name!r} (distribution {dist_name!r}) failed to import: "
+                f"{type(exc).__name__}: {exc}. Reinstall or upgrade it, or leave it out with "
+                f"{LOAD_ENV}=<the plugins you want>."
+            ) from exc
+        pm.register(plugin, name=entry_point.name)
+        version = dist.version if dist is not None else "unknown"
+        _infos[entry_point.name] = PluginInfo(entry_point.name, dist_name, version, builtin=False)
+    if allowed:
+        missing = sorted(allowed - found)
+        if missing:
+            warnings.warn(
+                f"{LOAD_ENV} names {', '.join(missing)}, which no installed distribution provides "
+                f"as an {ENTRY_POINT_GROUP!r} entry point; check the spelling or pip install it.",
+                stacklevel=2,
+            )
+
+
+def _allowed_plugins() -> set[str] | None:
+    value = os.environ.get(LOAD_ENV)
+    if value is None:
+        return None
+    return {name.strip() for name in value.split(",") if name.strip()}
+
+
+def register_plugin(plugin: Any, name: str, *, distribution: str = "", version: str = "") -> None:
+    """Register a plugin object (module or instance) by hand, as tests and notebooks do."""
+    load_plugins()
+    if pm.has_plugin(name):
+        raise PluginError(f"A plugin named {name!r} is already registered; unregister it first or pick another name.")
+    pm.register(plugin, name=name)
+    _infos[name] = PluginInfo(name, distribution or name, version or "unknown", builtin=False)
+
+
+def unregister_plugin(name: str) -> None:
+    """Remove a plugin registered with :func:`register_plugin` (or an installed one) from this process."""
+    load_plugins()
+    if not pm.has_plugin(name):
+        raise PluginError(f"No plugin named {name!r} is registered; loaded plugins: {', '.join(plugin_names())}.")
+    pm.unregister(name=name)
+    _infos.pop(name, None)
+
+
+def plugin_names() -> list[str]:
+    """Names of the loaded plugins, built-ins first."""
+    load_plugins()
+    return [name for name, _ in pm.list_name_plugin()]
+
+
+def plugin_info(name: str) -> PluginInfo:
+    """Distribution and version of a loaded plugin."""
+    load_plugins()
+    return _infos.get(name) or PluginInfo(name, name, "unknown", builtin=False)
+
+
+def call_register_hook(hook_name: str, make_callback: Callable[[str], Callable[..., None]]) -> None:
+    """Call one ``register_*`` hook plugin by plugin, giving each its own ``register`` callback.
+
+    ``make_callback(plugin_name)`` returns the callback handed to that plugin, so that
+    what a plugin registers is attributed to it. An exception inside a plugin becomes a
+    :class:`PluginError` that names the plugin and the hook.
+    """
+    load_plugins()
+    hook = getattr(pm.hook, hook_name)
+    for impl in reversed(hook.get_hookimpls()):  # pluggy keeps them last-registered first
+        try:
+            impl.function(register=make_callback(impl.plugin_name))
+        except MMLLMError:
+            raise
+        except Exception as exc:
+            raise PluginError(
+                f"Plugin {impl.plugin_name!r} raised {type(exc).__name__} in hook {hook_name}: {exc}. "
+                f"Upgrade or fix the plugin, or leave it out with {LOAD_ENV}."
+            ) from exc

@@ -1,0 +1,168 @@
+"""The component registry: what every loaded plugin registered, checked for duplicates."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from mmllm_sdk import plugins
+from mmllm_sdk.components.modality import ModalitySpec
+from mmllm_sdk.components.signals import SignalVocabulary
+from mmllm_sdk.errors import DuplicateComponentError, PluginError, UnknownComponentError
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One kind of component: its hook, how it is keyed and what it is called in messages."""
+
+    name: str  # "encoders"
+    hook: str  # "register_encoders"
+    noun: str  # "encoder"
+    per_modality: bool  # keyed by (modality, name) instead of name
+
+
+KINDS = {
+    k.name: k
+    for k in (
+        Kind("modalities", "register_modalities", "modality", False),
+        Kind("encoders", "register_encoders", "encoder", True),
+        Kind("projectors", "register_projectors", "input projector", False),
+        Kind("llms", "register_llms", "LLM backbone", False),
+        Kind("signal_tokens", "register_signal_tokens", "signal-token vocabulary", False),
+        Kind("output_projectors", "register_output_projectors", "output projector", False),
+        Kind("generators", "register_generators", "generator", True),
+        Kind("recipes", "register_recipes", "recipe", False),
+        Kind("datasets", "register_datasets", "dataset", False),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Registration:
+    """One registered component and the plugin that registered it."""
+
+    kind: str
+    name: str
+    modality: str | None
+    value: Any  # a factory, a ModalitySpec or a SignalVocabulary
+    plugin: str
+
+    @property
+    def label(self) -> str:
+        noun = KINDS[self.kind].noun
+        return f"{noun} {self.name!r}" + (f" for modality {self.modality!r}" if self.modality else "")
+
+
+class Registry:
+    """Everything the loaded plugins register, collected through the same hooks for built-ins and third parties."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, dict[tuple[str | None, str], Registration]] = {kind: {} for kind in KINDS}
+        for kind in KINDS.values():
+            plugins.call_register_hook(kind.hook, lambda plugin, kind=kind: self._callback(kind, plugin))
+        self._check_modalities()
+
+    def _callback(self, kind: Kind, plugin: str) -> Callable[..., None]:
+        def register(*args: Any) -> None:
+            modality, name, value = self._unpack(kind, plugin, args)
+            self._add(Registration(kind.name, name, modality, value, plugin))
+
+        register.__doc__ = f"Register a {kind.noun} for plugin {plugin!r}."
+        return register
+
+    @staticmethod
+    def _unpack(kind: Kind, plugin: str, args: tuple[Any, ...]) -> tuple[str | None, str, Any]:
+        where = f"Plugin {plugin!r} called register() in {kind.hook}"
+        if kind.name == "modalities":
+            if len(args) != 1 or not isinstance(args[0], ModalitySpec):
+                raise PluginError(f"{where} with {args!r}; it takes one ModalitySpec.")
+            return None, args[0].name, args[0]
+        if kind.name == "signal_tokens":
+            if len(args) != 2 or not isinstance(args[1], SignalVocabulary):
+                raise PluginError(f"{where} with {args!r}; it takes (modality, SignalVocabulary).")
+            return args[0], args[0], args[1]
+        expected = 3 if kind.per_modality else 2
+        if len(args) != expected or not all(isinstance(a, str) and a for a in args[:-1]):
+            shape = "(modality, name, factory)" if kind.per_modality else "(name, factory)"
+            raise PluginError(f"{where} with {args!r}; it takes {shape} with non-empty string names.")
+        if kind.name not in ("recipes",) and not callable(args[-1]):
+            raise PluginError(f"{where} for {args[-2]!r} with a factory that is not callable: {args[-1]!r}.")
+        modality = args[0] if kind.per_modality else None
+        return modality, args[-2], args[-1]
+
+    def _add(self, entry: Registration) -> None:
+        key = (entry.modality, entry.name)
+        existing = self._entries[entry.kind].get(key)
+        if existing is not None:
+            raise DuplicateComponentError(
+                f"The {entry.label} is registered by both plugin {existing.plugin!r} and plugin {entry.plugin!r}. "
+                "Uninstall one of them, or load only one with MMLLM_LOAD_PLUGINS."
+            )
+        self._entries[entry.kind][key] = entry
+
+    def _check_modalities(self) -> None:
+        known = {name for _, name in self._entries["modalities"]}
+        for kind in ("encoders", "generators", "signal_tokens"):
+            for entry in self._entries[kind].values():
+                if entry.modality not in known:
+                    raise PluginError(
+                        f"Plugin {entry.plugin!r} registers {entry.label}, but no loaded plugin registers modality "
+                        f"{entry.modality!r} (known: {', '.join(sorted(known))}). Install the plugin that defines it."
+                    )
+
+    # lookup ---------------------------------------------------------------------------------
+
+    def get(self, kind: str, name: str, modality: str | None = None, where: str = "") -> Registration:
+        """The registration of ``name`` (for ``modality`` where the kind is per modality), or a helpful error."""
+        entry = self._entries[kind].get((modality, name))
+        if entry is not None:
+            return entry
+        noun = KINDS[kind].noun
+        candidates = sorted(n for (m, n) in self._entries[kind] if m == modality)
+        near = difflib.get_close_matches(name, candidates, n=1)
+        hint = f" Did you mean {near[0]!r}?" if near else ""
+        scope = f" for modality {modality!r}" if modality else ""
+        prefix = f"{where}: " if where else ""
+        raise UnknownComponentError(
+            f"{prefix}{name!r} is not a registered {noun}{scope}.{hint} Registered: "
+            f"{', '.join(candidates) or 'none'}. Run 'mmllm plugins' to see what each installed plugin provides."
+        )
+
+    def modality(self, name: str, where: str = "") -> ModalitySpec:
+        return self.get("modalities", name, where=where).value
+
+    def entries(self, kind: str) -> list[Registration]:
+        return list(self._entries[kind].values())
+
+    def by_plugin(self) -> dict[str, list[Registration]]:
+        grouped: dict[str, list[Registration]] = {name: [] for name in plugins.plugin_names()}
+        for kind in KINDS:
+            for entry in self._entries[kind].values():
+                grouped.setdefault(entry.plugin, []).append(entry)
+        return grouped
+
+
+_cache: tuple[tuple[str, ...], Registry] | None = None
+
+
+def get_registry() -> Registry:
+    """The registry for the plugins loaded now (rebuilt when plugins are registered or removed)."""
+    global _cache
+    key = tuple(plugins.plugin_names())
+    if _cache is None or _cache[0] != key:
+        _cache = (key, Registry())
+    return _cache[1]
+
+
+def list_components() -> dict[str, list[dict[str, Any]]]:
+    """Every registered component as plain data: ``{kind: [{name, modality, plugin}, ...]}``."""
+    registry = get_registry()
+    return {
+        kind: [
+            {"name": e.name, **({"modality": e.modality} if KINDS[kind].per_modality else {}), "plugin": e.plugin}
+            for e in registry.entries(kind)
+        ]
+        for kind in KINDS
+    }

@@ -1,0 +1,90 @@
+"""The model spec: a validated description of which components make up an MMLLM."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import Field
+
+from mmllm_sdk.errors import SpecError
+from mmllm_sdk.registry import Registry, get_registry
+from mmllm_sdk.validation import StrictModel, validate
+
+
+class ComponentSpec(StrictModel):
+    """One component: the registered ``name`` and the ``params`` its factory takes."""
+
+    name: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class EncoderSpec(ComponentSpec):
+    trainable: bool = False  # encoders are frozen unless the spec says otherwise
+
+
+class InputProjectorSpec(ComponentSpec):
+    trainable: bool = True  # input projectors are what alignment trains
+
+
+class LLMSpec(ComponentSpec):
+    trainable: bool = False  # full fine-tuning of the LLM is opt-in
+
+
+class InputSpec(StrictModel):
+    """One input modality: its encoder and the projector into the LLM's embedding space."""
+
+    encoder: EncoderSpec
+    projector: InputProjectorSpec
+
+
+class ModelSpec(StrictModel):
+    """An understanding (X -> text) model: an LLM backbone and any number of input modalities."""
+
+    llm: LLMSpec
+    inputs: dict[str, InputSpec] = Field(default_factory=dict)  # modality name -> encoder + projector
+    seed: int = 0  # components built from ``config:`` are initialised from this seed, so they rebuild identically
+
+
+def load_spec(path: str | os.PathLike[str]) -> ModelSpec:
+    """Read a YAML (or JSON) model spec and validate it, naming the file in any error."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"The spec file {str(path)!r} does not exist; pass the path of a YAML model spec.")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise SpecError(f"The spec file {str(path)!r} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise SpecError(f"The spec file {str(path)!r} must hold a mapping with 'llm' and 'inputs'; it holds {type(data).__name__}.")
+    return parse_spec(data, source=str(path))
+
+
+def parse_spec(data: ModelSpec | dict[str, Any], source: str = "") -> ModelSpec:
+    """Validate a spec's structure, then check every name and params block against the loaded plugins.
+
+    Nothing is built and no weight is read: this is the check that runs first.
+    """
+    spec = data if isinstance(data, ModelSpec) else validate(ModelSpec, data, source=source)
+    check_components(spec, get_registry(), source)
+    return spec
+
+
+def check_components(spec: ModelSpec, registry: Registry, source: str = "") -> None:
+    """Every component is registered, every modality exists and every params block fits its component."""
+    where = f" in {source}" if source else ""
+    _check_params(registry.get("llms", spec.llm.name, where=f"llm.name{where}").value, spec.llm.params, "llm.params", source)
+    for modality, inputs in spec.inputs.items():
+        registry.modality(modality, where=f"inputs.{modality}{where}")
+        encoder = registry.get("encoders", inputs.encoder.name, modality=modality, where=f"inputs.{modality}.encoder.name{where}")
+        _check_params(encoder.value, inputs.encoder.params, f"inputs.{modality}.encoder.params", source)
+        projector = registry.get("projectors", inputs.projector.name, where=f"inputs.{modality}.projector.name{where}")
+        _check_params(projector.value, inputs.projector.params, f"inputs.{modality}.projector.params", source)
+
+
+def _check_params(factory: Any, params: dict[str, Any], where: str, source: str) -> None:
+    schema = getattr(factory, "Params", None)
+    if schema is not None:
+        validate(schema, params, where=where, source=source)

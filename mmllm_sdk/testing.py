@@ -1,0 +1,115 @@
+"""Tiny configs and a tiny real tokenizer, for tests and examples that must run offline in seconds."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+CHATML_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+_CORPUS = """
+A photo of a cat sitting on a red mat. Describe the image in detail.
+The dog runs across the green field while the sun sets behind the hills.
+What is shown in this picture? There is a small house next to a tall tree.
+Listen to the audio clip and tell me what you hear: a bird sings, a car passes.
+The video shows a person walking down the street, then turning left at the corner.
+Compare these two images. The first one is bright, the second one is dark.
+User: hello! Assistant: Hi, how can I help you today? Please answer briefly.
+Numbers 0 1 2 3 4 5 6 7 8 9 10 100 1000, punctuation . , ; : ! ? ( ) [ ] { } " ' - _ / \\ < > = + * & % $ # @
+"""
+
+
+def tiny_tokenizer(directory: str | os.PathLike[str] | None = None, vocab_size: int = 400) -> str:
+    """A real byte-level BPE tokenizer with a ChatML chat template, saved as a folder; returns its path.
+
+    Trained on a small built-in corpus (deterministic), so it encodes any text. The folder
+    is reused when it already exists.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    target = Path(directory) if directory is not None else Path(tempfile.gettempdir()) / f"mmllm-tiny-tokenizer-{vocab_size}"
+    if (target / "tokenizer.json").exists():
+        return str(target)
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(_CORPUS.strip().splitlines(), trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token=None,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        unk_token=None,
+    )
+    fast.chat_template = CHATML_TEMPLATE
+    staging = Path(tempfile.mkdtemp(prefix=".tok-", dir=target.parent if target.parent.exists() else None))
+    fast.save_pretrained(staging)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        staging.rename(target)
+    except OSError:  # another process won the race; its folder is as good as ours
+        import shutil
+
+        shutil.rmtree(staging, ignore_errors=True)
+    return str(target)
+
+
+def tiny_llm_config(vocab_size: int = 400, hidden_size: int = 32) -> dict[str, Any]:
+    """A two-layer Llama config (random init) small enough for unit tests."""
+    return {
+        "model_type": "llama",
+        "vocab_size": vocab_size,
+        "hidden_size": hidden_size,
+        "intermediate_size": 2 * hidden_size,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 512,
+        "tie_word_embeddings": False,
+    }
+
+
+def tiny_clip_vision_config() -> dict[str, Any]:
+    """A CLIP vision tower on 32x32 images in 8x8 patches: 16 patch tokens of size 24."""
+    return {"hidden_size": 24, "intermediate_size": 48, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "image_size": 32, "patch_size": 8}
+
+
+def tiny_siglip_vision_config() -> dict[str, Any]:
+    """A SigLIP vision tower on 32x32 images in 8x8 patches: 16 patch tokens of size 24."""
+    return {"hidden_size": 24, "intermediate_size": 48, "num_hidden_layers": 2, "num_attention_heads": 4,
+            "image_size": 32, "patch_size": 8}
+
+
+def tiny_whisper_config() -> dict[str, Any]:
+    """A Whisper encoder on 16 mel bins with 16 positions (0.32 s of audio at 16 kHz)."""
+    return {"d_model": 24, "encoder_layers": 2, "encoder_attention_heads": 4, "encoder_ffn_dim": 48,
+            "decoder_layers": 1, "decoder_attention_heads": 4, "decoder_ffn_dim": 48,
+            "num_mel_bins": 16, "max_source_positions": 16, "max_target_positions": 16, "vocab_size": 64}
+
+
+def tiny_spec(tokenizer_dir: str, inputs: tuple[str, ...] = ("image",), projector: str = "mlp") -> dict[str, Any]:
+    """A model spec (as a dict) with tiny random components for the given input modalities."""
+    encoders = {
+        "image": {"name": "hf-clip-vision", "params": {"config": tiny_clip_vision_config()}},
+        "audio": {"name": "hf-whisper-encoder", "params": {"config": tiny_whisper_config()}},
+        "video": {"name": "video-frames", "params": {"num_frames": 2, "frame_encoder": {
+            "name": "hf-clip-vision", "params": {"config": tiny_clip_vision_config()}}}},
+    }
+    return {
+        "llm": {"name": "hf-causal-lm", "params": {"config": tiny_llm_config(), "tokenizer": tokenizer_dir}},
+        "inputs": {m: {"encoder": encoders[m], "projector": {"name": projector}} for m in inputs},
+    }

@@ -1,0 +1,1 @@
+"""Training recipes (built in a later issue)."""

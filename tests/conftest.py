@@ -1,0 +1,62 @@
+"""Shared fixtures: a tiny real tokenizer and tiny model specs (no network, seconds to build)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory):
+    from mmllm_sdk.testing import tiny_tokenizer
+
+    return tiny_tokenizer(tmp_path_factory.mktemp("tokenizer") / "tiny")
+
+
+@pytest.fixture
+def image_spec(tokenizer_dir):
+    from mmllm_sdk.testing import tiny_spec
+
+    return tiny_spec(tokenizer_dir, inputs=("image",))
+
+
+@pytest.fixture
+def image_model(image_spec):
+    from mmllm_sdk import build_model
+
+    return build_model(image_spec, progress=False)
+
+
+@pytest.fixture
+def image_file(tmp_path):
+    """A small RGB PNG with some structure (a gradient), so features are not constant."""
+    import numpy as np
+    from PIL import Image
+
+    y, x = np.mgrid[0:40, 0:48]
+    array = np.stack([x * 5, y * 6, (x + y) * 3], axis=-1).astype(np.uint8)
+    path = tmp_path / "gradient.png"
+    Image.fromarray(array).save(path)
+    return path
+
+
+@pytest.fixture
+def wav_file(tmp_path):
+    """A 0.25 s, 16 kHz, 16-bit mono WAV of a 440 Hz tone."""
+    import wave
+
+    import numpy as np
+
+    t = np.arange(4000) / 16000.0
+    samples = (0.3 * np.sin(2 * np.pi * 440 * t) * 32767).astype("<i2")
+    path = tmp_path / "tone.wav"
+    with wave.open(str(path), "wb") as handle:
+        handle.setnchannels(1)
+        handle.setsampwidth(2)
+        handle.setframerate(16000)
+        handle.writeframes(samples.tobytes())
+    return path
