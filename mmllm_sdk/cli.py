@@ -13,7 +13,12 @@ from mmllm_sdk.errors import MMLLMError
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and getattr(args, "command", None) == "chat" and args.question is None and not extra[0].startswith("-"):
+        # argparse stops filling positionals at the first option: `chat CKPT --input x=y "question"`
+        args.question, extra = extra[0], extra[1:]
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "command", None):
         parser.print_help()
         return 2

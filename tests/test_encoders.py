@@ -85,7 +85,8 @@ def test_encoder_passes_gradients_in_train_mode(name):
 
 
 def test_tiny_encoders_have_the_documented_sizes():
-    sizes = {name: (cls(params).num_tokens, cls(params).output_dim) for name, (cls, params, _) in ENCODERS.items()}
+    encoders = {name: cls(params) for name, (cls, params, _) in ENCODERS.items()}
+    sizes = {name: (encoder.num_tokens, encoder.output_dim) for name, encoder in encoders.items()}
     assert sizes == {"hf-clip-vision": (16, 24), "hf-siglip-vision": (16, 24), "hf-whisper-encoder": (16, 24),
                      "video-frames": (16, 24)}
 
@@ -145,8 +146,12 @@ def test_whisper_resamples_8khz_input_to_the_same_features():
     native = encoder.preprocess([tone(0.25, WHISPER_RATE)])["input_features"]
     resampled = encoder.preprocess([tone(0.25, 8_000)])["input_features"]
     assert resampled.shape == native.shape
+    frequencies = np.linspace(0, WHISPER_RATE / 2, encoder.feature_extractor.mel_filters.shape[0])
+    below_4khz = torch.from_numpy(encoder.feature_extractor.mel_filters[frequencies > 3_800].sum(axis=0) == 0)
     interior = slice(1, 24)  # mel frames of the 25-frame tone away from its two ends
-    torch.testing.assert_close(resampled[..., interior], native[..., interior], atol=0.05, rtol=0)
+    # 8 kHz audio holds nothing above 4 kHz: compare the mel bands below it
+    close = resampled[0, below_4khz, interior], native[0, below_4khz, interior]
+    torch.testing.assert_close(*close, atol=0.05, rtol=0)
     assert encoder(input_features=resampled).shape == (1, encoder.num_tokens, encoder.output_dim)
 
 
@@ -229,6 +234,21 @@ def test_clip_saved_and_loaded_with_model_path_gives_identical_features(tmp_path
     with torch.no_grad():
         assert torch.equal(loaded(**loaded.preprocess(items)), built(**built.preprocess(items)))
     assert loaded.reference()["model"] == str(tmp_path) and "sha256" in loaded.reference()
+
+
+def test_whisper_loaded_with_model_path_keeps_only_the_encoder(tmp_path):
+    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperModel
+
+    token_ids = {"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, "decoder_start_token_id": 3}  # within vocab
+    whole = WhisperModel(WhisperConfig(**tiny_whisper_config(), **token_ids)).eval()
+    whole.save_pretrained(tmp_path)
+    WhisperFeatureExtractor(feature_size=tiny_whisper_config()["num_mel_bins"]).save_pretrained(tmp_path)
+    encoder = WhisperAudioEncoder({"model": str(tmp_path)}).eval()
+    batch = encoder.preprocess([tone(0.25, WHISPER_RATE)])
+    assert batch["input_features"].shape == (1, 16, 32)  # the window follows max_source_positions, not 30 s
+    assert not any(key.startswith("decoder") for key in encoder.model.state_dict())
+    with torch.no_grad():
+        assert torch.equal(encoder(**batch), whole.encoder(**batch).last_hidden_state)
 
 
 def test_missing_model_folder_is_a_spec_error(tmp_path):

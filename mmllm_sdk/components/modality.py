@@ -61,7 +61,7 @@ class ModalitySpec:
         if not self.placeholder or any(ch.isspace() for ch in self.placeholder):
             raise ValueError(f"Placeholder {self.placeholder!r} of modality {self.name!r} must be non-empty, without spaces.")
         for suffix in self.loaders:
-            if suffix != DIRECTORY and not suffix.startswith(".") or suffix != suffix.lower():
+            if (suffix != DIRECTORY and not suffix.startswith(".")) or suffix != suffix.lower():
                 raise ValueError(
                 f"Loader suffix {suffix!r} of modality {self.name!r} must look like '.png' (lower case), or be "
                 f"{DIRECTORY!r} for a loader of folders."

@@ -11,7 +11,8 @@ import torch
 from pydantic import Field
 
 from mmllm_sdk.components.encoder import ModalityEncoder
-from mmllm_sdk.components.hf import HFSource, _call, is_skeleton, load_model, reference
+from mmllm_sdk.components.hf import HFSource, _call, is_skeleton, load_model
+from mmllm_sdk.components.hf import reference as hf_reference
 from mmllm_sdk.components.modality import AudioClip, VideoClip
 from mmllm_sdk.errors import InputError, PluginError, SpecError
 from mmllm_sdk.hookspecs import hookimpl
@@ -121,7 +122,7 @@ class HFVisionEncoder(ModalityEncoder):
         return hidden[:, self.skip_tokens :]  # (B, N, D)
 
     def reference(self) -> dict[str, Any]:
-        return reference(self.params)
+        return hf_reference(self.params)
 
 
 def _check_feature_layer(layer: int, num_layers: int, where: str) -> int:
@@ -294,7 +295,7 @@ class WhisperAudioEncoder(ModalityEncoder):
         return self.model(input_features=input_features).last_hidden_state  # (B, N, D)
 
     def reference(self) -> dict[str, Any]:
-        return reference(self.params)
+        return hf_reference(self.params)
 
 
 # video: an image encoder over sampled frames ---------------------------------------------------

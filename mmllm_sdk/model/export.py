@@ -28,14 +28,15 @@ def llava_state_dict(model: MMLLM) -> tuple[dict[str, torch.Tensor], str]:
     if isinstance(projector, MLPProjector):
         state.update({f"model.multi_modal_projector.{k}": v for k, v in projector.state_dict().items()})
         activation = "gelu"
-    else:  # LinearProjector: linear_1 is ours, an identity-activation and an identity linear_2 keep it exact
-        assert isinstance(projector, LinearProjector)
+    elif isinstance(projector, LinearProjector):  # ours as linear_1; identity activation and linear_2 keep it exact
         eye = torch.eye(projector.out_dim, dtype=projector.linear.weight.dtype)
         state["model.multi_modal_projector.linear_1.weight"] = projector.linear.weight
         state["model.multi_modal_projector.linear_1.bias"] = projector.linear.bias
         state["model.multi_modal_projector.linear_2.weight"] = eye
         state["model.multi_modal_projector.linear_2.bias"] = torch.zeros(projector.out_dim, dtype=eye.dtype)
         activation = "linear"
+    else:
+        raise ExportError(f"The {type(projector).__name__} projector has no LLaVA equivalent; use 'linear' or 'mlp'.")
     for key, value in model.llm.model.state_dict().items():
         if key.startswith("model."):
             state[f"model.language_model.{key.removeprefix('model.')}"] = value
@@ -91,7 +92,7 @@ def export_hf_llava(model: MMLLM, output: str | os.PathLike[str]) -> Path:
         image_token_id=model.placeholder_ids["image"],
         image_seq_length=model.input_projectors["image"].num_tokens,
         vision_feature_layer=encoder.feature_layer,
-        vision_feature_select_strategy=SELECT_STRATEGY[encoder.select],
+        vision_feature_select_strategy=SELECT_STRATEGY[encoder.params.select],
         projector_hidden_act=activation,
         multimodal_projector_bias=True,
         tie_word_embeddings=getattr(text_config, "tie_word_embeddings", False),

@@ -1,0 +1,60 @@
+"""Interop: the hf-llava export loads in transformers and gives our logits."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import LlavaForConditionalGeneration
+
+from mmllm_sdk import build_model
+from mmllm_sdk.cli import main
+from mmllm_sdk.errors import ExportError
+from mmllm_sdk.model.export import export_hf_llava
+from mmllm_sdk.testing import tiny_spec
+
+
+def conversation(image):
+    return [
+        {"role": "user", "content": [{"type": "image", "path": str(image)}, {"type": "text", "text": "Describe it."}]},
+        {"role": "assistant", "content": "A gradient."},
+    ]
+
+
+def trained(model):
+    with torch.no_grad():
+        for p in model.input_projectors["image"].parameters():
+            p.add_(torch.randn_like(p) * 0.1)  # as if aligned: not the deterministic init
+    return model
+
+
+@pytest.mark.parametrize("projector", ["mlp", "linear"])
+def test_the_exported_llava_gives_our_logits(tokenizer_dir, image_file, tmp_path, projector):
+    model = trained(build_model(tiny_spec(tokenizer_dir, projector=projector), progress=False)).eval()
+    model.save_pretrained(tmp_path / "ckpt")
+    assert main(["export", str(tmp_path / "ckpt"), "--format", "hf-llava", str(tmp_path / "llava")]) == 0
+
+    llava = LlavaForConditionalGeneration.from_pretrained(tmp_path / "llava").eval()
+    batch = model.processor([conversation(image_file)])
+    assert llava.config.image_token_id == model.placeholder_ids["image"]
+    with torch.no_grad():
+        ours = model(**batch).logits
+        theirs = llava(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       pixel_values=batch["image"]["pixel_values"]).logits
+    assert (ours - theirs).abs().max().item() < 1e-4
+
+
+def test_a_model_llava_cannot_express_is_refused_with_the_reasons(tokenizer_dir, tmp_path):
+    model = build_model(tiny_spec(tokenizer_dir, projector="qformer"), progress=False)
+    with pytest.raises(ExportError, match=r"cannot be exported as hf-llava: the projector must be 'linear' or a 2-layer 'mlp' \(it is qformer\)"):
+        export_hf_llava(model, tmp_path / "out")
+
+
+def test_the_export_saves_the_tokenizer_and_image_processor(tokenizer_dir, tmp_path):
+    from transformers import AutoImageProcessor, AutoTokenizer
+
+    model = build_model(tiny_spec(tokenizer_dir), progress=False)
+    export_hf_llava(model, tmp_path / "llava")
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "llava")
+    assert tokenizer.convert_tokens_to_ids("<image>") == model.placeholder_ids["image"]
+    processor = AutoImageProcessor.from_pretrained(tmp_path / "llava")
+    assert processor.crop_size["height"] == 32
