@@ -98,7 +98,8 @@ def tiny_whisper_config() -> dict[str, Any]:
     """A Whisper encoder on 16 mel bins with 16 positions (0.32 s of audio at 16 kHz)."""
     return {"d_model": 24, "encoder_layers": 2, "encoder_attention_heads": 4, "encoder_ffn_dim": 48,
             "decoder_layers": 1, "decoder_attention_heads": 4, "decoder_ffn_dim": 48,
-            "num_mel_bins": 16, "max_source_positions": 16, "max_target_positions": 16, "vocab_size": 64}
+            "num_mel_bins": 16, "max_source_positions": 16, "max_target_positions": 16, "vocab_size": 64,
+            "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, "decoder_start_token_id": 1}
 
 
 def tiny_spec(tokenizer_dir: str, inputs: tuple[str, ...] = ("image",), projector: str = "mlp") -> dict[str, Any]:
