@@ -83,9 +83,9 @@ def load_config(config_cls: Any, source: HFSource, what: str) -> Any:
             model_type = fields.pop("model_type", None)
             if model_type is None:
                 raise SpecError(f"{what}: 'config' needs a 'model_type' (for example 'llama') to know which architecture to build.")
-            return _call(what, config_cls.for_model, model_type, **fields)
-        return _call(what, config_cls, **fields)
-    return _call(what, config_cls.from_pretrained, source.model, **source.pretrained_kwargs())
+            return hf_call(what, config_cls.for_model, model_type, **fields)
+        return hf_call(what, config_cls, **fields)
+    return hf_call(what, config_cls.from_pretrained, source.model, **source.pretrained_kwargs())
 
 
 def load_model(model_cls: Any, config_cls: Any, source: HFSource, what: str) -> Any:
@@ -96,11 +96,12 @@ def load_model(model_cls: Any, config_cls: Any, source: HFSource, what: str) -> 
     config = load_config(config_cls, source, what)
     if is_skeleton() or source.config is not None:
         builder = getattr(model_cls, "from_config", None) or model_cls._from_config
-        return _call(what, builder, config, dtype=source.torch_dtype)
-    return _call(what, model_cls.from_pretrained, source.model, config=config, dtype=source.torch_dtype, **source.pretrained_kwargs())
+        return hf_call(what, builder, config, dtype=source.torch_dtype)
+    return hf_call(what, model_cls.from_pretrained, source.model, config=config, dtype=source.torch_dtype, **source.pretrained_kwargs())
 
 
-def _call(what: str, function: Any, *args: Any, **kwargs: Any) -> Any:
+def hf_call(what: str, function: Any, *args: Any, **kwargs: Any) -> Any:
+    """Call a transformers loader; a missing model or a bad config becomes a SpecError naming ``what``."""
     try:
         return function(*args, **kwargs)
     except OSError as exc:
