@@ -113,3 +113,17 @@ def test_a_too_long_conversation_is_refused_not_cut(image_model, image_file):
 
     with pytest.raises(InputError, match=r"takes \d+ tokens \(placeholders expanded\), more than max_length=10"):
         image_model.processor([ask(image_file)], max_length=10)
+
+
+def test_a_video_goes_through_the_model_from_an_animated_gif(tokenizer_dir, tmp_path):
+    from PIL import Image
+
+    frames = [Image.new("RGB", (32, 32), (40 * i, 0, 0)) for i in range(5)]
+    frames[0].save(tmp_path / "clip.gif", save_all=True, append_images=frames[1:], duration=100)
+    model = build_model(tiny_spec(tokenizer_dir, inputs=("video",)), progress=False)
+    conversation = [{"role": "user", "content": [{"type": "video", "path": str(tmp_path / "clip.gif")},
+                                                 {"type": "text", "text": "What happens?"}]},
+                    {"role": "assistant", "content": "It turns red."}]
+    batch = model.processor([conversation])
+    assert batch["video"]["pixel_values"].shape == (1, 2, 3, 32, 32)  # (B, num_frames, C, H, W)
+    assert torch.isfinite(model(**batch).loss)
