@@ -90,3 +90,21 @@ def test_a_changed_base_is_reported_on_load(llm_folder, image_spec, tmp_path):
     model.save_pretrained(llm_folder)
     with pytest.warns(UserWarning, match="The frozen base of llm .* has changed since the checkpoint was saved"):
         MMLLM.from_pretrained(tmp_path / "ckpt", progress=False)
+
+
+def test_files_read_twice_in_one_build_are_read_once_and_copied(tokenizer_dir):
+    from mmllm_sdk.components.hf import cached_call, reuse_loaded_files
+
+    reads = []
+
+    def load(path):
+        reads.append(path)
+        return AutoTokenizer.from_pretrained(path)
+
+    with reuse_loaded_files():
+        first, second = cached_call("test", load, tokenizer_dir), cached_call("test", load, tokenizer_dir)
+    assert reads == [tokenizer_dir]
+    first.add_tokens(["<only-in-first>"])
+    assert len(first) == len(second) + 1  # each caller owns its copy
+    cached_call("test", load, tokenizer_dir)
+    assert len(reads) == 2  # outside the block nothing is kept

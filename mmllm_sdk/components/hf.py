@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import copy
 import hashlib
 import os
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from mmllm_sdk.errors import SpecError
 from mmllm_sdk.validation import StrictModel
 
 _SKELETON = contextvars.ContextVar("mmllm_skeleton", default=False)
+_FILE_CACHE: contextvars.ContextVar[dict[Any, Any] | None] = contextvars.ContextVar("mmllm_file_cache", default=None)
 _WEIGHT_SUFFIXES = (".safetensors", ".gguf", ".bin", ".pt", ".pth", ".ckpt", ".onnx")
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -39,6 +41,32 @@ def skeleton_mode() -> Iterator[None]:
 def is_skeleton() -> bool:
     """True while :func:`skeleton_mode` is active."""
     return _SKELETON.get()
+
+
+@contextlib.contextmanager
+def reuse_loaded_files() -> Iterator[None]:
+    """Within this block, configs, tokenizers and processors read by :func:`cached_call` are read once.
+
+    ``build_model`` builds a skeleton, then the real model: both read the same configs and
+    tokenizers (a GGUF file takes seconds to parse for each).
+    """
+    token = _FILE_CACHE.set({})
+    try:
+        yield
+    finally:
+        _FILE_CACHE.reset(token)
+
+
+def cached_call(what: str, function: Any, *args: Any, **kwargs: Any) -> Any:
+    """:func:`hf_call` for loaders of small objects (configs, tokenizers, processors), memoised in
+    :func:`reuse_loaded_files`; each caller gets its own deep copy, since callers change them."""
+    cache = _FILE_CACHE.get()
+    if cache is None:
+        return hf_call(what, function, *args, **kwargs)
+    key = (getattr(function, "__qualname__", repr(function)), getattr(function, "__self__", None), repr(args), repr(sorted(kwargs.items())))
+    if key not in cache:
+        cache[key] = hf_call(what, function, *args, **kwargs)
+    return copy.deepcopy(cache[key])
 
 
 class HFSource(StrictModel):
@@ -85,7 +113,7 @@ def load_config(config_cls: Any, source: HFSource, what: str) -> Any:
                 raise SpecError(f"{what}: 'config' needs a 'model_type' (for example 'llama') to know which architecture to build.")
             return hf_call(what, config_cls.for_model, model_type, **fields)
         return hf_call(what, config_cls, **fields)
-    return hf_call(what, config_cls.from_pretrained, source.model, **source.pretrained_kwargs())
+    return cached_call(what, config_cls.from_pretrained, source.model, **source.pretrained_kwargs())
 
 
 def load_model(model_cls: Any, config_cls: Any, source: HFSource, what: str) -> Any:

@@ -11,7 +11,7 @@ import torch
 from pydantic import Field
 
 from mmllm_sdk.components.encoder import ModalityEncoder
-from mmllm_sdk.components.hf import HFSource, hf_call, is_skeleton, load_model
+from mmllm_sdk.components.hf import HFSource, cached_call, is_skeleton, load_model
 from mmllm_sdk.components.hf import reference as hf_reference
 from mmllm_sdk.components.modality import AudioClip, VideoClip
 from mmllm_sdk.errors import InputError, PluginError, SpecError
@@ -40,7 +40,7 @@ def _check_items(items: list[Any], expected: type, noun: str, where: str) -> Non
 def _pretrained_processor(processor_cls: Any, source: HFSource, what: str) -> Any:
     """A preprocessor (image processor, feature extractor) saved next to the weights in ``source.model``."""
     kwargs = {"revision": source.revision} if source.revision else {}
-    return hf_call(what, processor_cls.from_pretrained, source.model, **kwargs)
+    return cached_call(what, processor_cls.from_pretrained, source.model, **kwargs)
 
 
 # image: Hugging Face vision towers ----------------------------------------------------------

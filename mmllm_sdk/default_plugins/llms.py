@@ -33,7 +33,7 @@ def build_hf_causal_lm(params: dict[str, Any]) -> LLMBackbone:
     tokenizer_kwargs: dict[str, Any] = {"trust_remote_code": source.trust_remote_code}
     if source.tokenizer is None:  # the tokenizer lives with the weights
         tokenizer_kwargs.update({k: v for k, v in source.pretrained_kwargs().items() if k in ("revision", "gguf_file")})
-    tokenizer = hf.hf_call(what, AutoTokenizer.from_pretrained, tokenizer_source, **tokenizer_kwargs)
+    tokenizer = hf.cached_call(what, AutoTokenizer.from_pretrained, tokenizer_source, **tokenizer_kwargs)
     if source.chat_template is not None:
         tokenizer.chat_template = source.chat_template
     model = hf.load_model(AutoModelForCausalLM, AutoConfig, source, what)

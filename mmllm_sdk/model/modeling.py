@@ -15,7 +15,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from mmllm_sdk.components.encoder import ModalityEncoder
-from mmllm_sdk.components.hf import skeleton_mode
+from mmllm_sdk.components.hf import reuse_loaded_files, skeleton_mode
 from mmllm_sdk.components.llm import LLMBackbone
 from mmllm_sdk.components.projector import InputProjector
 from mmllm_sdk.errors import DimensionError, InputError, MMLLMError, PlaceholderMismatchError, PluginError
@@ -211,11 +211,12 @@ def build_model(spec: ModelSpec | dict[str, Any], *, skeleton: bool = False, pro
     (``mmllm validate`` uses it to count parameters).
     """
     spec = parse_spec(spec)
-    with skeleton_mode():
-        model = _assemble(spec, progress=False)
-    if skeleton:
-        return model
-    return _assemble(spec, progress=progress)
+    with reuse_loaded_files():
+        with skeleton_mode():
+            model = _assemble(spec, progress=False)
+        if skeleton:
+            return model
+        return _assemble(spec, progress=progress)
 
 
 def _assemble(spec: ModelSpec, progress: bool) -> MMLLM:
