@@ -18,12 +18,12 @@ test: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check mmllm_sdk tests
-	$(BIN)/ruff format --check mmllm_sdk tests
+	$(BIN)/ruff check mmllm_sdk tests examples
+	$(BIN)/ruff format --check mmllm_sdk tests examples
 
 format: $(STAMP)
-	$(BIN)/ruff format mmllm_sdk tests
-	$(BIN)/ruff check --fix mmllm_sdk tests
+	$(BIN)/ruff format mmllm_sdk tests examples
+	$(BIN)/ruff check --fix mmllm_sdk tests examples
 
 demo: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python examples/tiny_demo.py

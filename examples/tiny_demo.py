@@ -35,17 +35,33 @@ def main() -> None:
     run("validate", str(spec_path))
 
     model = build_model(load_spec(spec_path))
-    messages = [{"role": "user", "content": [{"type": "image", "path": str(work / "gradient.png")},
-                                             {"type": "text", "text": "What is in this image?"}]}]
-    batch = model.processor([messages + [{"role": "assistant", "content": "A colour gradient."}]])
-    print(f"\nprocessor: input_ids {tuple(batch['input_ids'].shape)}, pixel_values {tuple(batch['image']['pixel_values'].shape)}, "
-          f"loss {model(**batch).loss.item():.3f}")
+    messages = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image", "path": str(work / "gradient.png")},
+                {"type": "text", "text": "What is in this image?"},
+            ],
+        }
+    ]
+    batch = model.processor([[*messages, {"role": "assistant", "content": "A colour gradient."}]])
+    print(
+        f"\nprocessor: input_ids {tuple(batch['input_ids'].shape)}, pixel_values {tuple(batch['image']['pixel_values'].shape)}, "
+        f"loss {model(**batch).loss.item():.3f}"
+    )
     model.save_pretrained(work / "checkpoint")
     print(f"saved {work / 'checkpoint'}: {sorted(p.name for p in (work / 'checkpoint').iterdir())}")
     MMLLM.from_pretrained(work / "checkpoint", progress=False)
 
-    run("chat", str(work / "checkpoint"), "--input", f"image={work / 'gradient.png'}", "What is in this image?",
-        "--max-new-tokens", "8")
+    run(
+        "chat",
+        str(work / "checkpoint"),
+        "--input",
+        f"image={work / 'gradient.png'}",
+        "What is in this image?",
+        "--max-new-tokens",
+        "8",
+    )
     print("(random weights: the answer is noise until the projector is trained)")
     print(f"\nEverything is in {work}.")
 

@@ -38,35 +38,54 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    plugins = commands.add_parser("plugins", help="list the loaded plugins and what each registers",
-                                  description="List the loaded plugins (built-in and installed) and the components each registers.")
+    plugins = commands.add_parser(
+        "plugins",
+        help="list the loaded plugins and what each registers",
+        description="List the loaded plugins (built-in and installed) and the components each registers.",
+    )
     plugins.add_argument("--json", action="store_true", help="print JSON for machines")
     plugins.set_defaults(run=cmd_plugins)
 
-    validate = commands.add_parser("validate", help="check a model spec without loading weights",
-                                   description="Check a model spec: components, token budget per modality and parameter "
-                                   "counts, from configs only (no weights are read).")
+    validate = commands.add_parser(
+        "validate",
+        help="check a model spec without loading weights",
+        description="Check a model spec: components, token budget per modality and parameter "
+        "counts, from configs only (no weights are read).",
+    )
     validate.add_argument("spec", help="path of a YAML model spec")
     validate.add_argument("--json", action="store_true", help="print JSON for machines")
     validate.set_defaults(run=cmd_validate)
 
-    chat = commands.add_parser("chat", help="ask a model a question about some inputs",
-                               description="Load a checkpoint folder (or build a model from a spec) and answer a question. "
-                               "Without a question, read questions from standard input, one per line.")
-    chat.add_argument("model", metavar="CKPT_OR_SPEC", help="a checkpoint folder (with mmllm.json) or a YAML model spec")
+    chat = commands.add_parser(
+        "chat",
+        help="ask a model a question about some inputs",
+        description="Load a checkpoint folder (or build a model from a spec) and answer a question. "
+        "Without a question, read questions from standard input, one per line.",
+    )
+    chat.add_argument(
+        "model", metavar="CKPT_OR_SPEC", help="a checkpoint folder (with mmllm.json) or a YAML model spec"
+    )
     chat.add_argument("question", nargs="?", help="the question; omit it for an interactive session")
-    chat.add_argument("--input", action="append", default=[], metavar="MODALITY=PATH",
-                      help="attach an input to the first question, e.g. --input image=cat.png (repeatable)")
+    chat.add_argument(
+        "--input",
+        action="append",
+        default=[],
+        metavar="MODALITY=PATH",
+        help="attach an input to the first question, e.g. --input image=cat.png (repeatable)",
+    )
     chat.add_argument("--system", help="a system prompt")
     chat.add_argument("--max-new-tokens", type=int, default=128, help="the most tokens to generate (default 128)")
     chat.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     chat.add_argument("--temperature", type=float, default=0.7, help="sampling temperature with --sample (default 0.7)")
     chat.set_defaults(run=cmd_chat)
 
-    export = commands.add_parser("export", help="write a checkpoint in another library's format",
-                                 description="Export a checkpoint. hf-llava writes a folder that "
-                                 "transformers.LlavaForConditionalGeneration.from_pretrained loads (CLIP vision encoder, "
-                                 "linear or mlp projector, Llama-family LLM).")
+    export = commands.add_parser(
+        "export",
+        help="write a checkpoint in another library's format",
+        description="Export a checkpoint. hf-llava writes a folder that "
+        "transformers.LlavaForConditionalGeneration.from_pretrained loads (CLIP vision encoder, "
+        "linear or mlp projector, Llama-family LLM).",
+    )
     export.add_argument("checkpoint", help="an SDK checkpoint folder")
     export.add_argument("--format", required=True, choices=["hf-llava"], help="the target format")
     export.add_argument("output", help="the folder to write (replaced atomically if it exists)")
@@ -83,8 +102,18 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         info = plugin_info(name)
         registers: dict[str, list[str]] = {}
         for entry in entries:
-            registers.setdefault(entry.kind, []).append(f"{entry.modality}/{entry.name}" if entry.kind in ("encoders", "generators") else entry.name)
-        rows.append({"name": name, "distribution": info.distribution, "version": info.version, "builtin": info.builtin, "registers": registers})
+            registers.setdefault(entry.kind, []).append(
+                f"{entry.modality}/{entry.name}" if entry.kind in ("encoders", "generators") else entry.name
+            )
+        rows.append(
+            {
+                "name": name,
+                "distribution": info.distribution,
+                "version": info.version,
+                "builtin": info.builtin,
+                "registers": registers,
+            }
+        )
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -125,7 +154,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2))
         return 0
     print(f"{args.spec}: valid")
-    print(f"LLM backbone  {spec.llm.name}: hidden size {report['llm']['hidden_size']}, vocabulary {report['llm']['vocab_size']}")
+    print(
+        f"LLM backbone  {spec.llm.name}: hidden size {report['llm']['hidden_size']}, vocabulary {report['llm']['vocab_size']}"
+    )
     for modality, row in report["inputs"].items():
         print(
             f"input {modality:<7} {row['encoder']} ({row['encoder_tokens']} x {row['encoder_dim']}) -> {row['projector']} "

@@ -58,7 +58,9 @@ def load_spec(path: str | os.PathLike[str]) -> ModelSpec:
     except yaml.YAMLError as exc:
         raise SpecError(f"The spec file {str(path)!r} is not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
-        raise SpecError(f"The spec file {str(path)!r} must hold a mapping with 'llm' and 'inputs'; it holds {type(data).__name__}.")
+        raise SpecError(
+            f"The spec file {str(path)!r} must hold a mapping with 'llm' and 'inputs'; it holds {type(data).__name__}."
+        )
     return parse_spec(data, source=str(path))
 
 
@@ -75,10 +77,14 @@ def parse_spec(data: ModelSpec | dict[str, Any], source: str = "") -> ModelSpec:
 def check_components(spec: ModelSpec, registry: Registry, source: str = "") -> None:
     """Every component is registered, every modality exists and every params block fits its component."""
     where = f" in {source}" if source else ""
-    _check_params(registry.get("llms", spec.llm.name, where=f"llm.name{where}").value, spec.llm.params, "llm.params", source)
+    _check_params(
+        registry.get("llms", spec.llm.name, where=f"llm.name{where}").value, spec.llm.params, "llm.params", source
+    )
     for modality, inputs in spec.inputs.items():
         registry.modality(modality, where=f"inputs.{modality}{where}")
-        encoder = registry.get("encoders", inputs.encoder.name, modality=modality, where=f"inputs.{modality}.encoder.name{where}")
+        encoder = registry.get(
+            "encoders", inputs.encoder.name, modality=modality, where=f"inputs.{modality}.encoder.name{where}"
+        )
         _check_params(encoder.value, inputs.encoder.params, f"inputs.{modality}.encoder.params", source)
         projector = registry.get("projectors", inputs.projector.name, where=f"inputs.{modality}.projector.name{where}")
         _check_params(projector.value, inputs.projector.params, f"inputs.{modality}.projector.params", source)

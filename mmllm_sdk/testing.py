@@ -33,7 +33,9 @@ def tiny_tokenizer(directory: str | os.PathLike[str] | None = None, vocab_size: 
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    target = Path(directory) if directory is not None else Path(tempfile.gettempdir()) / f"mmllm-tiny-tokenizer-{vocab_size}"
+    target = (
+        Path(directory) if directory is not None else Path(tempfile.gettempdir()) / f"mmllm-tiny-tokenizer-{vocab_size}"
+    )
     if (target / "tokenizer.json").exists():
         return str(target)
     specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -84,22 +86,47 @@ def tiny_llm_config(vocab_size: int = 400, hidden_size: int = 32) -> dict[str, A
 
 def tiny_clip_vision_config() -> dict[str, Any]:
     """A CLIP vision tower on 32x32 images in 8x8 patches: 16 patch tokens of size 24."""
-    return {"hidden_size": 24, "intermediate_size": 48, "num_hidden_layers": 2, "num_attention_heads": 4,
-            "image_size": 32, "patch_size": 8}
+    return {
+        "hidden_size": 24,
+        "intermediate_size": 48,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "image_size": 32,
+        "patch_size": 8,
+    }
 
 
 def tiny_siglip_vision_config() -> dict[str, Any]:
     """A SigLIP vision tower on 32x32 images in 8x8 patches: 16 patch tokens of size 24."""
-    return {"hidden_size": 24, "intermediate_size": 48, "num_hidden_layers": 2, "num_attention_heads": 4,
-            "image_size": 32, "patch_size": 8}
+    return {
+        "hidden_size": 24,
+        "intermediate_size": 48,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "image_size": 32,
+        "patch_size": 8,
+    }
 
 
 def tiny_whisper_config() -> dict[str, Any]:
     """A Whisper encoder on 16 mel bins with 16 positions (0.32 s of audio at 16 kHz)."""
-    return {"d_model": 24, "encoder_layers": 2, "encoder_attention_heads": 4, "encoder_ffn_dim": 48,
-            "decoder_layers": 1, "decoder_attention_heads": 4, "decoder_ffn_dim": 48,
-            "num_mel_bins": 16, "max_source_positions": 16, "max_target_positions": 16, "vocab_size": 64,
-            "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, "decoder_start_token_id": 1}
+    return {
+        "d_model": 24,
+        "encoder_layers": 2,
+        "encoder_attention_heads": 4,
+        "encoder_ffn_dim": 48,
+        "decoder_layers": 1,
+        "decoder_attention_heads": 4,
+        "decoder_ffn_dim": 48,
+        "num_mel_bins": 16,
+        "max_source_positions": 16,
+        "max_target_positions": 16,
+        "vocab_size": 64,
+        "pad_token_id": 0,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "decoder_start_token_id": 1,
+    }
 
 
 def tiny_spec(tokenizer_dir: str, inputs: tuple[str, ...] = ("image",), projector: str = "mlp") -> dict[str, Any]:
@@ -107,8 +134,13 @@ def tiny_spec(tokenizer_dir: str, inputs: tuple[str, ...] = ("image",), projecto
     encoders = {
         "image": {"name": "hf-clip-vision", "params": {"config": tiny_clip_vision_config()}},
         "audio": {"name": "hf-whisper-encoder", "params": {"config": tiny_whisper_config()}},
-        "video": {"name": "video-frames", "params": {"num_frames": 2, "frame_encoder": {
-            "name": "hf-clip-vision", "params": {"config": tiny_clip_vision_config()}}}},
+        "video": {
+            "name": "video-frames",
+            "params": {
+                "num_frames": 2,
+                "frame_encoder": {"name": "hf-clip-vision", "params": {"config": tiny_clip_vision_config()}},
+            },
+        },
     }
     return {
         "llm": {"name": "hf-causal-lm", "params": {"config": tiny_llm_config(), "tokenizer": tokenizer_dir}},

@@ -27,9 +27,7 @@ def validate(model: type[M], data: Any, where: str = "", source: str = "") -> M:
         raise SpecError(describe_validation_error(error, model, where, source)) from None
 
 
-def describe_validation_error(
-    error: ValidationError, model: type[BaseModel], where: str = "", source: str = ""
-) -> str:
+def describe_validation_error(error: ValidationError, model: type[BaseModel], where: str = "", source: str = "") -> str:
     """One line per problem: ``field.path: what is wrong (got value)``, plus the fields that would fit."""
     lines = []
     for item in error.errors():

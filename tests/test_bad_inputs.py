@@ -76,12 +76,17 @@ def test_an_image_array_of_the_wrong_dtype_says_how_to_convert():
 
 def test_more_placeholders_than_images(image_model, image_file):
     record = {"image": str(image_file), "conversations": [{"from": "human", "value": "<image> and <image>?"}]}
-    with pytest.raises(PlaceholderMismatchError, match=r"Conversation 0 has 2 <image> placeholder\(s\) but 1 image input\(s\)"):
+    with pytest.raises(
+        PlaceholderMismatchError, match=r"Conversation 0 has 2 <image> placeholder\(s\) but 1 image input\(s\)"
+    ):
         image_model.processor([record])
 
 
 def test_fewer_placeholders_than_images(image_model, image_file):
-    record = {"image": [str(image_file), str(image_file)], "conversations": [{"from": "human", "value": "<image> what?"}]}
+    record = {
+        "image": [str(image_file), str(image_file)],
+        "conversations": [{"from": "human", "value": "<image> what?"}],
+    }
     with pytest.raises(PlaceholderMismatchError, match=r"has 1 <image> placeholder\(s\) but 2 image input\(s\)"):
         image_model.processor([record])
 
@@ -103,7 +108,9 @@ def test_one_conversation_not_wrapped_in_a_list(image_model):
 
 def test_a_modality_the_model_does_not_take(image_model, wav_file):
     conversation = [{"role": "user", "content": [{"type": "audio", "path": str(wav_file)}]}]
-    with pytest.raises(InputError, match="a content part of type 'audio' cannot be used by this model; it takes: text, image"):
+    with pytest.raises(
+        InputError, match="a content part of type 'audio' cannot be used by this model; it takes: text, image"
+    ):
         image_model.processor([conversation])
 
 

@@ -15,13 +15,21 @@ def test_plugins_lists_each_plugin_and_what_it_registers(capsys):
     assert main(["plugins"]) == 0
     out = capsys.readouterr().out
     assert "mmllm_sdk.default_plugins.encoders (built-in)" in out
-    assert "  encoders: image/hf-clip-vision, image/hf-siglip-vision, audio/hf-whisper-encoder, video/video-frames" in out
+    assert (
+        "  encoders: image/hf-clip-vision, image/hf-siglip-vision, audio/hf-whisper-encoder, video/video-frames" in out
+    )
 
 
 def test_plugins_json_is_machine_readable(capsys):
     assert main(["plugins", "--json"]) == 0
     rows = {row["name"]: row for row in json.loads(capsys.readouterr().out)}
-    assert rows["mmllm_sdk.default_plugins.projectors"]["registers"]["projectors"] == ["linear", "mlp", "qformer", "resampler", "pool"]
+    assert rows["mmllm_sdk.default_plugins.projectors"]["registers"]["projectors"] == [
+        "linear",
+        "mlp",
+        "qformer",
+        "resampler",
+        "pool",
+    ]
 
 
 def test_validate_prints_components_token_budget_and_parameter_counts(tmp_path, image_spec, capsys):
@@ -45,11 +53,19 @@ def test_validate_reports_a_bad_spec_as_one_error_line(tmp_path, image_spec, cap
 
 def test_chat_answers_from_a_checkpoint(image_model, image_file, tmp_path, capsys):
     image_model.save_pretrained(tmp_path / "ckpt")
-    code = main(["chat", str(tmp_path / "ckpt"), "--input", f"image={image_file}", "What is this?", "--max-new-tokens", "3"])
+    code = main(
+        ["chat", str(tmp_path / "ckpt"), "--input", f"image={image_file}", "What is this?", "--max-new-tokens", "3"]
+    )
     assert code == 0
     expected = image_model.generate(
-        [{"role": "user", "content": [{"type": "image", "path": str(image_file)}, {"type": "text", "text": "What is this?"}]}],
-        max_new_tokens=3, do_sample=False,
+        [
+            {
+                "role": "user",
+                "content": [{"type": "image", "path": str(image_file)}, {"type": "text", "text": "What is this?"}],
+            }
+        ],
+        max_new_tokens=3,
+        do_sample=False,
     ).text
     assert capsys.readouterr().out.endswith(expected + "\n")
 

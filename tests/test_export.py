@@ -38,14 +38,20 @@ def test_the_exported_llava_gives_our_logits(tokenizer_dir, image_file, tmp_path
     assert llava.config.image_token_id == model.placeholder_ids["image"]
     with torch.no_grad():
         ours = model(**batch).logits
-        theirs = llava(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                       pixel_values=batch["image"]["pixel_values"]).logits
+        theirs = llava(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            pixel_values=batch["image"]["pixel_values"],
+        ).logits
     assert (ours - theirs).abs().max().item() < 1e-4
 
 
 def test_a_model_llava_cannot_express_is_refused_with_the_reasons(tokenizer_dir, tmp_path):
     model = build_model(tiny_spec(tokenizer_dir, projector="qformer"), progress=False)
-    with pytest.raises(ExportError, match=r"cannot be exported as hf-llava: the projector must be 'linear' or a 2-layer 'mlp' \(it is qformer\)"):
+    with pytest.raises(
+        ExportError,
+        match=r"cannot be exported as hf-llava: the projector must be 'linear' or a 2-layer 'mlp' \(it is qformer\)",
+    ):
         export_hf_llava(model, tmp_path / "out")
 
 

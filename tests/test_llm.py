@@ -58,7 +58,9 @@ def test_a_tokenizer_without_chat_template_is_refused_unless_one_is_given(tokeni
     with pytest.raises(SpecError, match="has no chat template; set llm.params.chat_template"):
         build_hf_causal_lm({"config": tiny_llm_config(), "tokenizer": str(tmp_path / "plain")})
     template = "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
-    llm = build_hf_causal_lm({"config": tiny_llm_config(), "tokenizer": str(tmp_path / "plain"), "chat_template": template})
+    llm = build_hf_causal_lm(
+        {"config": tiny_llm_config(), "tokenizer": str(tmp_path / "plain"), "chat_template": template}
+    )
     assert llm.render_chat([{"role": "user", "content": "hi"}]) == "[user] hi\n"
 
 

@@ -48,7 +48,10 @@ def test_a_spec_can_unfreeze_the_encoder(image_spec):
 def test_features_for_fewer_placeholders_are_an_error_with_both_counts(image_model, image_file):
     batch = image_model.processor([conversation(image_file)])
     batch["image"] = {"pixel_values": batch["image"]["pixel_values"].repeat(2, 1, 1, 1)}
-    with pytest.raises(PlaceholderMismatchError, match=r"input_ids hold 16 image placeholder position\(s\) but the 2 image input\(s\) give 32 feature token\(s\)"):
+    with pytest.raises(
+        PlaceholderMismatchError,
+        match=r"input_ids hold 16 image placeholder position\(s\) but the 2 image input\(s\) give 32 feature token\(s\)",
+    ):
         image_model(**batch)
 
 
@@ -75,7 +78,7 @@ def test_generate_matches_a_manual_greedy_loop(image_model, image_file):
         for _ in range(4):
             logits = image_model(input_ids=ids, attention_mask=torch.ones_like(ids), image=batch["image"]).logits
             ids = torch.cat([ids, logits[:, -1:].argmax(-1)], dim=1)
-    assert response.token_ids == ids[0, batch["input_ids"].shape[1]:].tolist()
+    assert response.token_ids == ids[0, batch["input_ids"].shape[1] :].tolist()
 
 
 def test_the_same_spec_builds_the_same_random_weights(image_spec):
@@ -121,10 +124,15 @@ def test_loading_names_the_missing_plugin(image_model, tmp_path):
     image_model.save_pretrained(tmp_path / "ckpt")
     manifest_path = tmp_path / "ckpt" / "mmllm.json"
     manifest = json.loads(manifest_path.read_text())
-    manifest["components"]["inputs.image.encoder"].update(name="depth-dpt", plugin="mmllm-depth", distribution="mmllm-depth", version="0.2.0")
+    manifest["components"]["inputs.image.encoder"].update(
+        name="depth-dpt", plugin="mmllm-depth", distribution="mmllm-depth", version="0.2.0"
+    )
     manifest["spec"]["inputs"]["image"]["encoder"]["name"] = "depth-dpt"
     manifest_path.write_text(json.dumps(manifest))
-    with pytest.raises(MissingPluginError, match=r"inputs.image.encoder: encoder 'depth-dpt' from plugin 'mmllm-depth' \(pip install 'mmllm-depth>=0.2.0'\)"):
+    with pytest.raises(
+        MissingPluginError,
+        match=r"inputs.image.encoder: encoder 'depth-dpt' from plugin 'mmllm-depth' \(pip install 'mmllm-depth>=0.2.0'\)",
+    ):
         MMLLM.from_pretrained(tmp_path / "ckpt")
 
 

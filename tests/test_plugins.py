@@ -45,8 +45,12 @@ class ProjectorPlugin:
 def test_builtin_components_are_registered_through_the_hooks():
     components = list_components()
     encoders = {(e["modality"], e["name"]) for e in components["encoders"]}
-    assert {("image", "hf-clip-vision"), ("image", "hf-siglip-vision"), ("audio", "hf-whisper-encoder"),
-            ("video", "video-frames")} <= encoders
+    assert {
+        ("image", "hf-clip-vision"),
+        ("image", "hf-siglip-vision"),
+        ("audio", "hf-whisper-encoder"),
+        ("video", "video-frames"),
+    } <= encoders
     assert {p["name"] for p in components["projectors"]} >= {"linear", "mlp", "qformer", "resampler", "pool"}
     assert [m["name"] for m in components["modalities"]] == ["image", "audio", "video"]
     assert components["llms"][0] == {"name": "hf-causal-lm", "plugin": "mmllm_sdk.default_plugins.llms"}
@@ -85,7 +89,10 @@ def test_a_plugin_that_raises_in_a_hook_is_named_with_the_hook(plugin):
             raise RuntimeError("weights folder missing")
 
     plugin(Broken(), "broken-plugin")
-    with pytest.raises(PluginError, match=r"Plugin 'broken-plugin' raised RuntimeError in hook register_encoders: weights folder missing"):
+    with pytest.raises(
+        PluginError,
+        match=r"Plugin 'broken-plugin' raised RuntimeError in hook register_encoders: weights folder missing",
+    ):
         get_registry()
 
 
@@ -100,7 +107,10 @@ def test_a_plugin_whose_factory_raises_is_named_with_the_component(plugin, image
 
     plugin(Exploding(), "exploding-plugin")
     image_spec["inputs"]["image"]["projector"] = {"name": "exploding"}
-    with pytest.raises(PluginError, match=r"Plugin 'exploding-plugin' failed to build the input projector 'exploding': RuntimeError: boom"):
+    with pytest.raises(
+        PluginError,
+        match=r"Plugin 'exploding-plugin' failed to build the input projector 'exploding': RuntimeError: boom",
+    ):
         build_model(image_spec, progress=False)
 
 
@@ -111,7 +121,10 @@ def test_a_registration_with_the_wrong_shape_is_refused(plugin):
             register("hf-clip-vision", LinearProjector)  # forgot the modality
 
     plugin(Sloppy(), "sloppy-plugin")
-    with pytest.raises(PluginError, match=r"Plugin 'sloppy-plugin' called register\(\) in register_encoders .* takes \(modality, name, factory\)"):
+    with pytest.raises(
+        PluginError,
+        match=r"Plugin 'sloppy-plugin' called register\(\) in register_encoders .* takes \(modality, name, factory\)",
+    ):
         get_registry()
 
 
@@ -131,14 +144,16 @@ def installed_plugin(tmp_path):
     """A real distribution on sys.path with an 'mmllm' entry point, as pip would install it."""
     package = tmp_path / "mmllm_sniff"
     package.mkdir()
-    (package / "__init__.py").write_text(textwrap.dedent('''
+    (package / "__init__.py").write_text(
+        textwrap.dedent("""
         from mmllm_sdk import hookimpl
         from mmllm_sdk.components.modality import ModalitySpec
 
         @hookimpl
         def register_modalities(register):
             register(ModalitySpec(name="smell", placeholder="<smell>"))
-    '''))
+    """)
+    )
     info = tmp_path / "mmllm_sniff-0.3.0.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: mmllm-sniff\nVersion: 0.3.0\n")
@@ -151,8 +166,13 @@ def run_plugins_json(path, load_plugins):
     env["PYTHONPATH"] = str(path)
     if load_plugins is not None:
         env["MMLLM_LOAD_PLUGINS"] = load_plugins
-    result = subprocess.run([sys.executable, "-m", "mmllm_sdk.cli", "plugins", "--json"], env=env,
-                            capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "mmllm_sdk.cli", "plugins", "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return {row["name"]: row for row in json.loads(result.stdout)}
 
 

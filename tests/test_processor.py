@@ -35,8 +35,11 @@ def test_labels_cover_only_the_assistant_answer_and_its_end_of_turn(image_model,
 
 
 def test_every_assistant_turn_is_supervised_in_a_multi_turn_conversation(image_model, image_file):
-    conversation = [*ask(image_file, answer="Colours."), {"role": "user", "content": "More?"},
-                    {"role": "assistant", "content": "No."}]
+    conversation = [
+        *ask(image_file, answer="Colours."),
+        {"role": "user", "content": "More?"},
+        {"role": "assistant", "content": "No."},
+    ]
     labels = image_model.processor([conversation])["labels"][0]
     decoded = image_model.processor.tokenizer.decode(labels[labels != IGNORE_INDEX])
     assert decoded == "Colours.<|im_end|>\nNo.<|im_end|>\n"
@@ -62,9 +65,16 @@ def test_two_images_in_one_message_fill_two_runs_in_order(image_model, image_fil
 
     dark = tmp_path / "dark.png"
     Image.new("RGB", (32, 32), (10, 10, 10)).save(dark)
-    conversation = [{"role": "user", "content": [{"type": "image", "path": str(image_file)},
-                                                 {"type": "image", "image": str(dark)},
-                                                 {"type": "text", "text": "Compare these two images."}]}]
+    conversation = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image", "path": str(image_file)},
+                {"type": "image", "image": str(dark)},
+                {"type": "text", "text": "Compare these two images."},
+            ],
+        }
+    ]
     batch = image_model.processor([conversation])
     assert int((batch["input_ids"] == image_model.placeholder_ids["image"]).sum()) == 32
     assert batch["image"]["pixel_values"].shape[0] == 2
@@ -76,13 +86,22 @@ def test_two_images_in_one_message_fill_two_runs_in_order(image_model, image_fil
 
 def test_image_and_audio_in_one_sample(tokenizer_dir, image_file, wav_file):
     model = build_model(tiny_spec(tokenizer_dir, inputs=("image", "audio")), progress=False)
-    conversation = [{"role": "user", "content": [{"type": "image", "path": str(image_file)},
-                                                 {"type": "audio", "path": str(wav_file)},
-                                                 {"type": "text", "text": "Describe both."}]},
-                    {"role": "assistant", "content": "A gradient and a tone."}]
+    conversation = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image", "path": str(image_file)},
+                {"type": "audio", "path": str(wav_file)},
+                {"type": "text", "text": "Describe both."},
+            ],
+        },
+        {"role": "assistant", "content": "A gradient and a tone."},
+    ]
     batch = model.processor([conversation])
     assert set(batch) == {"input_ids", "attention_mask", "labels", "image", "audio"}
-    assert int((batch["input_ids"] == model.placeholder_ids["audio"]).sum()) == model.input_projectors["audio"].num_tokens
+    assert (
+        int((batch["input_ids"] == model.placeholder_ids["audio"]).sum()) == model.input_projectors["audio"].num_tokens
+    )
     assert torch.isfinite(model(**batch).loss)
 
 
@@ -92,7 +111,7 @@ def test_a_batch_is_padded_and_each_row_matches_its_unbatched_logits(image_model
     batch = image_model.processor([short, long])
     lengths = batch["attention_mask"].sum(dim=1)
     assert lengths[0] < lengths[1] and batch["attention_mask"][0, -1] == 0  # right padding for training
-    assert (batch["labels"][0, int(lengths[0]):] == IGNORE_INDEX).all()
+    assert (batch["labels"][0, int(lengths[0]) :] == IGNORE_INDEX).all()
     with torch.no_grad():
         batched = image_model(**batch).logits
         alone = image_model(**image_model.processor([short])).logits
@@ -101,7 +120,9 @@ def test_a_batch_is_padded_and_each_row_matches_its_unbatched_logits(image_model
 
 
 def test_a_generation_prompt_is_left_padded_without_labels(image_model, image_file):
-    batch = image_model.processor([ask(image_file)[:1], [{"role": "user", "content": "Hi"}]], add_generation_prompt=True)
+    batch = image_model.processor(
+        [ask(image_file)[:1], [{"role": "user", "content": "Hi"}]], add_generation_prompt=True
+    )
     assert "labels" not in batch
     assert batch["attention_mask"][1, 0] == 0 and batch["attention_mask"][1, -1] == 1
     text = image_model.processor.tokenizer.decode(batch["input_ids"][0])
@@ -121,9 +142,16 @@ def test_a_video_goes_through_the_model_from_an_animated_gif(tokenizer_dir, tmp_
     frames = [Image.new("RGB", (32, 32), (40 * i, 0, 0)) for i in range(5)]
     frames[0].save(tmp_path / "clip.gif", save_all=True, append_images=frames[1:], duration=100)
     model = build_model(tiny_spec(tokenizer_dir, inputs=("video",)), progress=False)
-    conversation = [{"role": "user", "content": [{"type": "video", "path": str(tmp_path / "clip.gif")},
-                                                 {"type": "text", "text": "What happens?"}]},
-                    {"role": "assistant", "content": "It turns red."}]
+    conversation = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "video", "path": str(tmp_path / "clip.gif")},
+                {"type": "text", "text": "What happens?"},
+            ],
+        },
+        {"role": "assistant", "content": "It turns red."},
+    ]
     batch = model.processor([conversation])
     assert batch["video"]["pixel_values"].shape == (1, 2, 3, 32, 32)  # (B, num_frames, C, H, W)
     assert torch.isfinite(model(**batch).loss)

@@ -24,25 +24,36 @@ def test_a_typo_in_a_field_names_the_field_and_what_would_fit(image_spec):
 
 def test_an_unknown_encoder_suggests_the_nearest_name(image_spec):
     image_spec["inputs"]["image"]["encoder"]["name"] = "hf-clip-visoin"
-    with pytest.raises(UnknownComponentError, match=r"inputs.image.encoder.name: 'hf-clip-visoin' is not a registered encoder for modality 'image'. Did you mean 'hf-clip-vision'\?"):
+    with pytest.raises(
+        UnknownComponentError,
+        match=r"inputs.image.encoder.name: 'hf-clip-visoin' is not a registered encoder for modality 'image'. Did you mean 'hf-clip-vision'\?",
+    ):
         parse_spec(image_spec)
 
 
 def test_an_unknown_modality_lists_the_known_ones(image_spec):
     image_spec["inputs"]["smell"] = image_spec["inputs"].pop("image")
-    with pytest.raises(UnknownComponentError, match=r"inputs.smell: 'smell' is not a registered modality\..*Registered: audio, image, video\."):
+    with pytest.raises(
+        UnknownComponentError,
+        match=r"inputs.smell: 'smell' is not a registered modality\..*Registered: audio, image, video\.",
+    ):
         parse_spec(image_spec)
 
 
 def test_an_encoder_registered_for_another_modality_is_refused(image_spec):
     image_spec["inputs"]["image"]["encoder"] = {"name": "hf-whisper-encoder", "params": {}}
-    with pytest.raises(UnknownComponentError, match="'hf-whisper-encoder' is not a registered encoder for modality 'image'"):
+    with pytest.raises(
+        UnknownComponentError, match="'hf-whisper-encoder' is not a registered encoder for modality 'image'"
+    ):
         parse_spec(image_spec)
 
 
 def test_an_unknown_param_names_its_full_path(image_spec):
     image_spec["inputs"]["image"]["projector"]["params"] = {"num_layer": 3}
-    with pytest.raises(SpecError, match=r"inputs.image.projector.params.num_layer: is not a known field; the fields here are: num_layers, hidden_dim"):
+    with pytest.raises(
+        SpecError,
+        match=r"inputs.image.projector.params.num_layer: is not a known field; the fields here are: num_layers, hidden_dim",
+    ):
         parse_spec(image_spec)
 
 

@@ -63,7 +63,12 @@ def cached_call(what: str, function: Any, *args: Any, **kwargs: Any) -> Any:
     cache = _FILE_CACHE.get()
     if cache is None:
         return hf_call(what, function, *args, **kwargs)
-    key = (getattr(function, "__qualname__", repr(function)), getattr(function, "__self__", None), repr(args), repr(sorted(kwargs.items())))
+    key = (
+        getattr(function, "__qualname__", repr(function)),
+        getattr(function, "__self__", None),
+        repr(args),
+        repr(sorted(kwargs.items())),
+    )
     if key not in cache:
         cache[key] = hf_call(what, function, *args, **kwargs)
     return copy.deepcopy(cache[key])
@@ -110,7 +115,9 @@ def load_config(config_cls: Any, source: HFSource, what: str) -> Any:
         if hasattr(config_cls, "for_model"):  # AutoConfig: the dict names its model_type
             model_type = fields.pop("model_type", None)
             if model_type is None:
-                raise SpecError(f"{what}: 'config' needs a 'model_type' (for example 'llama') to know which architecture to build.")
+                raise SpecError(
+                    f"{what}: 'config' needs a 'model_type' (for example 'llama') to know which architecture to build."
+                )
             return hf_call(what, config_cls.for_model, model_type, **fields)
         return hf_call(what, config_cls, **fields)
     return cached_call(what, config_cls.from_pretrained, source.model, **source.pretrained_kwargs())
@@ -125,7 +132,14 @@ def load_model(model_cls: Any, config_cls: Any, source: HFSource, what: str) -> 
     if is_skeleton() or source.config is not None:
         builder = getattr(model_cls, "from_config", None) or model_cls._from_config
         return hf_call(what, builder, config, dtype=source.torch_dtype)
-    return hf_call(what, model_cls.from_pretrained, source.model, config=config, dtype=source.torch_dtype, **source.pretrained_kwargs())
+    return hf_call(
+        what,
+        model_cls.from_pretrained,
+        source.model,
+        config=config,
+        dtype=source.torch_dtype,
+        **source.pretrained_kwargs(),
+    )
 
 
 def hf_call(what: str, function: Any, *args: Any, **kwargs: Any) -> Any:
@@ -139,7 +153,9 @@ def hf_call(what: str, function: Any, *args: Any, **kwargs: Any) -> Any:
             "and your network, or use 'config:' for a randomly initialised component."
         ) from exc
     except (TypeError, ValueError, KeyError) as exc:
-        raise SpecError(f"{what}: the Hugging Face config or model could not be built: {type(exc).__name__}: {exc}") from exc
+        raise SpecError(
+            f"{what}: the Hugging Face config or model could not be built: {type(exc).__name__}: {exc}"
+        ) from exc
 
 
 def reference(source: HFSource) -> dict[str, Any]:
@@ -162,7 +178,9 @@ _HASHES: dict[tuple[str, int, float], str] = {}
 
 def content_hash(path: Path) -> str:
     """SHA-256 over the weight files under ``path`` (names and bytes), cached by size and mtime."""
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in _WEIGHT_SUFFIXES)
+    files = (
+        [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in _WEIGHT_SUFFIXES)
+    )
     digest = hashlib.sha256()
     for file in files:
         stat = file.stat()

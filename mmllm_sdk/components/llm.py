@@ -61,7 +61,11 @@ class LLMBackbone(nn.Module):
         if len(self.tokenizer) > old_rows:
             self.model.resize_token_embeddings(len(self.tokenizer), mean_resizing=False)
             with torch.no_grad():
-                for embedding in {id(e): e for e in (self.model.get_input_embeddings(), self.model.get_output_embeddings()) if e is not None}.values():
+                for embedding in {
+                    id(e): e
+                    for e in (self.model.get_input_embeddings(), self.model.get_output_embeddings())
+                    if e is not None
+                }.values():
                     weight = embedding.weight
                     if weight.device.type != "meta":
                         weight[old_rows:] = weight[:old_rows].mean(dim=0, keepdim=True)

@@ -59,13 +59,15 @@ class ModalitySpec:
                 f"Modality name {self.name!r} must be lower case letters, digits, '-' or '_', starting with a letter."
             )
         if not self.placeholder or any(ch.isspace() for ch in self.placeholder):
-            raise ValueError(f"Placeholder {self.placeholder!r} of modality {self.name!r} must be non-empty, without spaces.")
+            raise ValueError(
+                f"Placeholder {self.placeholder!r} of modality {self.name!r} must be non-empty, without spaces."
+            )
         for suffix in self.loaders:
             if (suffix != DIRECTORY and not suffix.startswith(".")) or suffix != suffix.lower():
                 raise ValueError(
-                f"Loader suffix {suffix!r} of modality {self.name!r} must look like '.png' (lower case), or be "
-                f"{DIRECTORY!r} for a loader of folders."
-            )
+                    f"Loader suffix {suffix!r} of modality {self.name!r} must look like '.png' (lower case), or be "
+                    f"{DIRECTORY!r} for a loader of folders."
+                )
 
     def load(self, source: Any) -> Any:
         """Read one item from a path (str or PathLike) or normalize an in-memory object."""
@@ -78,11 +80,15 @@ class ModalitySpec:
     def load_file(self, path: Path) -> Any:
         suffix = path.suffix.lower() if path.is_file() else ""
         if not path.exists():
-            raise InputError(f"The {self.name} file {str(path)!r} does not exist; check the path (relative paths are read from {os.getcwd()!r}).")
+            raise InputError(
+                f"The {self.name} file {str(path)!r} does not exist; check the path (relative paths are read from {os.getcwd()!r})."
+            )
         if path.is_dir():
             loader = self.loaders.get(DIRECTORY)
             if loader is None:
-                raise InputError(f"{str(path)!r} is a directory; a {self.name} input must be a file ({self._suffixes()}).")
+                raise InputError(
+                    f"{str(path)!r} is a directory; a {self.name} input must be a file ({self._suffixes()})."
+                )
             return loader(path)
         if path.stat().st_size == 0:
             raise InputError(f"The {self.name} file {str(path)!r} is empty (0 bytes); re-export or re-download it.")

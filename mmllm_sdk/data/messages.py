@@ -47,7 +47,9 @@ def normalize_conversation(conversation: Any, placeholders: Mapping[str, str]) -
     if not isinstance(conversation, Sequence) or isinstance(conversation, str):
         raise InputError(f"A conversation must be a list of messages; got {type(conversation).__name__}.")
     if not conversation:
-        raise InputError("The conversation is empty; pass at least one message like {'role': 'user', 'content': '...'}.")
+        raise InputError(
+            "The conversation is empty; pass at least one message like {'role': 'user', 'content': '...'}."
+        )
     result = Conversation(messages=[])
     for index, message in enumerate(conversation):
         if not isinstance(message, Mapping) or "role" not in message or "content" not in message:
@@ -61,7 +63,9 @@ def _content_text(content: Any, placeholders: Mapping[str, str], items: list[Mod
     if isinstance(content, str):
         return content
     if not isinstance(content, Sequence):
-        raise InputError(f"Message {index}: 'content' must be a string or a list of parts; got {type(content).__name__}.")
+        raise InputError(
+            f"Message {index}: 'content' must be a string or a list of parts; got {type(content).__name__}."
+        )
     pieces = []
     for part in content:
         kind = part.get("type") if isinstance(part, Mapping) else None
@@ -94,7 +98,9 @@ def _from_llava(record: Mapping[str, Any], placeholders: Mapping[str, str]) -> C
             raise InputError(f"LLaVA turn {index} must have 'from' and 'value'; got {turn!r:.200}.")
         role = LLAVA_ROLES.get(str(turn["from"]).lower())
         if role is None:
-            raise InputError(f"LLaVA turn {index} comes 'from' {turn['from']!r}; expected one of {', '.join(LLAVA_ROLES)}.")
+            raise InputError(
+                f"LLaVA turn {index} comes 'from' {turn['from']!r}; expected one of {', '.join(LLAVA_ROLES)}."
+            )
         messages.append({"role": role, "content": str(turn["value"])})
     items = []
     for modality in placeholders:

@@ -61,7 +61,9 @@ def image_processor_class(name: str) -> Any:
 class VisionTowerParams(HFSource):
     """Params shared by the Hugging Face vision towers."""
 
-    feature_layer: int = -1  # index into hidden_states (0: the embeddings, then one per layer), as LLaVA's vision_feature_layer
+    feature_layer: int = (
+        -1
+    )  # index into hidden_states (0: the embeddings, then one per layer), as LLaVA's vision_feature_layer
 
 
 class HFVisionEncoder(ModalityEncoder):
@@ -147,7 +149,9 @@ class CLIPVisionEncoder(HFVisionEncoder):
 
     class Params(VisionTowerParams):
         feature_layer: int = -2  # index into hidden_states, as LLaVA's vision_feature_layer
-        select: Literal["patch", "cls_patch"] = "patch"  # patch: drop CLS (LLaVA "default"); cls_patch: keep it ("full")
+        select: Literal["patch", "cls_patch"] = (
+            "patch"  # patch: drop CLS (LLaVA "default"); cls_patch: keep it ("full")
+        )
 
     def kept_prefix_tokens(self) -> int:
         return 1 if self.params.select == "cls_patch" else 0
@@ -188,7 +192,9 @@ def resample_audio(samples: np.ndarray, from_rate: int, to_rate: int) -> np.ndar
     Samples beyond either end count as silence. Returns float32 of ``resampled_length(...)`` samples.
     """
     if min(from_rate, to_rate) <= 0 or from_rate != int(from_rate) or to_rate != int(to_rate):
-        raise InputError(f"Sampling rates must be positive whole numbers of Hz; got {from_rate} Hz -> {to_rate} Hz; fix the clip's sampling_rate.")
+        raise InputError(
+            f"Sampling rates must be positive whole numbers of Hz; got {from_rate} Hz -> {to_rate} Hz; fix the clip's sampling_rate."
+        )
     from_rate, to_rate = int(from_rate), int(to_rate)
     signal = np.asarray(samples, dtype=np.float64)  # (T_in,)
     if from_rate == to_rate:

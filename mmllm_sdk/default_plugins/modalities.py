@@ -31,7 +31,9 @@ def to_rgb(image: Any) -> Any:
     if isinstance(image, np.ndarray):
         image = _array_to_image(image)
     if not isinstance(image, Image.Image):
-        raise InputError(f"An image input must be a path, a PIL image or an HxWxC uint8 array; got {type(image).__name__}.")
+        raise InputError(
+            f"An image input must be a path, a PIL image or an HxWxC uint8 array; got {type(image).__name__}."
+        )
     if image.mode == "RGB":
         return image
     if image.mode == "P":
@@ -56,7 +58,9 @@ def _array_to_image(array: np.ndarray) -> Any:
     if array.ndim != 3 or array.shape[2] not in (1, 3, 4):
         raise InputError(f"An image array must be HxW or HxWxC with C in 1, 3, 4; got shape {tuple(array.shape)}.")
     if array.dtype != np.uint8:
-        raise InputError(f"An image array must be uint8 (0-255); got {array.dtype}. Convert it with (x * 255).astype('uint8').")
+        raise InputError(
+            f"An image array must be uint8 (0-255); got {array.dtype}. Convert it with (x * 255).astype('uint8')."
+        )
     mode = {1: "L", 3: "RGB", 4: "RGBA"}[array.shape[2]]
     return Image.fromarray(array[:, :, 0] if mode == "L" else array, mode=mode)
 
@@ -83,13 +87,15 @@ def load_wav(path: Path) -> AudioClip:
         samples = np.frombuffer(frames, dtype="<i2").astype(np.float32) / 32768.0
     elif width == 3:
         raw = np.frombuffer(frames, dtype=np.uint8).reshape(-1, 3)
-        ints = (raw[:, 0].astype(np.int32) | (raw[:, 1].astype(np.int32) << 8) | (raw[:, 2].astype(np.int32) << 16))
+        ints = raw[:, 0].astype(np.int32) | (raw[:, 1].astype(np.int32) << 8) | (raw[:, 2].astype(np.int32) << 16)
         ints = np.where(ints >= 1 << 23, ints - (1 << 24), ints)
         samples = ints.astype(np.float32) / float(1 << 23)
     elif width == 4:
         samples = np.frombuffer(frames, dtype="<i4").astype(np.float32) / float(1 << 31)
     else:
-        raise InputError(f"The WAV file {str(path)!r} has {width * 8}-bit samples; only 8, 16, 24 and 32-bit PCM are read.")
+        raise InputError(
+            f"The WAV file {str(path)!r} has {width * 8}-bit samples; only 8, 16, 24 and 32-bit PCM are read."
+        )
     if samples.size == 0:
         raise InputError(f"The WAV file {str(path)!r} holds no samples; re-record or remove it.")
     return AudioClip(samples.reshape(-1, channels).mean(axis=1).astype(np.float32), rate)
@@ -191,8 +197,12 @@ AUDIO = ModalitySpec(
 VIDEO = ModalitySpec(
     name="video",
     placeholder="<video>",
-    loaders={".gif": load_animated_image, ".webp": load_animated_image, DIRECTORY: load_frame_folder,
-             **{suffix: load_av_video for suffix in VIDEO_SUFFIXES_AV}},
+    loaders={
+        ".gif": load_animated_image,
+        ".webp": load_animated_image,
+        DIRECTORY: load_frame_folder,
+        **{suffix: load_av_video for suffix in VIDEO_SUFFIXES_AV},
+    },
     normalize=to_video_clip,
     description="Videos as frame sequences: animated GIF/WebP, a folder of frames, or mp4/mkv/… with PyAV.",
 )

@@ -37,7 +37,9 @@ def trainable_state_dict(model: MMLLM) -> dict[str, torch.Tensor]:
         if not param.requires_grad:
             continue
         if param.device.type == "meta":
-            raise CheckpointError("This model is a skeleton (weights on the meta device) and cannot be saved; build it without skeleton=True.")
+            raise CheckpointError(
+                "This model is a skeleton (weights on the meta device) and cannot be saved; build it without skeleton=True."
+            )
         state[name] = param.detach().to("cpu").contiguous().clone()
     return state
 
@@ -62,7 +64,9 @@ def manifest(model: MMLLM, state: dict[str, torch.Tensor]) -> dict[str, Any]:
         "sdk_version": __version__,
         "spec": model.spec.model_dump(mode="json"),
         "components": components,
-        "added_tokens": {modality: model.processor.inputs[modality].spec.placeholder for modality in model.placeholder_ids},
+        "added_tokens": {
+            modality: model.processor.inputs[modality].spec.placeholder for modality in model.placeholder_ids
+        },
         "trainable": {name: list(tensor.shape) for name, tensor in state.items()},
     }
 
@@ -105,11 +109,15 @@ def read_manifest(directory: Path) -> dict[str, Any]:
         raise CheckpointError(f"{str(directory)!r} is not a directory; pass the folder save_pretrained() wrote.")
     path = directory / MANIFEST
     if not path.is_file():
-        raise CheckpointError(f"{str(directory)!r} is not an SDK checkpoint: it has no {MANIFEST}. Pass the folder save_pretrained() wrote.")
+        raise CheckpointError(
+            f"{str(directory)!r} is not an SDK checkpoint: it has no {MANIFEST}. Pass the folder save_pretrained() wrote."
+        )
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{str(path)!r} is not valid JSON ({exc}); the checkpoint is corrupt: save it again.") from exc
+        raise CheckpointError(
+            f"{str(path)!r} is not valid JSON ({exc}); the checkpoint is corrupt: save it again."
+        ) from exc
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CheckpointError(f"{str(path)!r} is not an {FORMAT} manifest.")
     if data.get("format_version", 0) > FORMAT_VERSION:
@@ -136,7 +144,8 @@ def check_plugins(data: dict[str, Any]) -> None:
             for path, component in missing
         ]
         raise MissingPluginError(
-            "This checkpoint needs components that no installed plugin provides:\n" + "\n".join(lines)
+            "This checkpoint needs components that no installed plugin provides:\n"
+            + "\n".join(lines)
             + "\nInstall those plugins (or allow them in MMLLM_LOAD_PLUGINS) and load it again."
         )
 
@@ -157,7 +166,9 @@ def load_checkpoint(directory: str | os.PathLike[str], **build_kwargs: Any) -> M
     try:
         state = load_file(str(weights))
     except (SafetensorError, OSError) as exc:
-        raise CheckpointError(f"{str(weights)!r} cannot be read ({exc}); the checkpoint is corrupt: save it again.") from exc
+        raise CheckpointError(
+            f"{str(weights)!r} cannot be read ({exc}); the checkpoint is corrupt: save it again."
+        ) from exc
     load_trainable(model, state, str(weights))
     return model
 

@@ -43,7 +43,9 @@ def llava_state_dict(model: MMLLM) -> tuple[dict[str, torch.Tensor], str]:
         elif key.startswith("lm_head."):
             state[key] = value
         else:
-            raise ExportError(f"The LLM's weight {key!r} has no place in a LLaVA model (expected 'model.*' and 'lm_head.*').")
+            raise ExportError(
+                f"The LLM's weight {key!r} has no place in a LLaVA model (expected 'model.*' and 'lm_head.*')."
+            )
     return state, activation
 
 
@@ -59,7 +61,9 @@ def check_exportable(model: MMLLM) -> None:
     else:
         encoder, projector = model.encoders["image"], model.input_projectors["image"]
         if not isinstance(getattr(encoder, "model", None), CLIPVisionModel):
-            problems.append(f"the image encoder must be hf-clip-vision (it is {model.spec.inputs['image'].encoder.name})")
+            problems.append(
+                f"the image encoder must be hf-clip-vision (it is {model.spec.inputs['image'].encoder.name})"
+            )
         is_mlp = isinstance(projector, MLPProjector) and projector.params.num_layers == 2
         if not (is_mlp or isinstance(projector, LinearProjector)):
             problems.append(

@@ -71,7 +71,9 @@ class MMLLM(nn.Module):
         self.processor = MMLLMProcessor(
             llm,
             {
-                name: ModalityInput(modalities[name], encoders[name], self.placeholder_ids[name], input_projectors[name].num_tokens)
+                name: ModalityInput(
+                    modalities[name], encoders[name], self.placeholder_ids[name], input_projectors[name].num_tokens
+                )
                 for name in encoders
             },
         )
@@ -109,7 +111,11 @@ class MMLLM(nn.Module):
         rows = []
         for component, module in self.components().items():
             params = {id(p): p for p in module.parameters()}.values()
-            rows.append(ParameterCount(component, sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)))
+            rows.append(
+                ParameterCount(
+                    component, sum(p.numel() for p in params), sum(p.numel() for p in params if p.requires_grad)
+                )
+            )
         return rows
 
     # forward ---------------------------------------------------------------------------------
@@ -126,7 +132,9 @@ class MMLLM(nn.Module):
             features = encoder(**{k: v.to(self.device) for k, v in inputs.items()})  # (items, N, D)
         return self.input_projectors[modality](features)  # (items, M, D_llm)
 
-    def embed_inputs(self, input_ids: torch.Tensor, modality_inputs: dict[str, dict[str, torch.Tensor]]) -> torch.Tensor:
+    def embed_inputs(
+        self, input_ids: torch.Tensor, modality_inputs: dict[str, dict[str, torch.Tensor]]
+    ) -> torch.Tensor:
         """Token embeddings with each modality's projected features scattered into its placeholder positions."""
         embeds = self.llm.get_input_embeddings()(input_ids)  # (B, T, D_llm)
         for modality, placeholder_id in self.placeholder_ids.items():
@@ -168,7 +176,9 @@ class MMLLM(nn.Module):
         modalities = {entry.name for entry in get_registry().entries("modalities")}
         unknown = [k for k in kwargs if k in modalities]
         if unknown:
-            raise InputError(f"The batch has {', '.join(unknown)} inputs, but this model takes only {', '.join(self.encoders) or 'text'}.")
+            raise InputError(
+                f"The batch has {', '.join(unknown)} inputs, but this model takes only {', '.join(self.encoders) or 'text'}."
+            )
         inputs_embeds = self.embed_inputs(input_ids, modality_inputs)
         return self.llm(inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels, **kwargs)
 
@@ -179,7 +189,9 @@ class MMLLM(nn.Module):
         modality_inputs = {k: batch[k] for k in self.encoders if k in batch}
         input_ids = batch["input_ids"].to(self.device)
         inputs_embeds = self.embed_inputs(input_ids, modality_inputs)
-        new_tokens = self.llm.generate(inputs_embeds=inputs_embeds, attention_mask=batch["attention_mask"].to(self.device), **generation_kwargs)
+        new_tokens = self.llm.generate(
+            inputs_embeds=inputs_embeds, attention_mask=batch["attention_mask"].to(self.device), **generation_kwargs
+        )
         token_ids = new_tokens[0].tolist()
         return Response(text=self.processor.decode(token_ids), token_ids=token_ids)
 
@@ -243,7 +255,9 @@ def _assemble(spec: ModelSpec, progress: bool) -> MMLLM:
     encoders, projectors = {}, {}
     for modality, inputs in spec.inputs.items():
         entry = registry.get("encoders", inputs.encoder.name, modality=modality)
-        encoder = make(f"inputs.{modality}.encoder", entry, lambda e=entry, p=inputs.encoder.params: e.value(p), ModalityEncoder)
+        encoder = make(
+            f"inputs.{modality}.encoder", entry, lambda e=entry, p=inputs.encoder.params: e.value(p), ModalityEncoder
+        )
         if encoder.modality != modality:
             raise PluginError(f"Plugin {entry.plugin!r}: the {entry.label} reports modality {encoder.modality!r}.")
         entry = registry.get("projectors", inputs.projector.name)

@@ -78,7 +78,9 @@ class MMLLMProcessor:
                 "processor() takes a list of conversations, and this looks like one conversation (a list of messages); "
                 "wrap it in another list: processor([messages])."
             )
-        encoded = [self.encode(conversation, add_generation_prompt, index) for index, conversation in enumerate(conversations)]
+        encoded = [
+            self.encode(conversation, add_generation_prompt, index) for index, conversation in enumerate(conversations)
+        ]
         longest = max(len(e.input_ids) for e in encoded)
         if max_length is not None and longest > max_length:
             raise InputError(
