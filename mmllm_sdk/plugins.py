@@ -105,6 +105,9 @@ def register_plugin(plugin: Any, name: str, *, distribution: str = "", version: 
     load_plugins()
     if pm.has_plugin(name):
         raise PluginError(f"A plugin named {name!r} is already registered; unregister it first or pick another name.")
+    already = pm.get_name(plugin)
+    if already is not None:
+        raise PluginError(f"This plugin object is already registered as {already!r}; unregister it first to rename it.")
     pm.register(plugin, name=name)
     _infos[name] = PluginInfo(name, distribution or name, version or "unknown", builtin=False)
 
@@ -139,7 +142,7 @@ def call_register_hook(hook_name: str, make_callback: Callable[[str], Callable[.
     """
     load_plugins()
     hook = getattr(pm.hook, hook_name)
-    for impl in reversed(hook.get_hookimpls()):  # pluggy keeps them last-registered first
+    for impl in hook.get_hookimpls():  # registration order: built-ins first, then installed plugins
         try:
             impl.function(register=make_callback(impl.plugin_name))
         except MMLLMError:

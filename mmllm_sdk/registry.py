@@ -63,6 +63,7 @@ class Registry:
         for kind in KINDS.values():
             plugins.call_register_hook(kind.hook, lambda plugin, kind=kind: self._callback(kind, plugin))
         self._check_modalities()
+        self._check_signal_tokens()
 
     def _callback(self, kind: Kind, plugin: str) -> Callable[..., None]:
         def register(*args: Any) -> None:
@@ -80,8 +81,13 @@ class Registry:
                 raise PluginError(f"{where} with {args!r}; it takes one ModalitySpec.")
             return None, args[0].name, args[0]
         if kind.name == "signal_tokens":
-            if len(args) != 2 or not isinstance(args[1], SignalVocabulary):
+            if len(args) != 2 or not isinstance(args[0], str) or not isinstance(args[1], SignalVocabulary):
                 raise PluginError(f"{where} with {args!r}; it takes (modality, SignalVocabulary).")
+            if args[1].modality != args[0]:
+                raise PluginError(
+                    f"{where} for modality {args[0]!r} with a SignalVocabulary of modality {args[1].modality!r}; "
+                    "the two must be the same."
+                )
             return args[0], args[0], args[1]
         expected = 3 if kind.per_modality else 2
         if len(args) != expected or not all(isinstance(a, str) and a for a in args[:-1]):
@@ -111,6 +117,18 @@ class Registry:
                         f"Plugin {entry.plugin!r} registers {entry.label}, but no loaded plugin registers modality "
                         f"{entry.modality!r} (known: {', '.join(sorted(known))}). Install the plugin that defines it."
                     )
+
+    def _check_signal_tokens(self) -> None:
+        owners: dict[str, Registration] = {}
+        for entry in self._entries["signal_tokens"].values():
+            clash = owners.get(entry.value.prefix)
+            if clash is not None:
+                raise PluginError(
+                    f"Signal tokens <{entry.value.prefix}_i> are claimed for modality {clash.modality!r} by plugin "
+                    f"{clash.plugin!r} and for modality {entry.modality!r} by plugin {entry.plugin!r}; each "
+                    "vocabulary needs its own prefix."
+                )
+            owners[entry.value.prefix] = entry
 
     # lookup ---------------------------------------------------------------------------------
 

@@ -61,7 +61,21 @@ def load_spec(path: str | os.PathLike[str]) -> ModelSpec:
         raise SpecError(
             f"The spec file {str(path)!r} must hold a mapping with 'llm' and 'inputs'; it holds {type(data).__name__}."
         )
-    return parse_spec(data, source=str(path))
+    return parse_spec(resolve_relative_paths(data, path.parent), source=str(path))
+
+
+def resolve_relative_paths(data: Any, base: Path) -> Any:
+    """Strings starting with ``./`` or ``../`` become absolute paths relative to ``base`` (the spec's folder).
+
+    So a spec file can name weights beside it, and a checkpoint made from it loads from anywhere.
+    """
+    if isinstance(data, dict):
+        return {key: resolve_relative_paths(value, base) for key, value in data.items()}
+    if isinstance(data, list):
+        return [resolve_relative_paths(value, base) for value in data]
+    if isinstance(data, str) and data.startswith(("./", "../")):
+        return str((base / data).resolve())
+    return data
 
 
 def parse_spec(data: ModelSpec | dict[str, Any], source: str = "") -> ModelSpec:

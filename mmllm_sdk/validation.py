@@ -38,6 +38,8 @@ def describe_validation_error(error: ValidationError, model: type[BaseModel], wh
             message = "is not a known field" + (f"; the fields here are: {allowed}" if allowed else "")
         elif item["type"] == "missing":
             message = "is required but missing"
+        elif item["type"] == "value_error":
+            message = message.removeprefix("Value error, ")
         got = item.get("input")
         shown = "" if item["type"] == "missing" or isinstance(got, (dict, list)) else f" (got {got!r})"
         lines.append(f"  {path or '(top level)'}: {message}{shown}")

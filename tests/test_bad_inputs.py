@@ -126,3 +126,41 @@ def test_an_image_part_that_points_nowhere(image_model):
 
 def test_every_error_is_an_mmllm_error():
     assert issubclass(InputError, MMLLMError) and issubclass(PlaceholderMismatchError, InputError)
+
+
+@pytest.fixture
+def http_folder(tmp_path):
+    """Serve tmp_path on a loopback port for the duration of a test."""
+    import functools
+    import http.server
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_an_image_url_is_downloaded_and_read(http_folder, image_file):
+    image = IMAGE.load(f"{http_folder}/{image_file.name}")
+    assert image.size == (48, 40) and image.mode == "RGB"
+
+
+def test_a_missing_url_names_the_url(http_folder):
+    with pytest.raises(InputError, match=r"The image URL 'http://127.0.0.1:\d+/gone.png' could not be downloaded"):
+        IMAGE.load(f"{http_folder}/gone.png")
+
+
+def test_a_corrupt_download_names_the_url_not_the_temporary_file(http_folder, tmp_path):
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    with pytest.raises(InputError, match=r"The image file 'http://127.0.0.1:\d+/bad.png' could not be read"):
+        IMAGE.load(f"{http_folder}/bad.png")
+
+
+def test_a_url_content_part_goes_through_the_processor(image_model, http_folder, image_file):
+    conversation = [{"role": "user", "content": [{"type": "image", "url": f"{http_folder}/{image_file.name}"}]}]
+    assert image_model.processor([conversation])["image"]["pixel_values"].shape == (1, 3, 32, 32)

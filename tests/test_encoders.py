@@ -52,17 +52,30 @@ def video_params(num_frames: int = 2, temporal_pool: str = "mean") -> dict:
 
 
 ENCODERS = {  # name: (class, params from config:, a batch of two items)
-    "hf-clip-vision": (CLIPVisionEncoder, {"config": tiny_clip_vision_config()}, lambda: [image(0), image(1, (64, 30))]),
+    "hf-clip-vision": (
+        CLIPVisionEncoder,
+        {"config": tiny_clip_vision_config()},
+        lambda: [image(0), image(1, (64, 30))],
+    ),
     "hf-siglip-vision": (SiglipVisionEncoder, {"config": tiny_siglip_vision_config()}, lambda: [image(0), image(1)]),
     "hf-whisper-encoder": (
         WhisperAudioEncoder,
         {"config": tiny_whisper_config()},
         lambda: [tone(0.25, WHISPER_RATE), tone(0.1, WHISPER_RATE, 1000.0)],
     ),
-    "video-frames": (VideoFramesEncoder, video_params(), lambda: [VideoClip(solid_frames(3)), VideoClip(solid_frames(5))]),
+    "video-frames": (
+        VideoFramesEncoder,
+        video_params(),
+        lambda: [VideoClip(solid_frames(3)), VideoClip(solid_frames(5))],
+    ),
 }
 HF_ENCODERS = ("hf-clip-vision", "hf-siglip-vision", "hf-whisper-encoder")
-MODALITY = {"hf-clip-vision": "image", "hf-siglip-vision": "image", "hf-whisper-encoder": "audio", "video-frames": "video"}
+MODALITY = {
+    "hf-clip-vision": "image",
+    "hf-siglip-vision": "image",
+    "hf-whisper-encoder": "audio",
+    "video-frames": "video",
+}
 
 
 @pytest.mark.parametrize("name", list(ENCODERS))
@@ -87,8 +100,12 @@ def test_encoder_passes_gradients_in_train_mode(name):
 def test_tiny_encoders_have_the_documented_sizes():
     encoders = {name: cls(params) for name, (cls, params, _) in ENCODERS.items()}
     sizes = {name: (encoder.num_tokens, encoder.output_dim) for name, encoder in encoders.items()}
-    assert sizes == {"hf-clip-vision": (16, 24), "hf-siglip-vision": (16, 24), "hf-whisper-encoder": (16, 24),
-                     "video-frames": (16, 24)}
+    assert sizes == {
+        "hf-clip-vision": (16, 24),
+        "hf-siglip-vision": (16, 24),
+        "hf-whisper-encoder": (16, 24),
+        "video-frames": (16, 24),
+    }
 
 
 def test_clip_cls_patch_keeps_the_cls_token():
@@ -107,8 +124,10 @@ def test_feature_layer_picks_that_hidden_state():
     assert torch.equal(encoder(**batch), hidden[0][:, 1:])
 
 
-@pytest.mark.parametrize(("cls", "config"), [(CLIPVisionEncoder, tiny_clip_vision_config()),
-                                             (SiglipVisionEncoder, tiny_siglip_vision_config())])
+@pytest.mark.parametrize(
+    ("cls", "config"),
+    [(CLIPVisionEncoder, tiny_clip_vision_config()), (SiglipVisionEncoder, tiny_siglip_vision_config())],
+)
 def test_feature_layer_out_of_range_names_field_value_and_range(cls, config):
     with pytest.raises(SpecError, match=r"feature_layer is 3\b.*from -3 to 2"):
         cls({"config": config, "feature_layer": 3})
@@ -216,7 +235,9 @@ def test_video_frames_uses_any_registered_image_encoder():
 
 def test_video_frames_unknown_frame_encoder_suggests_the_near_name():
     params = {"frame_encoder": {"name": "hf-clip-vison", "params": {}}}
-    with pytest.raises(UnknownComponentError, match=r"frame_encoder\.name: 'hf-clip-vison'.*Did you mean 'hf-clip-vision'"):
+    with pytest.raises(
+        UnknownComponentError, match=r"frame_encoder\.name: 'hf-clip-vison'.*Did you mean 'hf-clip-vision'"
+    ):
         VideoFramesEncoder(params)
 
 

@@ -55,12 +55,34 @@ def test_a_model_llava_cannot_express_is_refused_with_the_reasons(tokenizer_dir,
         export_hf_llava(model, tmp_path / "out")
 
 
-def test_the_export_saves_the_tokenizer_and_image_processor(tokenizer_dir, tmp_path):
-    from transformers import AutoImageProcessor, AutoTokenizer
+def test_the_exported_processor_builds_the_same_inputs_as_ours(tokenizer_dir, image_file, tmp_path):
+    from PIL import Image
+    from transformers import AutoProcessor
 
     model = build_model(tiny_spec(tokenizer_dir), progress=False)
     export_hf_llava(model, tmp_path / "llava")
-    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "llava")
-    assert tokenizer.convert_tokens_to_ids("<image>") == model.placeholder_ids["image"]
-    processor = AutoImageProcessor.from_pretrained(tmp_path / "llava")
-    assert processor.crop_size["height"] == 32
+    processor = AutoProcessor.from_pretrained(tmp_path / "llava")
+    messages = conversation(image_file)
+    ours = model.processor([messages])
+    text = processor.apply_chat_template(
+        [
+            {"role": m["role"], "content": "<image>\nDescribe it." if m["role"] == "user" else m["content"]}
+            for m in messages
+        ],
+        tokenize=False,
+    )
+    theirs = processor(text=text, images=[Image.open(image_file)], return_tensors="pt")
+    assert theirs["input_ids"].tolist() == ours["input_ids"].tolist()
+    assert torch.equal(theirs["pixel_values"], ours["image"]["pixel_values"])
+
+
+def test_exported_files_are_readable_by_others(tokenizer_dir, tmp_path):
+    import os
+    import stat
+
+    model = build_model(tiny_spec(tokenizer_dir), progress=False)
+    export_hf_llava(model, tmp_path / "llava")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "llava").stat().st_mode) == 0o777 & ~umask
+    assert stat.S_IMODE((tmp_path / "llava" / "model.safetensors").stat().st_mode) == 0o666 & ~umask

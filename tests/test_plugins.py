@@ -77,9 +77,10 @@ def test_a_duplicate_name_names_both_plugins(plugin):
     plugin(Clash(), "clashing-plugin")
     with pytest.raises(DuplicateComponentError) as caught:
         get_registry()
-    message = str(caught.value)
-    assert "'mmllm_sdk.default_plugins.projectors'" in message and "'clashing-plugin'" in message
-    assert "'mlp'" in message
+    assert str(caught.value).startswith(
+        "The input projector 'mlp' is registered by both plugin 'mmllm_sdk.default_plugins.projectors' "
+        "and plugin 'clashing-plugin'."  # built-ins register first
+    )
 
 
 def test_a_plugin_that_raises_in_a_hook_is_named_with_the_hook(plugin):
@@ -193,3 +194,39 @@ def test_mmllm_load_plugins_names_the_plugins_to_load(installed_plugin):
     assert "sniff" in run_plugins_json(installed_plugin, "sniff")
     assert "sniff" in run_plugins_json(installed_plugin, "mmllm-sniff")  # the distribution name works too
     assert "sniff" not in run_plugins_json(installed_plugin, "something-else")
+
+
+def test_registering_the_same_plugin_object_twice_says_under_which_name(plugin):
+    obj = ProjectorPlugin()
+    plugin(obj, "first-name")
+    with pytest.raises(PluginError, match="already registered as 'first-name'"):
+        register_plugin(obj, "second-name")
+
+
+def test_a_signal_vocabulary_must_match_its_modality(plugin):
+    from mmllm_sdk.components.signals import SignalVocabulary
+
+    class Mismatched:
+        @hookimpl
+        def register_signal_tokens(self, register):
+            register("image", SignalVocabulary("audio", 4, "aud"))
+
+    plugin(Mismatched(), "mismatched-plugin")
+    with pytest.raises(PluginError, match="for modality 'image' with a SignalVocabulary of modality 'audio'"):
+        get_registry()
+
+
+def test_two_signal_vocabularies_cannot_share_a_prefix(plugin):
+    from mmllm_sdk.components.signals import SignalVocabulary
+
+    class Greedy:
+        @hookimpl
+        def register_signal_tokens(self, register):
+            register("image", SignalVocabulary("image", 4, "sig"))
+            register("audio", SignalVocabulary("audio", 4, "sig"))
+
+    plugin(Greedy(), "greedy-plugin")
+    with pytest.raises(
+        PluginError, match=r"Signal tokens <sig_i> are claimed for modality 'image' .* and for modality 'audio'"
+    ):
+        get_registry()

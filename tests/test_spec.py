@@ -124,3 +124,27 @@ def test_the_skeleton_has_no_weights_but_the_right_sizes(image_spec):
     counts = {row.component: row for row in model.parameter_counts()}
     assert counts["inputs.image.projector"].trainable == counts["inputs.image.projector"].total > 0
     assert counts["llm"].trainable == 0
+
+
+def test_relative_paths_in_a_spec_file_are_read_from_its_folder(tmp_path, image_spec, tokenizer_dir, monkeypatch):
+    import shutil
+
+    shutil.copytree(tokenizer_dir, tmp_path / "specs" / "tokenizer")
+    image_spec["llm"]["params"]["tokenizer"] = "./tokenizer"
+    (tmp_path / "specs" / "model.yaml").write_text(yaml.safe_dump(image_spec))
+    monkeypatch.chdir(tmp_path)  # not the spec's folder
+    spec = load_spec("specs/model.yaml")
+    assert spec.llm.params["tokenizer"] == str((tmp_path / "specs" / "tokenizer").resolve())
+    assert build_model(spec, progress=False).llm.tokenizer.chat_template
+
+
+def test_a_component_param_error_names_its_place_in_the_spec(image_spec):
+    image_spec["inputs"]["image"]["encoder"]["params"]["feature_layer"] = 7
+    with pytest.raises(SpecError, match=r"^inputs.image.encoder: hf-clip-vision.params.feature_layer is 7"):
+        build_model(image_spec, progress=False)
+
+
+def test_gguf_files_are_refused_for_encoders(image_spec):
+    image_spec["inputs"]["image"]["encoder"]["params"] = {"model": "somewhere", "gguf_file": "x.gguf"}
+    with pytest.raises(SpecError, match=r"inputs.image.encoder.params: 'gguf_file' works for LLM backbones only"):
+        parse_spec(image_spec)

@@ -14,13 +14,13 @@ from mmllm_sdk.components.output_projector import ConditionSpec
 class ModalityGenerator(nn.Module, ABC):
     """The contract of a modality generator, e.g. a diffusion pipeline.
 
-    Subclasses set ``modality`` and ``condition`` (the conditioning they take) and
+    Subclasses set ``modality`` and ``condition_spec`` (the conditioning they take) and
     implement :meth:`generate` and :meth:`encode_text` (the generator's own text
     conditioning of a caption, the target of output-side alignment).
     """
 
     modality: str
-    condition: ConditionSpec
+    condition_spec: ConditionSpec
 
     @abstractmethod
     def generate(self, conditioning: torch.Tensor, **kwargs: Any) -> list[Any]:

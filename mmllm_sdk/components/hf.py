@@ -9,7 +9,7 @@ import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import model_validator
@@ -84,6 +84,8 @@ class HFSource(StrictModel):
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     trust_remote_code: bool = False  # only ever True when the spec says so
 
+    reads_gguf: ClassVar[bool] = False  # transformers reads GGUF files for language models only
+
     @model_validator(mode="after")
     def _one_source(self) -> HFSource:
         if (self.model is None) == (self.config is None):
@@ -91,6 +93,8 @@ class HFSource(StrictModel):
                 "set exactly one of 'model' (a hub id or local path, for pretrained weights) "
                 "or 'config' (a dict of config fields, for random initialisation)"
             )
+        if self.gguf_file and not self.reads_gguf:
+            raise ValueError("'gguf_file' works for LLM backbones only; transformers reads no other GGUF models")
         if self.gguf_file and self.model is None:
             raise ValueError("'gguf_file' names a file inside 'model'; set 'model' to the folder that holds it")
         return self

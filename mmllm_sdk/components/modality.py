@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
+import urllib.parse
+import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +18,7 @@ from mmllm_sdk.errors import InputError
 
 _NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
 DIRECTORY = "/"  # the loaders key of a loader that reads folders
+URL_TIMEOUT_S = 60  # seconds to wait for a URL download
 
 
 @dataclass(frozen=True)
@@ -70,12 +74,34 @@ class ModalitySpec:
                 )
 
     def load(self, source: Any) -> Any:
-        """Read one item from a path (str or PathLike) or normalize an in-memory object."""
+        """Read one item from a path, a ``file://`` or ``http(s)://`` URL, or normalize an in-memory object."""
+        if isinstance(source, str) and source.startswith(("http://", "https://")):
+            return self.load_url(source)
+        if isinstance(source, str) and source.startswith("file://"):
+            return self.load_file(Path(urllib.parse.unquote(urllib.parse.urlparse(source).path)))
         if isinstance(source, (str, os.PathLike)):
             return self.load_file(Path(source))
         if self.normalize is None:
             return source
         return self.normalize(source)
+
+    def load_url(self, url: str) -> Any:
+        """Download ``url`` to a temporary file (keeping its suffix) and read it like a local file."""
+        suffix = Path(urllib.parse.urlparse(url).path).suffix.lower()
+        try:
+            with urllib.request.urlopen(url, timeout=URL_TIMEOUT_S) as response:
+                data = response.read()
+        except (OSError, ValueError) as exc:
+            raise InputError(
+                f"The {self.name} URL {url!r} could not be downloaded ({exc}); check it, or download the file and pass its path."
+            ) from exc
+        with tempfile.TemporaryDirectory(prefix="mmllm-url-") as folder:
+            path = Path(folder) / f"download{suffix}"
+            path.write_bytes(data)
+            try:
+                return self.load_file(path)
+            except InputError as exc:
+                raise InputError(str(exc).replace(repr(str(path)), repr(url))) from exc
 
     def load_file(self, path: Path) -> Any:
         suffix = path.suffix.lower() if path.is_file() else ""
@@ -87,7 +113,7 @@ class ModalitySpec:
             loader = self.loaders.get(DIRECTORY)
             if loader is None:
                 raise InputError(
-                    f"{str(path)!r} is a directory; a {self.name} input must be a file ({self._suffixes()})."
+                    f"{str(path)!r} is a directory; {self.name} inputs must be files ({self._suffixes()})."
                 )
             return loader(path)
         if path.stat().st_size == 0:

@@ -23,11 +23,11 @@ class OutputProjector(nn.Module, ABC):
     A factory is called as ``factory(llm_dim=D_llm, condition_spec=ConditionSpec, params=dict)``.
     """
 
-    def __init__(self, llm_dim: int, condition: ConditionSpec) -> None:
+    def __init__(self, llm_dim: int, condition_spec: ConditionSpec) -> None:
         super().__init__()
         self.llm_dim = llm_dim
-        self.condition = condition
+        self.condition_spec = condition_spec
 
     @abstractmethod
     def forward(self, signal_states: torch.Tensor) -> torch.Tensor:
-        """(B, k, D_llm) -> (B, condition.num_tokens, condition.dim)."""
+        """(B, k, D_llm) -> (B, condition_spec.num_tokens, condition_spec.dim)."""

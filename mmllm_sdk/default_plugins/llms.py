@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -18,6 +18,8 @@ class HFCausalLMParams(hf.HFSource):
 
     tokenizer: str | None = None  # hub id or folder; defaults to ``model``; required with ``config``
     chat_template: str | None = None  # a Jinja template replacing the tokenizer's own
+
+    reads_gguf: ClassVar[bool] = True
 
 
 def build_hf_causal_lm(params: dict[str, Any]) -> LLMBackbone:
@@ -37,7 +39,10 @@ def build_hf_causal_lm(params: dict[str, Any]) -> LLMBackbone:
     if source.chat_template is not None:
         tokenizer.chat_template = source.chat_template
     model = hf.load_model(AutoModelForCausalLM, AutoConfig, source, what)
-    return LLMBackbone(model, tokenizer, reference=hf.reference(source))
+    reference = hf.reference(source)
+    if source.tokenizer is not None:
+        reference["tokenizer"] = source.tokenizer
+    return LLMBackbone(model, tokenizer, reference=reference)
 
 
 build_hf_causal_lm.Params = HFCausalLMParams  # type: ignore[attr-defined]

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,6 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from mmllm_sdk import __version__
 from mmllm_sdk.errors import CheckpointError, MissingPluginError, UnknownComponentError
+from mmllm_sdk.files import atomic_directory
 from mmllm_sdk.plugins import plugin_info
 from mmllm_sdk.registry import get_registry
 from mmllm_sdk.spec import ModelSpec
@@ -72,36 +71,13 @@ def manifest(model: MMLLM, state: dict[str, torch.Tensor]) -> dict[str, Any]:
 
 
 def save_checkpoint(model: MMLLM, directory: str | os.PathLike[str]) -> Path:
-    """Write the checkpoint to a temporary sibling folder, then rename it into place."""
-    target = Path(directory).resolve()
-    target.parent.mkdir(parents=True, exist_ok=True)
+    """Write the checkpoint to a staging folder beside ``directory``, then rename it into place."""
     state = trainable_state_dict(model)
     data = manifest(model, state)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
+    with atomic_directory(directory) as staging:
         save_file(state, str(staging / WEIGHTS), metadata={"format": FORMAT})
         (staging / MANIFEST).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        replace_directory(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return target
-
-
-def replace_directory(staging: Path, target: Path) -> None:
-    """Move ``staging`` to ``target``; an existing ``target`` is only removed once the new one is in place."""
-    if not target.exists():
-        staging.rename(target)
-        return
-    retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-    retired.rmdir()
-    target.rename(retired)
-    try:
-        staging.rename(target)
-    except BaseException:
-        retired.rename(target)
-        raise
-    shutil.rmtree(retired, ignore_errors=True)
+    return Path(directory).resolve()
 
 
 def read_manifest(directory: Path) -> dict[str, Any]:

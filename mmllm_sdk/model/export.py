@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from mmllm_sdk.errors import ExportError
+from mmllm_sdk.files import atomic_directory
 
 if TYPE_CHECKING:
     from mmllm_sdk.model.modeling import MMLLM
@@ -79,12 +78,11 @@ def export_hf_llava(model: MMLLM, output: str | os.PathLike[str]) -> Path:
     """Write ``output`` so that ``LlavaForConditionalGeneration.from_pretrained(output)`` gives our logits.
 
     The image placeholder id becomes ``image_token_id``, so ``model.processor``'s
-    ``input_ids`` feed the exported model unchanged. The tokenizer and image processor
-    are saved beside the weights (safetensors).
+    ``input_ids`` feed the exported model unchanged. A ``LlavaProcessor`` (tokenizer, image
+    processor, chat template) is saved beside the weights (safetensors), so
+    ``AutoProcessor.from_pretrained(output)`` works too.
     """
     from transformers import LlavaConfig, LlavaForConditionalGeneration
-
-    from mmllm_sdk.model.checkpoint import replace_directory
 
     check_exportable(model)
     encoder = model.encoders["image"]
@@ -112,20 +110,27 @@ def export_hf_llava(model: MMLLM, output: str | os.PathLike[str]) -> Path:
     llava.tie_weights()
     llava.eval()
 
-    target = Path(output).resolve()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
+    with atomic_directory(output) as staging:
         llava.save_pretrained(staging)
-        model.llm.tokenizer.save_pretrained(staging)
-        processor = getattr(encoder, "image_processor", None)
-        if processor is not None:
-            processor.save_pretrained(staging)
-        replace_directory(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return target
+        llava_processor(model).save_pretrained(staging)
+    return Path(output).resolve()
+
+
+def llava_processor(model: MMLLM) -> Any:
+    """A LlavaProcessor that expands ``<image>`` exactly as our processor does (same ids, same pixels)."""
+    from transformers import LlavaProcessor
+
+    encoder = model.encoders["image"]
+    tokenizer = model.llm.tokenizer
+    return LlavaProcessor(
+        image_processor=encoder.image_processor,
+        tokenizer=tokenizer,
+        patch_size=encoder.model.config.patch_size,
+        vision_feature_select_strategy=SELECT_STRATEGY[encoder.params.select],
+        num_additional_image_tokens=encoder.prefix_tokens,  # CLIP's CLS token
+        image_token=model.processor.inputs["image"].spec.placeholder,
+        chat_template=tokenizer.chat_template,
+    )
 
 
 def _tied_keys(model: torch.nn.Module) -> set[str]:

@@ -18,7 +18,7 @@ from mmllm_sdk.components.encoder import ModalityEncoder
 from mmllm_sdk.components.hf import reuse_loaded_files, skeleton_mode
 from mmllm_sdk.components.llm import LLMBackbone
 from mmllm_sdk.components.projector import InputProjector
-from mmllm_sdk.errors import DimensionError, InputError, MMLLMError, PlaceholderMismatchError, PluginError
+from mmllm_sdk.errors import DimensionError, InputError, MMLLMError, PlaceholderMismatchError, PluginError, SpecError
 from mmllm_sdk.model.processor import MMLLMProcessor, ModalityInput
 from mmllm_sdk.registry import Registration, get_registry
 from mmllm_sdk.spec import ModelSpec, parse_spec
@@ -241,7 +241,7 @@ def _assemble(spec: ModelSpec, progress: bool) -> MMLLM:
         bar.set_postfix_str(f"{path}: {entry.name}")
         sources[path] = entry
         with _seeded(spec.seed, path):
-            component = _call_plugin(entry, call)
+            component = _call_plugin(path, entry, call)
         if not isinstance(component, contract):
             raise PluginError(
                 f"Plugin {entry.plugin!r} built the {entry.label} as a {type(component).__name__}; "
@@ -286,9 +286,11 @@ def _assemble(spec: ModelSpec, progress: bool) -> MMLLM:
     return model
 
 
-def _call_plugin(entry: Registration, call: Callable[[], Any]) -> Any:
+def _call_plugin(path: str, entry: Registration, call: Callable[[], Any]) -> Any:
     try:
         return call()
+    except SpecError as exc:  # say where in the spec: "inputs.image.encoder: hf-clip-vision.params.… is …"
+        raise type(exc)(f"{path}: {exc}") from exc
     except MMLLMError:
         raise
     except Exception as exc:
