@@ -97,15 +97,8 @@ def tiny_clip_vision_config() -> dict[str, Any]:
 
 
 def tiny_siglip_vision_config() -> dict[str, Any]:
-    """A SigLIP vision tower on 32x32 images in 8x8 patches: 16 patch tokens of size 24."""
-    return {
-        "hidden_size": 24,
-        "intermediate_size": 48,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "image_size": 32,
-        "patch_size": 8,
-    }
+    """A SigLIP vision tower of the same sizes (SigLIP's config takes the same fields; no CLS token)."""
+    return tiny_clip_vision_config()
 
 
 def tiny_whisper_config() -> dict[str, Any]:
