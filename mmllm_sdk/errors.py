@@ -34,6 +34,10 @@ class InputError(MMLLMError, ValueError):
     """A conversation, a modality file or a batch cannot be used as given."""
 
 
+class DataError(InputError):
+    """A training or evaluation data file holds a malformed record; the message names file:line."""
+
+
 class PlaceholderMismatchError(InputError):
     """The number of modality placeholders differs from the number of modality inputs."""
 
