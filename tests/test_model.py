@@ -146,3 +146,26 @@ def test_a_corrupt_weights_file_is_a_checkpoint_error(image_model, tmp_path):
 def test_a_folder_without_a_manifest_is_not_a_checkpoint(tmp_path):
     with pytest.raises(CheckpointError, match="is not an SDK checkpoint: it has no mmllm.json"):
         MMLLM.from_pretrained(tmp_path)
+
+
+def test_the_supervised_only_loss_equals_the_full_lm_loss(image_model, image_file):
+    batch = image_model.processor(
+        [
+            conversation(image_file),
+            [*conversation(image_file)[:1], {"role": "assistant", "content": "Stripes and more."}],
+        ]
+    )
+    with torch.no_grad():
+        full = image_model(**batch).loss
+        supervised = image_model(**batch, supervised_only=True)
+    assert torch.allclose(full, supervised.loss, atol=1e-6)
+    assert supervised.logits.shape[1] < batch["input_ids"].shape[1] - 1  # the LM head skipped the prompt
+    assert supervised.logits.shape[:2] == supervised.targets.shape
+
+
+def test_a_batch_without_any_answer_cannot_be_trained_on(image_model, image_file):
+    from mmllm_sdk.errors import InputError
+
+    batch = image_model.processor([conversation(image_file)[:1]])
+    with pytest.raises(InputError, match="no supervised tokens"):
+        image_model(**batch, supervised_only=True)

@@ -155,3 +155,13 @@ def test_a_video_goes_through_the_model_from_an_animated_gif(tokenizer_dir, tmp_
     batch = model.processor([conversation])
     assert batch["video"]["pixel_values"].shape == (1, 2, 3, 32, 32)  # (B, num_frames, C, H, W)
     assert torch.isfinite(model(**batch).loss)
+
+
+def test_train_on_last_assistant_supervises_only_the_final_answer(image_model, image_file):
+    conversation = [
+        *ask(image_file, answer="Colours."),
+        {"role": "user", "content": "More?"},
+        {"role": "assistant", "content": "No."},
+    ]
+    labels = image_model.processor([conversation], train_on="last_assistant")["labels"][0]
+    assert image_model.processor.tokenizer.decode(labels[labels != IGNORE_INDEX]) == "No.<|im_end|>\n"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import torch
@@ -77,6 +78,25 @@ class LLMBackbone(nn.Module):
 
     def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any) -> Any:
         return self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
+
+    def logits_at(
+        self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None, positions: torch.Tensor, **kwargs: Any
+    ) -> torch.Tensor:
+        """Logits ``(B, K, V)`` at sequence ``positions`` (K,) only: the LM head skips every other position.
+
+        Uses the model's ``logits_to_keep`` where its forward takes it (transformers' decoder
+        LMs do); otherwise computes all logits and picks the positions.
+        """
+        if self._takes_logits_to_keep():
+            return self.model(
+                inputs_embeds=inputs_embeds, attention_mask=attention_mask, logits_to_keep=positions, **kwargs
+            ).logits
+        logits = self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs).logits
+        return logits[:, positions]
+
+    def _takes_logits_to_keep(self) -> bool:
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        return "logits_to_keep" in inspect.signature(base.forward).parameters
 
     def generate(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         """New token ids only (the LLM's own KV-cached generation)."""

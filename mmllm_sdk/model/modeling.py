@@ -11,15 +11,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
+from transformers.utils import ModelOutput
 
 from mmllm_sdk.components.encoder import ModalityEncoder
 from mmllm_sdk.components.hf import reuse_loaded_files, skeleton_mode
 from mmllm_sdk.components.llm import LLMBackbone
 from mmllm_sdk.components.projector import InputProjector
 from mmllm_sdk.errors import DimensionError, InputError, MMLLMError, PlaceholderMismatchError, PluginError, SpecError
-from mmllm_sdk.model.processor import MMLLMProcessor, ModalityInput
+from mmllm_sdk.model.processor import IGNORE_INDEX, MMLLMProcessor, ModalityInput
 from mmllm_sdk.registry import Registration, get_registry
 from mmllm_sdk.spec import ModelSpec, parse_spec
 
@@ -33,6 +35,19 @@ class Response:
     text: str
     outputs: dict[str, list[Any]] = field(default_factory=dict)
     token_ids: list[int] = field(default_factory=list)
+
+
+@dataclass
+class SupervisedOutput(ModelOutput):
+    """The LM loss computed only where a next token is supervised (what training needs).
+
+    ``logits`` (B, K, V) are at the K positions where any row's next token has a label;
+    ``targets`` (B, K) are those next tokens (IGNORE_INDEX where a row has none there).
+    """
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    targets: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -165,12 +180,15 @@ class MMLLM(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        supervised_only: bool = False,
         **kwargs: Any,
     ) -> Any:
         """The LLM's output (``.logits``, and ``.loss`` when ``labels`` are given) for a processor batch.
 
         Keyword arguments named after a modality (``image={"pixel_values": …}``) are that
         modality's encoder inputs; the rest go to the LLM (``use_cache``, ``output_hidden_states``, …).
+        With ``supervised_only`` the LM head runs only where a label is set and the result
+        is a :class:`SupervisedOutput` (the training recipes use this).
         """
         modality_inputs = {k: kwargs.pop(k) for k in list(kwargs) if k in self.encoders}
         modalities = {entry.name for entry in get_registry().entries("modalities")}
@@ -180,7 +198,21 @@ class MMLLM(nn.Module):
                 f"The batch has {', '.join(unknown)} inputs, but this model takes only {', '.join(self.encoders) or 'text'}."
             )
         inputs_embeds = self.embed_inputs(input_ids, modality_inputs)
-        return self.llm(inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels, **kwargs)
+        if not supervised_only:
+            return self.llm(inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels, **kwargs)
+        if labels is None:
+            raise InputError("supervised_only needs labels; build the batch with model.processor (not for generation).")
+        targets = labels[:, 1:]  # (B, T-1): position t predicts token t+1
+        positions = (targets != IGNORE_INDEX).any(dim=0).nonzero().flatten()  # (K,)
+        if positions.numel() == 0:
+            raise InputError(
+                "The batch has no supervised tokens (every label is IGNORE_INDEX); each training example needs an "
+                "assistant answer (or a caption) to learn from."
+            )
+        logits = self.llm.logits_at(inputs_embeds, attention_mask, positions, **kwargs)  # (B, K, V)
+        targets = targets[:, positions]  # (B, K)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
+        return SupervisedOutput(loss=loss, logits=logits, targets=targets)
 
     @torch.no_grad()
     def generate(self, messages: list[dict[str, Any]], **generation_kwargs: Any) -> Response:

@@ -31,7 +31,7 @@ class ModalityInput:
 class EncodedConversation:
     input_ids: list[int]
     labels: list[int]
-    items: dict[str, list[Any]]  # modality -> loaded items, in text order
+    sources: dict[str, list[Any]]  # modality -> where each item comes from (path, URL or object), in text order
 
 
 class MMLLMProcessor:
@@ -61,13 +61,16 @@ class MMLLMProcessor:
         add_generation_prompt: bool = False,
         max_length: int | None = None,
         padding_side: str | None = None,
+        train_on: str = "assistant",
     ) -> dict[str, Any]:
         """A batch from a list of conversations (each a list of messages, or a LLaVA record).
 
         With ``add_generation_prompt`` the batch ends where the assistant's answer would
         start, is padded on the left and has no ``labels``; otherwise it is padded on the
-        right and carries labels. A sequence longer than ``max_length`` is an error, not
-        a silent cut (a cut could drop a placeholder or the answer).
+        right and carries labels: on every assistant turn (``train_on="assistant"``) or only
+        on the last one (``"last_assistant"``, as preference training scores one answer).
+        A sequence longer than ``max_length`` is an error, not a silent cut (a cut could
+        drop a placeholder or the answer).
         """
         if isinstance(conversations, (str, Mapping)) or not isinstance(conversations, Sequence):
             raise InputError("processor() takes a list of conversations; wrap a single conversation in a list.")
@@ -79,7 +82,8 @@ class MMLLMProcessor:
                 "wrap it in another list: processor([messages])."
             )
         encoded = [
-            self.encode(conversation, add_generation_prompt, index) for index, conversation in enumerate(conversations)
+            self.encode(conversation, add_generation_prompt, index, train_on)
+            for index, conversation in enumerate(conversations)
         ]
         longest = max(len(e.input_ids) for e in encoded)
         if max_length is not None and longest > max_length:
@@ -89,18 +93,29 @@ class MMLLMProcessor:
             )
         side = padding_side or ("left" if add_generation_prompt else "right")
         batch = self._pad(encoded, longest, side, with_labels=not add_generation_prompt)
-        for modality, value in self.inputs.items():
-            items = [item for e in encoded for item in e.items[modality]]
-            if items:
-                batch[modality] = value.encoder.preprocess(items)
+        for modality in self.inputs:
+            sources = [source for e in encoded for source in e.sources[modality]]
+            if sources:
+                batch[modality] = self.modality_inputs(modality, sources)
         return batch
 
-    def encode(self, conversation: Any, add_generation_prompt: bool = False, index: int = 0) -> EncodedConversation:
-        """One conversation: token ids with expanded placeholders, labels and loaded items."""
+    def modality_inputs(self, modality: str, sources: list[Any]) -> dict[str, Any]:
+        """The encoder's inputs for items of one modality: each source loaded, then preprocessed as a batch."""
+        value = self.inputs[modality]
+        return value.encoder.preprocess([value.spec.load(source) for source in sources])
+
+    def encode(
+        self, conversation: Any, add_generation_prompt: bool = False, index: int = 0, train_on: str = "assistant"
+    ) -> EncodedConversation:
+        """One conversation: token ids with expanded placeholders, labels, and where its items come from."""
+        if train_on not in ("assistant", "last_assistant"):
+            raise InputError(f"train_on must be 'assistant' or 'last_assistant'; got {train_on!r}.")
         normalized = normalize_conversation(conversation, self.placeholders)
         text, spans = self._render(normalized, add_generation_prompt)
+        if train_on == "last_assistant":
+            spans = spans[-1:]
         encoding = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        items = self._load_items(normalized, index)
+        sources = self._sources(normalized, index)
         id_to_modality = {value.placeholder_id: name for name, value in self.inputs.items()}
         counts = dict.fromkeys(self.inputs, 0)
         input_ids: list[int] = []
@@ -117,7 +132,7 @@ class MMLLMProcessor:
             supervised = any(lo <= start < hi for lo, hi in spans)
             labels.append(token_id if supervised else IGNORE_INDEX)
         for modality, count in counts.items():
-            given = len(items[modality])
+            given = len(sources[modality])
             if count != given:
                 placeholder = self.inputs[modality].spec.placeholder
                 raise PlaceholderMismatchError(
@@ -125,7 +140,7 @@ class MMLLMProcessor:
                     f"each {modality} needs exactly one {placeholder} in the text (or one {{'type': '{modality}'}} "
                     "content part). Add or remove placeholders or inputs so the counts match."
                 )
-        return EncodedConversation(input_ids, labels, items)
+        return EncodedConversation(input_ids, labels, sources)
 
     def _render(self, conversation: Conversation, add_generation_prompt: bool) -> tuple[str, list[tuple[int, int]]]:
         """The templated text and the character spans of the assistant turns (what labels cover)."""
@@ -145,16 +160,16 @@ class MMLLMProcessor:
             spans.append((len(before), len(through)))
         return text, spans
 
-    def _load_items(self, conversation: Conversation, index: int) -> dict[str, list[Any]]:
-        items: dict[str, list[Any]] = {modality: [] for modality in self.inputs}
+    def _sources(self, conversation: Conversation, index: int) -> dict[str, list[Any]]:
+        sources: dict[str, list[Any]] = {modality: [] for modality in self.inputs}
         for item in conversation.items:
             if item.modality not in self.inputs:
                 raise InputError(
                     f"Conversation {index} has a {item.modality} input, but this model takes only "
                     f"{', '.join(self.inputs) or 'text'}."
                 )
-            items[item.modality].append(self.inputs[item.modality].spec.load(item.source))
-        return items
+            sources[item.modality].append(item.source)
+        return sources
 
     def _pad(self, encoded: list[EncodedConversation], length: int, side: str, with_labels: bool) -> dict[str, Any]:
         if side not in ("left", "right"):
