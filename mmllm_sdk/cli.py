@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,18 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     chat.add_argument("--temperature", type=float, default=0.7, help="sampling temperature with --sample (default 0.7)")
     chat.set_defaults(run=cmd_chat)
+
+    train = commands.add_parser(
+        "train",
+        help="run a training recipe (pt, sft, dpo, or a plugin's)",
+        description="Run a recipe spec on transformers.Trainer. Scale out with torchrun "
+        "(torchrun --nproc_per_node 2 -m mmllm_sdk.cli train RECIPE) or accelerate launch.",
+    )
+    train.add_argument("recipe", help="path of a YAML recipe spec")
+    train.add_argument(
+        "--resume", action="store_true", help="continue from the newest checkpoint-N in training.output_dir"
+    )
+    train.set_defaults(run=cmd_train)
 
     export = commands.add_parser(
         "export",
@@ -221,6 +234,15 @@ def cmd_chat(args: argparse.Namespace) -> int:
             return 0
         if line.strip():
             print(ask(line.strip()), flush=True)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from mmllm_sdk.training.run import train
+
+    result = train(args.recipe, resume=args.resume)
+    if int(os.environ.get("RANK", "0")) == 0:  # one line, not one per torchrun process
+        print(f"Saved {result.output_dir} (load it with MMLLM.from_pretrained or mmllm chat).")
+    return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -23,6 +23,7 @@ DEFAULT_PLUGINS = (
     "mmllm_sdk.default_plugins.encoders",
     "mmllm_sdk.default_plugins.projectors",
     "mmllm_sdk.default_plugins.llms",
+    "mmllm_sdk.default_plugins.recipes",
 )
 
 HOOK_NAMES = tuple(name for name in dir(hookspecs) if name.startswith("register_"))

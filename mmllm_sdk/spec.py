@@ -7,10 +7,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from mmllm_sdk.errors import SpecError
 from mmllm_sdk.registry import Registry, get_registry
+from mmllm_sdk.training.peft import PeftSpec
 from mmllm_sdk.validation import StrictModel, validate
 
 
@@ -31,6 +32,15 @@ class InputProjectorSpec(ComponentSpec):
 
 class LLMSpec(ComponentSpec):
     trainable: bool = False  # full fine-tuning of the LLM is opt-in
+    peft: PeftSpec | None = None  # adapters on the frozen LLM: {method: lora | prefix | ln-tuning, …}
+
+    @model_validator(mode="after")
+    def _full_or_peft(self) -> LLMSpec:
+        if self.trainable and self.peft is not None:
+            raise ValueError(
+                "set either 'trainable: true' (full fine-tuning) or 'peft' (adapters on the frozen LLM), not both"
+            )
+        return self
 
 
 class InputSpec(StrictModel):

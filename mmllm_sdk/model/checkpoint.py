@@ -30,10 +30,11 @@ FORMAT_VERSION = 1
 
 
 def trainable_state_dict(model: MMLLM) -> dict[str, torch.Tensor]:
-    """Only what was trained: parameters with ``requires_grad``, detached, on the CPU."""
+    """Only what was trained: parameters with ``requires_grad``, and those an earlier stage trained
+    (loaded from a checkpoint and frozen now), detached, on the CPU."""
     state = {}
     for name, param in model.named_parameters():
-        if not param.requires_grad:
+        if not param.requires_grad and name not in model.carried_parameters:
             continue
         if param.device.type == "meta":
             raise CheckpointError(
@@ -72,12 +73,25 @@ def manifest(model: MMLLM, state: dict[str, torch.Tensor]) -> dict[str, Any]:
 
 def save_checkpoint(model: MMLLM, directory: str | os.PathLike[str]) -> Path:
     """Write the checkpoint to a staging folder beside ``directory``, then rename it into place."""
+    with atomic_directory(directory) as staging:
+        write_checkpoint_files(model, staging)
+    return Path(directory).resolve()
+
+
+def write_checkpoint_files(model: MMLLM, folder: Path) -> None:
+    """Write the weights, then the manifest, into an existing folder, each file replaced atomically.
+
+    A reader never sees a half-written file; the manifest goes last, so a folder whose
+    manifest is present has its weights. (The Trainer's checkpoint-N folders are staged
+    whole; the final model at the root of an output folder is written this way.)
+    """
     state = trainable_state_dict(model)
     data = manifest(model, state)
-    with atomic_directory(directory) as staging:
-        save_file(state, str(staging / WEIGHTS), metadata={"format": FORMAT})
-        (staging / MANIFEST).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    return Path(directory).resolve()
+    weights_tmp, manifest_tmp = folder / f".{WEIGHTS}.tmp", folder / f".{MANIFEST}.tmp"
+    save_file(state, str(weights_tmp), metadata={"format": FORMAT})
+    os.replace(weights_tmp, folder / WEIGHTS)
+    manifest_tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(manifest_tmp, folder / MANIFEST)
 
 
 def read_manifest(directory: Path) -> dict[str, Any]:
@@ -136,37 +150,54 @@ def load_checkpoint(directory: str | os.PathLike[str], **build_kwargs: Any) -> M
     spec = validate(ModelSpec, data["spec"], source=str(directory / MANIFEST))
     model = build_model(spec, **build_kwargs)
     _warn_on_changed_bases(model, data)
-    weights = directory / WEIGHTS
-    if not weights.is_file():
-        raise CheckpointError(f"{str(directory)!r} has no {WEIGHTS}; the checkpoint is incomplete: save it again.")
-    try:
-        state = load_file(str(weights))
-    except (SafetensorError, OSError) as exc:
-        raise CheckpointError(
-            f"{str(weights)!r} cannot be read ({exc}); the checkpoint is corrupt: save it again."
-        ) from exc
-    load_trainable(model, state, str(weights))
+    load_trained(model, read_trained(directory), str(directory / WEIGHTS))
     return model
 
 
-def load_trainable(model: MMLLM, state: dict[str, torch.Tensor], origin: str) -> None:
-    """Copy saved tensors into the model's trainable parameters; names and shapes must match exactly."""
-    params = {name: p for name, p in model.named_parameters() if p.requires_grad}
-    missing, unexpected = sorted(set(params) - set(state)), sorted(set(state) - set(params))
+def load_trained(model: MMLLM, state: dict[str, torch.Tensor], origin: str, *, complete: bool = True) -> None:
+    """Copy saved tensors into the model; every name must be a parameter of the same shape.
+
+    With ``complete`` (loading a checkpoint as it was saved) every trainable parameter must
+    be in ``state``; without it (continuing training in a new stage, e.g. SFT after PT) new
+    trainable parameters such as LoRA adapters start from their own initialisation. Saved
+    tensors of parameters that are frozen now are remembered, so the next checkpoint keeps them.
+    """
+    params = dict(model.named_parameters())
+    trainable = {name for name, p in params.items() if p.requires_grad}
+    unexpected = sorted(set(state) - set(params))
+    missing = sorted(trainable - set(state)) if complete else []
     if missing or unexpected:
         raise CheckpointError(
-            f"{origin} does not match the model its spec builds: missing {missing[:5]}{'…' if len(missing) > 5 else ''}, "
-            f"unexpected {unexpected[:5]}{'…' if len(unexpected) > 5 else ''}. It was saved from a different spec or plugin version."
+            f"{origin} does not match the model its spec builds: missing {_few(missing)}, unexpected "
+            f"{_few(unexpected)}. It was saved from a different spec or plugin version."
         )
     for name, tensor in state.items():
         if tuple(tensor.shape) != tuple(params[name].shape):
             raise CheckpointError(
-                f"{origin}: tensor {name!r} has shape {tuple(tensor.shape)} but the model expects {tuple(params[name].shape)}; "
-                "the checkpoint was saved with different component sizes."
+                f"{origin}: tensor {name!r} has shape {tuple(tensor.shape)} but the model expects "
+                f"{tuple(params[name].shape)}; the checkpoint was saved with different component sizes."
             )
     with torch.no_grad():
         for name, tensor in state.items():
             params[name].copy_(tensor)
+    model.carried_parameters |= set(state) - trainable
+
+
+def _few(names: list[str]) -> str:
+    return f"{names[:5]}{'…' if len(names) > 5 else ''}"
+
+
+def read_trained(directory: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint's trainable.safetensors (safetensors only, never a pickle)."""
+    weights = Path(directory) / WEIGHTS
+    if not weights.is_file():
+        raise CheckpointError(f"{str(directory)!r} has no {WEIGHTS}; the checkpoint is incomplete: save it again.")
+    try:
+        return load_file(str(weights))
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(
+            f"{str(weights)!r} cannot be read ({exc}); the checkpoint is corrupt: save it again."
+        ) from exc
 
 
 def _warn_on_changed_bases(model: MMLLM, data: dict[str, Any]) -> None:

@@ -24,6 +24,7 @@ from mmllm_sdk.errors import DimensionError, InputError, MMLLMError, Placeholder
 from mmllm_sdk.model.processor import IGNORE_INDEX, MMLLMProcessor, ModalityInput
 from mmllm_sdk.registry import Registration, get_registry
 from mmllm_sdk.spec import ModelSpec, parse_spec
+from mmllm_sdk.training.peft import apply_peft
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +94,7 @@ class MMLLM(nn.Module):
             },
         )
         self._frozen: set[str] = set()
+        self.carried_parameters: set[str] = set()  # trained in an earlier stage, frozen now: still saved
 
     # freezing --------------------------------------------------------------------------------
 
@@ -310,6 +312,10 @@ def _assemble(spec: ModelSpec, progress: bool) -> MMLLM:
     bar.close()
     model = MMLLM(spec, llm, encoders, projectors, sources)
     model.set_trainable("llm", spec.llm.trainable)
+    if spec.llm.peft is not None:  # after the placeholders are added and the LLM frozen: adapters stay trainable
+        with _seeded(spec.seed, "llm.peft"):
+            apply_peft(model.llm, spec.llm.peft)
+        model._frozen.discard("llm")  # train mode reaches the adapters (LoRA dropout)
     for modality, inputs in spec.inputs.items():
         model.set_trainable(f"inputs.{modality}.encoder", inputs.encoder.trainable)
         model.set_trainable(f"inputs.{modality}.projector", inputs.projector.trainable)

@@ -1,0 +1,223 @@
+"""Parameter-efficient fine-tuning of the LLM backbone (LoRA, prefix tuning, LN tuning) through the peft library."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import sys
+import warnings
+from collections.abc import Iterator
+from typing import Any, ClassVar, Literal
+
+import torch
+from pydantic import Field, SerializerFunctionWrapHandler, model_serializer, model_validator
+
+from mmllm_sdk.components.llm import LLMBackbone
+from mmllm_sdk.errors import SpecError
+from mmllm_sdk.validation import StrictModel
+
+PeftMethod = Literal["lora", "prefix", "ln-tuning"]
+
+
+class PeftSpec(StrictModel):
+    """``llm.peft`` in a model spec: which peft method trains the LLM backbone, and its settings.
+
+    Each method takes only its own fields (``peft: {method: lora, r: 8}``); a field of
+    another method is an error rather than silently ignored.
+    """
+
+    method: PeftMethod
+    # lora: a low-rank update B·A beside each targeted linear layer (B starts at zero)
+    r: int = Field(default=8, gt=0)  # rank of the update
+    alpha: int = Field(default=16, gt=0)  # the update is scaled by alpha / r
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)  # dropout on the input of the update
+    # lora: layer names, or "all-linear" (every linear layer except the LM head);
+    # ln-tuning: norm layer names, or None for peft's default norms of the architecture
+    target_modules: list[str] | Literal["all-linear"] | None = None
+    # prefix: trainable key/value vectors prepended to every attention layer
+    num_virtual_tokens: int = Field(default=16, gt=0)
+
+    FIELDS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "lora": ("r", "alpha", "dropout", "target_modules"),
+        "prefix": ("num_virtual_tokens",),
+        "ln-tuning": ("target_modules",),
+    }
+
+    @model_validator(mode="after")
+    def _fields_of_the_method(self) -> PeftSpec:
+        own = self.FIELDS[self.method]
+        for name in sorted(self.model_fields_set - {"method"} - set(own)):
+            users = [method for method, fields in self.FIELDS.items() if name in fields]
+            raise ValueError(
+                f"'{name}' is a setting of method {' and '.join(map(repr, users))}, not of method {self.method!r}; "
+                f"method {self.method!r} takes {', '.join(own)}: remove '{name}' or change 'method'"
+            )
+        if self.target_modules == []:
+            raise ValueError("'target_modules' is empty; name at least one layer or leave it out for the default")
+        if self.method == "ln-tuning" and self.target_modules == "all-linear":
+            raise ValueError(
+                "'target_modules: all-linear' is for method 'lora'; for 'ln-tuning' name the norm layers "
+                "(for example [input_layernorm, post_attention_layernorm]) or leave it out for peft's default"
+            )
+        if self.method == "lora" and self.target_modules is None:
+            self.target_modules = "all-linear"
+        return self
+
+    @model_serializer(mode="wrap")
+    def _dump_own_fields(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Only the chosen method's fields, so a dumped spec validates again (checkpoints store it)."""
+        data = handler(self)
+        return {name: value for name, value in data.items() if name == "method" or name in self.FIELDS[self.method]}
+
+    def peft_config(self) -> Any:
+        """The peft config for a causal LM (``LoraConfig``, ``PrefixTuningConfig`` or ``LNTuningConfig``)."""
+        from peft import LNTuningConfig, LoraConfig, PrefixTuningConfig
+
+        if self.method == "lora":
+            return LoraConfig(
+                task_type="CAUSAL_LM",
+                r=self.r,
+                lora_alpha=self.alpha,
+                lora_dropout=self.dropout,
+                target_modules=self.target_modules,
+            )
+        if self.method == "prefix":
+            return PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=self.num_virtual_tokens)
+        return LNTuningConfig(task_type="CAUSAL_LM", target_modules=self.target_modules)
+
+
+def __getattr__(name: str) -> Any:  # PEP 562: peft takes seconds to import, so it loads only when adapters are used
+    if name == "PeftCausalLM":
+        return _peft_causal_lm()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+@functools.cache
+def _peft_causal_lm() -> type:
+    """The class ``PeftCausalLM`` of this module (built on first use, importing peft)."""
+    from peft import PeftModelForCausalLM, PeftType
+
+    class PeftCausalLM(PeftModelForCausalLM):
+        """peft's causal-LM wrapper whose ``generate`` also takes ``inputs_embeds`` with prefix tuning.
+
+        peft's own prefix-tuning ``generate`` rejects ``inputs_embeds`` (transformers cannot see
+        that its ``prepare_inputs_for_generation`` forwards them). Here the base model generates
+        from a cache that already holds the prefix: the same computation as ``forward``, with the
+        prompt's positions starting after the virtual tokens.
+        """
+
+        def generate(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+            if self.active_peft_config.peft_type != PeftType.PREFIX_TUNING:
+                return super().generate(*args, **kwargs)
+            base = self.get_base_model()
+            if self._adapters_disabled:  # inside disable_adapter(): the base model alone
+                return base.generate(*args, **kwargs)
+            if args or kwargs.get("inputs_embeds") is None:
+                raise TypeError(
+                    "With prefix tuning, generate takes keywords inputs_embeds=… and attention_mask=… (peft's own "
+                    "prefix generation from input_ids is not used); embed the ids with get_input_embeddings() first."
+                )
+            inputs_embeds = kwargs.pop("inputs_embeds")  # (B, T, D)
+            batch, length, _ = inputs_embeds.shape
+            attention_mask = kwargs.pop("attention_mask", None)
+            if attention_mask is None:
+                attention_mask = torch.ones(batch, length, dtype=torch.long, device=inputs_embeds.device)
+            virtual = self.active_peft_config.num_virtual_tokens
+            cache = self.get_prompt(batch_size=batch, max_cache_len=-1)  # holds `virtual` positions per layer
+            # transformers reads inputs_embeds as the whole sequence and skips the positions already cached,
+            # so the virtual positions get placeholder rows that are never computed
+            placeholders = inputs_embeds.new_zeros(batch, virtual, inputs_embeds.shape[-1])
+            prefix_mask = attention_mask.new_ones(batch, virtual)
+            return base.generate(
+                inputs_embeds=torch.cat([placeholders, inputs_embeds], dim=1),  # (B, P+T, D)
+                attention_mask=torch.cat([prefix_mask, attention_mask], dim=1),  # (B, P+T)
+                cache=cache,
+                **kwargs,
+            )
+
+    # importable (and picklable) as mmllm_sdk.training.peft.PeftCausalLM, through __getattr__ above
+    PeftCausalLM.__module__, PeftCausalLM.__qualname__ = __name__, "PeftCausalLM"
+    return PeftCausalLM
+
+
+def apply_peft(llm: LLMBackbone, spec: PeftSpec) -> None:
+    """Wrap ``llm.model`` in a peft model in place; afterwards only the adapter parameters require grad.
+
+    Works on a skeleton (an LLM on the ``meta`` device): the adapters are created there too,
+    so parameter counts include them. Apply it after the tokens the model adds are in the
+    vocabulary and after any freezing of the LLM, since freezing would freeze the adapters.
+    """
+    if has_adapters(llm):
+        raise SpecError(
+            f"The LLM already has peft adapters ({llm.model.active_peft_config.peft_type.value}); "
+            "apply llm.peft once, to the base model."
+        )
+    config = spec.peft_config()
+    try:
+        with warnings.catch_warnings():
+            # version-skew noise, not actionable: peft asks the norm layers LN tuning wraps for in/out features
+            # (it never uses them), and reads transformers' deprecated `is_gradient_checkpointing`
+            warnings.filterwarnings("ignore", message="Unsupported layer type", category=UserWarning)
+            warnings.filterwarnings(
+                "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
+            )
+            llm.model = _peft_causal_lm()(llm.model, config)
+    except ValueError as exc:  # peft's words for targets it cannot find or an architecture it does not know
+        raise SpecError(
+            f"llm.peft: peft cannot apply method {spec.method!r} to this LLM ({type(llm.model).__name__}): "
+            f"{str(exc).rstrip('.')}.{_target_hint(llm.model, spec.method)}"
+        ) from exc
+
+
+def has_adapters(llm: LLMBackbone) -> bool:
+    """True when ``llm.model`` is wrapped by :func:`apply_peft` (or any peft model)."""
+    if "peft" not in sys.modules:  # nothing can be a peft model before peft is imported
+        return False
+    from peft import PeftModel
+
+    return isinstance(llm.model, PeftModel)
+
+
+@contextlib.contextmanager
+def adapters_disabled(llm: LLMBackbone) -> Iterator[None]:
+    """Within this block the LLM computes as its base model (peft's ``disable_adapter``).
+
+    DPO uses it for the reference policy, so no second copy of the LLM is kept in memory.
+    """
+    if not has_adapters(llm):
+        raise SpecError(
+            f"The LLM ({type(llm.model).__name__}) has no peft adapters to disable; set llm.peft in the model "
+            "spec (for example peft: {method: lora, r: 8}) so that the base model is the LLM with adapters disabled."
+        )
+    with llm.model.disable_adapter():
+        yield
+
+
+def adapter_parameter_names(llm: LLMBackbone) -> set[str]:
+    """Names (relative to ``llm``) of the parameters peft added: LoRA A/B, the prefix encoder, tuned norms."""
+    if not has_adapters(llm):
+        return set()
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    names = set()
+    if llm.model.active_peft_config.is_prompt_learning:
+        names.update(f"model.prompt_encoder.{name}" for name, _ in llm.model.prompt_encoder.named_parameters())
+    for module_name, module in llm.model.named_modules(prefix="model"):
+        if isinstance(module, BaseTunerLayer):
+            for layer_name in module.adapter_layer_names:
+                names.update(
+                    f"{module_name}.{layer_name}.{name}" for name, _ in getattr(module, layer_name).named_parameters()
+                )
+    return names
+
+
+def _target_hint(model: Any, method: str) -> str:
+    """The layer names a user could put in llm.peft.target_modules for this method (empty for prefix)."""
+    if method == "lora":
+        what, fits = "linear", lambda module: isinstance(module, torch.nn.Linear)
+    elif method == "ln-tuning":
+        what, fits = "norm", lambda module: "norm" in type(module).__name__.lower()
+    else:
+        return ""
+    names = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules() if name and fits(module)})
+    return f" Set llm.peft.target_modules to some of its {what} layers: {', '.join(names) or '(none found)'}."

@@ -1,0 +1,166 @@
+"""``mmllm_sdk.train``: read a recipe spec, check data and model, build, train on transformers.Trainer, save."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch.utils.data import Dataset
+
+from mmllm_sdk.errors import SpecError
+from mmllm_sdk.registry import get_registry
+from mmllm_sdk.spec import ModelSpec, load_spec
+from mmllm_sdk.training.spec import RecipeSpec, parse_recipe, with_training_overrides
+from mmllm_sdk.validation import validate
+
+if TYPE_CHECKING:
+    from mmllm_sdk.model.modeling import MMLLM
+
+logger = logging.getLogger(__name__)
+
+DATA_REPORT = "data_report.json"
+TRAINING_DEFAULTS: dict[str, Any] = {
+    "report_to": "none",  # TensorBoard and others when the recipe asks: training: {report_to: tensorboard}
+    "prediction_loss_only": True,  # evaluation reports the loss; logits over the vocabulary are not kept
+}
+TRAINING_FORCED: dict[str, Any] = {
+    "remove_unused_columns": False,  # examples are raw conversations; the collator builds the tensors
+}
+
+
+class ExampleDataset(Dataset):
+    """Examples read by ``mmllm_sdk.data.formats`` (dicts), with a length estimate each for grouping."""
+
+    def __init__(self, examples: list[dict[str, Any]], lengths: list[int]) -> None:
+        self.examples = examples
+        self.lengths = lengths
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.examples[index]
+
+
+@dataclass
+class TrainResult:
+    """What ``train`` returns: the trained model, where it was saved, and the Trainer's metrics."""
+
+    model: MMLLM
+    output_dir: Path
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def resolve_model(source: str | dict[str, Any]) -> tuple[ModelSpec, dict[str, torch.Tensor] | None, str]:
+    """The model spec to train and, when continuing from a checkpoint, its trained tensors and path."""
+    from mmllm_sdk.model.checkpoint import MANIFEST, check_plugins, read_manifest, read_trained
+
+    if isinstance(source, dict):
+        return validate(ModelSpec, source, where="model"), None, ""
+    path = Path(source)
+    if path.is_dir():
+        if not (path / MANIFEST).is_file():
+            raise SpecError(
+                f"model: {source!r} is a folder without {MANIFEST}; give a model spec file or an SDK checkpoint."
+            )
+        data = read_manifest(path)
+        check_plugins(data)
+        return validate(ModelSpec, data["spec"], source=str(path / MANIFEST)), read_trained(path), str(path)
+    return load_spec(path), None, ""
+
+
+def train(recipe_spec: RecipeSpec | dict[str, Any] | str | os.PathLike[str], *, resume: bool = False) -> TrainResult:
+    """Run one recipe: the spec and the data are checked before any weight loads.
+
+    ``resume=True`` continues from the newest ``checkpoint-N`` in ``training.output_dir``
+    (weights, optimizer, scheduler, RNG and data position), as ``mmllm train --resume`` does.
+    """
+    from transformers import TrainingArguments
+
+    from mmllm_sdk.data.formats import estimate_length, read_examples
+    from mmllm_sdk.model.checkpoint import load_trained, write_checkpoint_files
+    from mmllm_sdk.model.modeling import build_model
+
+    spec = parse_recipe(recipe_spec)
+    registry = get_registry()
+    recipe = registry.get("recipes", spec.recipe, where="recipe").value
+    options = validate(recipe.options, spec.options, where="options")
+    base_spec, init_state, init_origin = resolve_model(spec.model)
+    trainable = spec.trainable if spec.trainable is not None else list(recipe.default_trainable)
+    peft = spec.peft if spec.peft is not None else _peft_of(base_spec)
+    if recipe.requires_peft and peft is None:
+        raise SpecError(
+            f"recipe {spec.recipe!r} needs adapters on the LLM (its reference policy is the model with them "
+            "disabled); add peft: {method: lora, r: 8} to the recipe, or continue from a checkpoint that has them."
+        )
+    model_spec = with_training_overrides(base_spec, trainable, peft)
+
+    modalities = {name: registry.modality(name) for name in model_spec.inputs}
+    reports = {"train": _read(read_examples, spec, spec.data.train, modalities, recipe.kind)}
+    if spec.data.eval is not None:
+        reports["eval"] = _read(read_examples, spec, spec.data.eval, modalities, recipe.kind)
+    for split, report in reports.items():
+        logger.warning("%s data: %s", split, report.summary())
+
+    model = build_model(model_spec)
+    if init_state is not None:
+        load_trained(model, init_state, init_origin, complete=False)
+    tokens_per_item = {m: model.input_projectors[m].num_tokens for m in model.input_projectors}
+    datasets = {
+        split: ExampleDataset(report.examples, [estimate_length(e, tokens_per_item) for e in report.examples])
+        for split, report in reports.items()
+    }
+    args = TrainingArguments(**{**TRAINING_DEFAULTS, **spec.training, **TRAINING_FORCED})
+    output_dir = Path(args.output_dir)
+    if args.should_save:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        report_data = {split: json.loads(report.to_json()) for split, report in reports.items()}
+        (output_dir / DATA_REPORT).write_text(json.dumps(report_data, indent=2) + "\n", encoding="utf-8")
+    trainer = recipe.trainer_class(
+        model=model,
+        args=args,
+        train_dataset=datasets["train"],
+        eval_dataset=datasets.get("eval"),
+        data_collator=recipe.collator(model, spec.data.max_length),
+        lengths=datasets["train"].lengths,
+        **options.model_dump(),
+    )
+    if resume and not _has_checkpoint(output_dir):
+        raise SpecError(
+            f"--resume: {str(output_dir)!r} holds no checkpoint-N folder to resume from; run without --resume to start."
+        )
+    result = trainer.train(resume_from_checkpoint=True if resume else None)
+    if args.should_save:
+        write_checkpoint_files(model, output_dir)
+    return TrainResult(model=model, output_dir=output_dir, metrics=dict(result.metrics))
+
+
+def _peft_of(spec: ModelSpec) -> dict[str, Any] | None:
+    return spec.llm.peft.model_dump() if spec.llm.peft is not None else None
+
+
+def _read(read_examples: Any, spec: RecipeSpec, paths: str | list[str], modalities: dict[str, Any], kind: str) -> Any:
+    report = read_examples(
+        paths,
+        format=spec.data.format,
+        modalities=modalities,
+        base_dir=spec.data.base_dir,
+        skip_invalid=spec.data.skip_invalid,
+    )
+    if report.kind != kind:
+        raise SpecError(
+            f"recipe {spec.recipe!r} trains on {kind} examples, but {paths} holds {report.kind} examples; "
+            "pick the recipe that fits the data (pt/sft: conversations or captions; dpo: preference pairs)."
+        )
+    return report
+
+
+def _has_checkpoint(output_dir: Path) -> bool:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    return output_dir.is_dir() and get_last_checkpoint(str(output_dir)) is not None

@@ -1,0 +1,119 @@
+"""The recipe spec: which recipe trains which model on which data, with which Trainer settings."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import fnmatch
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, field_validator
+
+from mmllm_sdk.errors import SpecError
+from mmllm_sdk.spec import ModelSpec, resolve_relative_paths
+from mmllm_sdk.validation import StrictModel, validate
+
+DEFAULT_CACHE_DIR = Path(os.environ.get("MMLLM_CACHE", Path.home() / ".cache" / "mmllm-sdk")) / "features"
+
+
+class DataSpec(StrictModel):
+    """Where the examples are and how to read them."""
+
+    train: str | list[str]  # .jsonl or .json files
+    eval: str | list[str] | None = None
+    format: Literal["auto", "messages", "llava", "captions", "preference"] = "auto"
+    base_dir: str | None = None  # media paths are relative to this (LLaVA's image_folder); default: each file's folder
+    skip_invalid: bool = False  # skip malformed records (counted, printed and saved) instead of stopping
+    max_length: int | None = Field(None, ge=1)  # a longer example is an error, never cut
+
+
+class CacheSpec(StrictModel):
+    """The on-disk cache of frozen encoder outputs."""
+
+    enabled: bool = True
+    dir: str = str(DEFAULT_CACHE_DIR)  # MMLLM_CACHE moves the default
+
+
+class RecipeSpec(StrictModel):
+    """One training run: ``mmllm train RECIPE`` or ``mmllm_sdk.train(spec)``."""
+
+    recipe: str  # pt | sft | dpo | a plugin's recipe
+    model: str | dict[str, Any]  # a model spec (inline or a YAML path) or a checkpoint folder to continue from
+    data: DataSpec
+    trainable: list[str] | None = None  # component paths (globs): llm, inputs.*.encoder, inputs.*.projector
+    peft: dict[str, Any] | None = None  # applied to the LLM: {method: lora | prefix | ln-tuning, …}
+    training: dict[str, Any] = Field(default_factory=dict)  # transformers.TrainingArguments fields
+    cache: CacheSpec = Field(default_factory=CacheSpec)
+    options: dict[str, Any] = Field(default_factory=dict)  # the recipe's own options (dpo: beta)
+
+    @field_validator("training")
+    @classmethod
+    def _training_arguments(cls, value: dict[str, Any]) -> dict[str, Any]:
+        from transformers import TrainingArguments
+
+        known = {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
+        for key in value:
+            if key not in known:
+                near = difflib.get_close_matches(key, sorted(known), n=1)
+                hint = f"; did you mean {near[0]!r}?" if near else "; see transformers.TrainingArguments"
+                raise ValueError(f"{key!r} is not a TrainingArguments field{hint}")
+        if "output_dir" not in value:
+            raise ValueError("'output_dir' is required: the folder for checkpoints and the final model")
+        return value
+
+
+def load_recipe(path: str | os.PathLike[str]) -> RecipeSpec:
+    """Read a YAML recipe; ``./`` and ``../`` paths in it are relative to the recipe file."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"The recipe file {str(path)!r} does not exist; pass the path of a YAML recipe.")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise SpecError(f"The recipe file {str(path)!r} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise SpecError(
+            f"The recipe file {str(path)!r} must hold a mapping with 'recipe', 'model', 'data', 'training'."
+        )
+    return validate(RecipeSpec, resolve_relative_paths(data, path.parent), source=str(path))
+
+
+def parse_recipe(data: RecipeSpec | dict[str, Any] | str | os.PathLike[str]) -> RecipeSpec:
+    """A RecipeSpec from a spec, a dict or a YAML path."""
+    if isinstance(data, RecipeSpec):
+        return data
+    if isinstance(data, dict):
+        return validate(RecipeSpec, data)
+    return load_recipe(data)
+
+
+def component_paths(spec: ModelSpec) -> list[str]:
+    paths = ["llm"]
+    for modality in spec.inputs:
+        paths += [f"inputs.{modality}.encoder", f"inputs.{modality}.projector"]
+    return paths
+
+
+def with_training_overrides(spec: ModelSpec, trainable: list[str], peft: dict[str, Any] | None) -> ModelSpec:
+    """The model spec with each component's ``trainable`` flag set from glob patterns, and PEFT on the LLM.
+
+    The result is what the run's checkpoints record, so they rebuild with the same trainable set.
+    """
+    paths = component_paths(spec)
+    for pattern in trainable:
+        if not any(fnmatch.fnmatchcase(path, pattern) for path in paths):
+            raise SpecError(
+                f"trainable: {pattern!r} matches no component of this model; its components are {', '.join(paths)}."
+            )
+    data = spec.model_dump()
+    chosen = {path for path in paths if any(fnmatch.fnmatchcase(path, pattern) for pattern in trainable)}
+    data["llm"]["trainable"] = "llm" in chosen
+    for modality, inputs in data["inputs"].items():
+        inputs["encoder"]["trainable"] = f"inputs.{modality}.encoder" in chosen
+        inputs["projector"]["trainable"] = f"inputs.{modality}.projector" in chosen
+    if peft is not None:
+        data["llm"]["peft"] = peft
+    return validate(ModelSpec, data, where="model")

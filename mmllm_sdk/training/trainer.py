@@ -1,0 +1,124 @@
+"""The transformers.Trainer behind every recipe: supervised-only LM loss, SDK checkpoints written atomically."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from transformers import Trainer
+from transformers.trainer_pt_utils import LengthGroupedSampler
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+
+from mmllm_sdk.errors import CheckpointError
+from mmllm_sdk.model.checkpoint import MANIFEST, load_trained, read_trained, write_checkpoint_files
+from mmllm_sdk.model.processor import IGNORE_INDEX
+
+STAGING = ".saving"  # checkpoints are written here, then renamed to checkpoint-N: a kill never leaves half of one
+
+
+class MMTrainer(Trainer):
+    """``transformers.Trainer`` for an MMLLM.
+
+    The loss is the LM loss on supervised positions only (captions, assistant turns), the
+    LM head running on those positions alone. ``checkpoint-N`` folders are SDK checkpoints
+    (``mmllm.json`` + ``trainable.safetensors``) plus the Trainer's optimizer, scheduler,
+    RNG and data position, staged in a hidden folder and renamed into place whole.
+    """
+
+    loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean
+
+    def __init__(self, *args: Any, lengths: list[int] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lengths = lengths  # per training example, for train_sampling_strategy="group_by_length"
+        self._staging_root: Path | None = None
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        outputs = model(**inputs, supervised_only=True)
+        return (outputs.loss, outputs) if return_outputs else outputs.loss
+
+    # batches --------------------------------------------------------------------------------
+
+    def _get_train_sampler(self, train_dataset=None):
+        if self.args.train_sampling_strategy == "group_by_length" and self.lengths is not None:
+            size = self.args.train_batch_size * self.args.gradient_accumulation_steps
+            return EpochSeededLengthGroupedSampler(size, lengths=self.lengths, seed=self.args.seed)
+        return super()._get_train_sampler(train_dataset)
+
+    # checkpoints ----------------------------------------------------------------------------
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        if not self.args.should_save:
+            return
+        folder = Path(output_dir or self.args.output_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        write_checkpoint_files(self.accelerator.unwrap_model(self.model), folder)
+
+    def _get_output_dir(self, trial) -> str:
+        if self._staging_root is not None:
+            return str(self._staging_root)
+        return super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        run_dir = Path(super()._get_output_dir(trial))
+        staging_root = run_dir / STAGING
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        if self.args.should_save:
+            shutil.rmtree(staging_root, ignore_errors=True)  # what a killed save left behind
+            staging_root.mkdir(parents=True)
+        self.accelerator.wait_for_everyone()
+        self._staging_root = staging_root
+        try:
+            super()._save_checkpoint(model, trial)  # every rank writes its part (RNG state) into the stage
+        finally:
+            self._staging_root = None
+        self.accelerator.wait_for_everyone()
+        if self.args.should_save:
+            final = run_dir / name
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(staging_root / name, final)
+            best = self.state.best_model_checkpoint
+            if best is not None and Path(best).parent == staging_root:
+                self.state.best_model_checkpoint = str(run_dir / Path(best).name)
+            shutil.rmtree(staging_root, ignore_errors=True)
+            rotate_checkpoints(
+                output_dir=str(run_dir),
+                save_total_limit=self.args.save_total_limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=True,
+            )
+        self.accelerator.wait_for_everyone()
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        folder = Path(resume_from_checkpoint)
+        if not (folder / MANIFEST).is_file():
+            raise CheckpointError(f"{str(folder)!r} is not an SDK checkpoint (no {MANIFEST}); cannot resume from it.")
+        target = self.accelerator.unwrap_model(model if model is not None else self.model)
+        load_trained(target, read_trained(folder), str(folder))
+
+    def _load_best_model(self) -> None:
+        self._load_from_checkpoint(self.state.best_model_checkpoint)
+
+
+class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
+    """Batches of similar length, shuffled from (seed, epoch) alone: a resumed run sees the same order."""
+
+    def __init__(self, batch_size: int, lengths: list[int], seed: int) -> None:
+        super().__init__(batch_size, lengths=lengths)
+        self.seed = seed
+        self.set_epoch(0)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.generator = torch.Generator().manual_seed(self.seed + epoch)
+
+
+def sequence_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Sum of the log-probabilities of each row's supervised target tokens: (B, K, V), (B, K) -> (B,)."""
+    logprobs = F.log_softmax(logits.float(), dim=-1)  # (B, K, V)
+    supervised = targets != IGNORE_INDEX  # (B, K)
+    picked = logprobs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # (B, K)
+    return (picked * supervised).sum(dim=-1)
