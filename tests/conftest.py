@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# the encoder feature cache of training runs: never the user's own ~/.cache during tests
+os.environ.setdefault("MMLLM_CACHE", tempfile.mkdtemp(prefix="mmllm-test-cache-"))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 

@@ -11,6 +11,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from mmllm_sdk import MMLLM
+from mmllm_sdk.errors import SpecError
 from mmllm_sdk.testing import tiny_spec
 from mmllm_sdk.training.run import train
 
@@ -132,3 +133,189 @@ def test_sft_with_peft_trains_the_projector_and_the_adapters_only(
     reloaded = MMLLM.from_pretrained(result.output_dir, progress=False)
     for name, tensor in saved.items():
         assert torch.equal(dict(reloaded.named_parameters())[name], tensor)
+
+
+@pytest.fixture
+def preferences(tmp_path, images):
+    records = [
+        {
+            "prompt": [
+                {"role": "user", "content": [{"type": "image", "path": str(p)}, {"type": "text", "text": "Colour?"}]}
+            ],
+            "chosen": f"It is {name}.",
+            "rejected": "I cannot tell.",
+        }
+        for name, p in images.items()
+    ]
+    return write_jsonl(tmp_path / "pairs.jsonl", records)
+
+
+def preference_margin(model, data_path):
+    """Mean over pairs of (log π(chosen) - log π(rejected)), on the final answers."""
+    from mmllm_sdk.data.formats import read_examples
+    from mmllm_sdk.training.recipes import PreferenceCollator
+    from mmllm_sdk.training.trainer import sequence_logprobs
+
+    examples = read_examples(data_path).examples
+    batch = PreferenceCollator(model, None)(examples)
+    with torch.no_grad():
+        out = model(**batch, supervised_only=True)
+    logprobs = sequence_logprobs(out.logits, out.targets)
+    return (logprobs[: len(examples)] - logprobs[len(examples) :]).mean().item()
+
+
+def test_dpo_raises_the_chosen_minus_rejected_margin(tmp_path, tokenizer_dir, preferences):
+    from mmllm_sdk import build_model
+
+    spec = recipe(
+        tmp_path,
+        tokenizer_dir,
+        "dpo",
+        preferences,
+        peft={"method": "lora", "r": 4},
+        training={"max_steps": 20, "learning_rate": 5e-3},
+        options={"beta": 0.5},
+    )
+    before = build_model({**tiny_spec(tokenizer_dir)}, progress=False)
+    result = train(spec)
+    assert preference_margin(result.model, preferences) > preference_margin(before, preferences) + 1.0
+    trainable = {name for name, p in result.model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in name for name in trainable)  # dpo's default: the adapters only
+
+
+def test_dpo_without_adapters_says_how_to_add_them(tmp_path, tokenizer_dir, preferences):
+    with pytest.raises(SpecError, match=r"recipe 'dpo' needs adapters on the LLM .* add peft: \{method: lora"):
+        train(recipe(tmp_path, tokenizer_dir, "dpo", preferences))
+
+
+def test_a_recipe_on_the_wrong_kind_of_data_is_refused(tmp_path, tokenizer_dir, preferences):
+    with pytest.raises(
+        SpecError, match="recipe 'sft' trains on conversation examples, but .* holds preference examples"
+    ):
+        train(recipe(tmp_path, tokenizer_dir, "sft", preferences))
+
+
+def test_frozen_encoder_features_are_cached_reused_and_invalidated(tmp_path, tokenizer_dir, captions):
+    cache = {"dir": str(tmp_path / "cache")}
+    first = train(
+        recipe(tmp_path, tokenizer_dir, "pt", captions, cache=cache, training={"num_train_epochs": 2, "max_steps": -1})
+    )
+    assert first.encoded_for_cache == {"image": 4}
+    again = train(recipe(tmp_path, tokenizer_dir, "pt", captions, cache=cache))
+    assert again.encoded_for_cache == {"image": 0}  # another run: nothing is encoded again
+    changed = recipe(tmp_path, tokenizer_dir, "pt", captions, cache=cache)
+    changed["model"]["inputs"]["image"]["encoder"]["params"]["feature_layer"] = -1
+    assert train(changed).encoded_for_cache == {"image": 4}  # another encoder output: the old entries do not apply
+
+
+def test_cached_features_give_the_same_loss_as_running_the_encoder(image_model, image_file, tmp_path):
+    from mmllm_sdk.data.feature_cache import FeatureCache, encoder_fingerprint, fill_cache
+
+    conversation = [
+        {"role": "user", "content": [{"type": "image", "path": str(image_file)}]},
+        {"role": "assistant", "content": "A gradient."},
+    ]
+    with torch.no_grad():
+        direct = image_model(**image_model.processor([conversation]), supervised_only=True).loss
+    cache = FeatureCache(tmp_path / "cache")
+    fingerprint = encoder_fingerprint(image_model.encoders["image"], image_model.spec.inputs["image"].encoder, 0)
+    fill_cache(
+        image_model.encoders["image"],
+        cache,
+        fingerprint,
+        [str(image_file)],
+        image_model.processor.inputs["image"].spec.load,
+    )
+    image_model.processor.use_feature_cache(cache, {"image": fingerprint})
+    batch = image_model.processor([conversation])
+    assert "encoder_features" in batch["image"] and "pixel_values" not in batch["image"]
+    with torch.no_grad():
+        assert torch.allclose(image_model(**batch, supervised_only=True).loss, direct, atol=1e-6)
+
+
+KILLING_RUN = """
+import os, signal, sys
+from transformers import TrainerCallback
+from mmllm_sdk.training.run import train
+
+class KillAt(TrainerCallback):
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == int(sys.argv[2]):
+            os.kill(os.getpid(), signal.SIGKILL)  # no cleanup, no flush: as a crash or an OOM kill
+
+train(sys.argv[1], callbacks=[KillAt()])
+"""
+
+
+def test_a_run_killed_mid_training_resumes_to_bitwise_equal_weights(tmp_path, tokenizer_dir, conversations):
+    import subprocess
+    import sys
+
+    import yaml
+
+    def spec_file(name):
+        spec = recipe(
+            tmp_path,
+            tokenizer_dir,
+            "sft",
+            conversations,
+            peft={"method": "lora", "r": 4},
+            training={
+                "max_steps": 12,
+                "save_strategy": "steps",
+                "save_steps": 2,
+                "save_total_limit": 2,
+                "learning_rate": 5e-3,
+                "output_dir": str(tmp_path / name),
+                "train_sampling_strategy": "group_by_length",
+            },
+        )
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(spec))
+        return path
+
+    uninterrupted = train(spec_file("straight"))
+    killed = spec_file("killed")
+    script = tmp_path / "killing_run.py"
+    script.write_text(KILLING_RUN)
+    crashed = subprocess.run([sys.executable, str(script), str(killed), "5"], capture_output=True, text=True)
+    assert crashed.returncode == -9, crashed.stderr[-2000:]
+    run_dir = tmp_path / "killed"
+    assert sorted(p.name for p in run_dir.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    assert not (run_dir / "trainable.safetensors").exists()  # it never finished
+
+    resumed = subprocess.run(
+        [sys.executable, "-m", "mmllm_sdk.cli", "train", str(killed), "--resume"], capture_output=True, text=True
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    expected = load_file(uninterrupted.output_dir / "trainable.safetensors")
+    got = load_file(run_dir / "trainable.safetensors")
+    assert set(got) == set(expected)
+    for name in expected:
+        assert torch.equal(got[name], expected[name]), name
+    assert sorted(p.name for p in run_dir.glob("checkpoint-*")) == [
+        "checkpoint-10",
+        "checkpoint-12",
+    ]  # save_total_limit
+
+
+def test_a_save_cut_short_leaves_the_previous_checkpoint_to_resume_from(tmp_path, tokenizer_dir, conversations):
+    spec = recipe(
+        tmp_path,
+        tokenizer_dir,
+        "pt",
+        conversations,
+        training={"max_steps": 4, "save_strategy": "steps", "save_steps": 2},
+    )
+    train(spec)
+    run_dir = tmp_path / "run-pt"
+    # what a kill in the middle of writing checkpoint-6 leaves: a staging folder, never a checkpoint-6
+    partial = run_dir / ".saving" / "checkpoint-6"
+    partial.mkdir(parents=True)
+    (partial / "trainable.safetensors").write_bytes(b"half a file")
+    spec["training"]["max_steps"] = 6
+    result = train(spec, resume=True)
+    assert (run_dir / "checkpoint-6" / "mmllm.json").is_file()
+    assert not (run_dir / ".saving").exists()
+    MMLLM.from_pretrained(run_dir / "checkpoint-6", progress=False)
+    assert result.metrics["epoch"] > 0

@@ -553,15 +553,64 @@ def encode_cached(
     keys = [cache.item_key(fingerprint, source) for source in sources]
     features = cache.get_many(keys, shape=shape)
     missing = [index for index, found in enumerate(features) if found is None]
-    if not missing:
-        return features  # type: ignore[return-value]  # every entry is a tensor
+
+    def keep(position: int, encoded: torch.Tensor) -> None:
+        index = missing[position]
+        features[index] = encoded
+        if keys[index] is not None:
+            cache.put(keys[index], encoded)
+
+    _encode(encoder, [sources[index] for index in missing], load, batch_size, keep)
+    return features  # type: ignore[return-value]  # every entry is a tensor now
+
+
+def fill_cache(
+    encoder: ModalityEncoder,
+    cache: FeatureCache,
+    fingerprint: str,
+    sources: Sequence[Any],
+    load: Callable[[Any], Any],
+    *,
+    batch_size: int = 8,
+) -> int:
+    """Encode and store every cacheable item that is not cached yet; return how many were encoded.
+
+    Unlike :func:`encode_cached` it keeps no features in memory (a data set's worth would
+    not fit) and encodes an item named several times once. Run it before training, on the
+    main process first: every later pass then finds its features on disk.
+    """
+    if batch_size < 1:
+        raise InputError(f"fill_cache() needs a batch_size of at least 1; got {batch_size}.")
+    todo: dict[str, Any] = {}
+    for source in sources:
+        key = cache.item_key(fingerprint, source)
+        if key is not None and key not in todo and not cache.path(key).is_file():
+            todo[key] = source
+    keys = list(todo)
+    _encode(
+        encoder, list(todo.values()), load, batch_size, lambda position, encoded: cache.put(keys[position], encoded)
+    )
+    return len(keys)
+
+
+def _encode(
+    encoder: ModalityEncoder,
+    sources: Sequence[Any],
+    load: Callable[[Any], Any],
+    batch_size: int,
+    sink: Callable[[int, torch.Tensor], None],
+) -> None:
+    """Load, preprocess and encode ``sources`` in batches (eval mode, no gradients); ``sink(i, (N, D))`` each."""
+    if not sources:
+        return
+    shape = (encoder.num_tokens, encoder.output_dim)
     device = next(encoder.parameters(), torch.empty(0)).device
     was_training = encoder.training
     encoder.eval()
     try:
-        for start in range(0, len(missing), batch_size):
-            chunk = missing[start : start + batch_size]
-            batch = encoder.preprocess([load(sources[index]) for index in chunk])
+        for start in range(0, len(sources), batch_size):
+            chunk = sources[start : start + batch_size]
+            batch = encoder.preprocess([load(source) for source in chunk])
             with torch.no_grad():
                 encoded = encoder(**{name: tensor.to(device) for name, tensor in batch.items()})  # (B, N, D)
             if tuple(encoded.shape) != (len(chunk), *shape):
@@ -569,10 +618,7 @@ def encode_cached(
                     f"{type(encoder).__qualname__} returned features of shape {tuple(encoded.shape)} for "
                     f"{len(chunk)} items, but its num_tokens and output_dim promise {(len(chunk), *shape)}."
                 )
-            for row, index in enumerate(chunk):
-                features[index] = encoded[row].to("cpu", copy=True)  # (N, D)
-                if keys[index] is not None:
-                    cache.put(keys[index], features[index])
+            for row in range(len(chunk)):
+                sink(start + row, encoded[row].to("cpu", copy=True))  # (N, D)
     finally:
         encoder.train(was_training)
-    return features  # type: ignore[return-value]

@@ -20,6 +20,7 @@ from mmllm_sdk.components.encoder import ModalityEncoder
 from mmllm_sdk.components.hf import reuse_loaded_files, skeleton_mode
 from mmllm_sdk.components.llm import LLMBackbone
 from mmllm_sdk.components.projector import InputProjector
+from mmllm_sdk.data.feature_cache import FEATURES_KEY
 from mmllm_sdk.errors import DimensionError, InputError, MMLLMError, PlaceholderMismatchError, PluginError, SpecError
 from mmllm_sdk.model.processor import IGNORE_INDEX, MMLLMProcessor, ModalityInput
 from mmllm_sdk.registry import Registration, get_registry
@@ -116,6 +117,10 @@ class MMLLM(nn.Module):
             self._frozen.add(component)
             module.eval()
 
+    def is_frozen(self, component: str) -> bool:
+        """Whether a component (``llm``, ``inputs.image.encoder`` …) is frozen."""
+        return component in self._frozen
+
     def train(self, mode: bool = True) -> MMLLM:
         super().train(mode)
         for component, module in self.components().items():
@@ -144,9 +149,16 @@ class MMLLM(nn.Module):
     def get_modality_features(self, modality: str, **inputs: torch.Tensor) -> torch.Tensor:
         """Soft prompt tokens P_X of a batch of items: (items, M, D_llm)."""
         encoder = self.encoders[modality]
-        frozen = f"inputs.{modality}.encoder" in self._frozen
-        with torch.no_grad() if frozen else contextlib.nullcontext():
-            features = encoder(**{k: v.to(self.device) for k, v in inputs.items()})  # (items, N, D)
+        frozen = self.is_frozen(f"inputs.{modality}.encoder")
+        if FEATURES_KEY in inputs:  # read from the feature cache: F_X without running the encoder
+            if not frozen:
+                raise InputError(
+                    f"The batch carries cached {modality} features, but the {modality} encoder is trainable."
+                )
+            features = inputs[FEATURES_KEY].to(self.device)
+        else:
+            with torch.no_grad() if frozen else contextlib.nullcontext():
+                features = encoder(**{k: v.to(self.device) for k, v in inputs.items()})  # (items, N, D)
         return self.input_projectors[modality](features)  # (items, M, D_llm)
 
     def embed_inputs(

@@ -11,6 +11,7 @@ import torch
 from mmllm_sdk.components.encoder import ModalityEncoder
 from mmllm_sdk.components.llm import LLMBackbone
 from mmllm_sdk.components.modality import ModalitySpec
+from mmllm_sdk.data.feature_cache import FEATURES_KEY, FeatureCache
 from mmllm_sdk.data.messages import Conversation, normalize_conversation
 from mmllm_sdk.errors import InputError, PlaceholderMismatchError
 
@@ -45,6 +46,17 @@ class MMLLMProcessor:
     def __init__(self, llm: LLMBackbone, inputs: Mapping[str, ModalityInput]) -> None:
         self.llm = llm
         self.inputs = dict(inputs)
+        self.feature_cache: FeatureCache | None = None
+        self.cache_fingerprints: dict[str, str] = {}  # modality -> fingerprint of its (frozen) encoder
+
+    def use_feature_cache(self, cache: FeatureCache | None, fingerprints: Mapping[str, str] | None = None) -> None:
+        """Read frozen encoders' features from ``cache`` for these modalities (``None``: stop).
+
+        When every item of a modality in a batch is cached, the batch carries the features
+        (``FEATURES_KEY``) instead of encoder inputs: no file is decoded, no encoder runs.
+        """
+        self.feature_cache = cache
+        self.cache_fingerprints = dict(fingerprints or {}) if cache is not None else {}
 
     @property
     def tokenizer(self) -> Any:
@@ -100,8 +112,16 @@ class MMLLMProcessor:
         return batch
 
     def modality_inputs(self, modality: str, sources: list[Any]) -> dict[str, Any]:
-        """The encoder's inputs for items of one modality: each source loaded, then preprocessed as a batch."""
+        """The encoder's inputs for items of one modality: cached features when every item has them,
+        else each source loaded, then preprocessed as a batch."""
         value = self.inputs[modality]
+        fingerprint = self.cache_fingerprints.get(modality)
+        if self.feature_cache is not None and fingerprint is not None:
+            keys = [self.feature_cache.item_key(fingerprint, source) for source in sources]
+            if all(key is not None for key in keys):
+                found = self.feature_cache.get_many(keys, shape=(value.encoder.num_tokens, value.encoder.output_dim))
+                if all(features is not None for features in found):
+                    return {FEATURES_KEY: torch.stack(found)}  # (items, N, D)
         return value.encoder.preprocess([value.spec.load(source) for source in sources])
 
     def encode(

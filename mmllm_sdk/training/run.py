@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -54,6 +55,7 @@ class TrainResult:
     model: MMLLM
     output_dir: Path
     metrics: dict[str, float] = field(default_factory=dict)
+    encoded_for_cache: dict[str, int] = field(default_factory=dict)  # modality -> items encoded into the cache now
 
 
 def resolve_model(source: str | dict[str, Any]) -> tuple[ModelSpec, dict[str, torch.Tensor] | None, str]:
@@ -74,11 +76,17 @@ def resolve_model(source: str | dict[str, Any]) -> tuple[ModelSpec, dict[str, to
     return load_spec(path), None, ""
 
 
-def train(recipe_spec: RecipeSpec | dict[str, Any] | str | os.PathLike[str], *, resume: bool = False) -> TrainResult:
+def train(
+    recipe_spec: RecipeSpec | dict[str, Any] | str | os.PathLike[str],
+    *,
+    resume: bool = False,
+    callbacks: list[Any] | None = None,
+) -> TrainResult:
     """Run one recipe: the spec and the data are checked before any weight loads.
 
     ``resume=True`` continues from the newest ``checkpoint-N`` in ``training.output_dir``
     (weights, optimizer, scheduler, RNG and data position), as ``mmllm train --resume`` does.
+    ``callbacks`` are ``transformers.TrainerCallback`` objects handed to the Trainer.
     """
     from transformers import TrainingArguments
 
@@ -105,7 +113,7 @@ def train(recipe_spec: RecipeSpec | dict[str, Any] | str | os.PathLike[str], *, 
     if spec.data.eval is not None:
         reports["eval"] = _read(read_examples, spec, spec.data.eval, modalities, recipe.kind)
     for split, report in reports.items():
-        logger.warning("%s data: %s", split, report.summary())
+        _say(f"{split} data: {report.summary()}")
 
     model = build_model(model_spec)
     if init_state is not None:
@@ -116,6 +124,7 @@ def train(recipe_spec: RecipeSpec | dict[str, Any] | str | os.PathLike[str], *, 
         for split, report in reports.items()
     }
     args = TrainingArguments(**{**TRAINING_DEFAULTS, **spec.training, **TRAINING_FORCED})
+    encoded = _fill_feature_cache(model, spec, reports, args) if spec.cache.enabled else {}
     output_dir = Path(args.output_dir)
     if args.should_save:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -128,16 +137,74 @@ def train(recipe_spec: RecipeSpec | dict[str, Any] | str | os.PathLike[str], *, 
         eval_dataset=datasets.get("eval"),
         data_collator=recipe.collator(model, spec.data.max_length),
         lengths=datasets["train"].lengths,
+        callbacks=callbacks,
         **options.model_dump(),
     )
     if resume and not _has_checkpoint(output_dir):
         raise SpecError(
             f"--resume: {str(output_dir)!r} holds no checkpoint-N folder to resume from; run without --resume to start."
         )
-    result = trainer.train(resume_from_checkpoint=True if resume else None)
+    try:
+        result = trainer.train(resume_from_checkpoint=True if resume else None)
+    finally:
+        model.processor.use_feature_cache(None)
     if args.should_save:
         write_checkpoint_files(model, output_dir)
-    return TrainResult(model=model, output_dir=output_dir, metrics=dict(result.metrics))
+    return TrainResult(model=model, output_dir=output_dir, metrics=dict(result.metrics), encoded_for_cache=encoded)
+
+
+def _fill_feature_cache(model: MMLLM, spec: RecipeSpec, reports: dict[str, Any], args: Any) -> dict[str, int]:
+    """Encode every media file of the data once with each frozen encoder, and read features from disk after.
+
+    Runs on the main process first (the others then find everything cached); items already
+    cached by an earlier run with the same encoder, preprocessing and file content are not
+    encoded again. Returns how many items were encoded now, per modality.
+    """
+    from mmllm_sdk.data.feature_cache import FeatureCache, encoder_fingerprint, fill_cache
+
+    cache = FeatureCache(spec.cache.dir)
+    fingerprints, encoded = {}, {}
+    for modality, encoder in model.encoders.items():
+        if not model.is_frozen(f"inputs.{modality}.encoder"):
+            continue  # a trained encoder's features change every step
+        fingerprint = encoder_fingerprint(encoder, model.spec.inputs[modality].encoder, model.spec.seed)
+        sources = [
+            source for report in reports.values() for e in report.examples for source in media_sources(e, modality)
+        ]
+        with args.main_process_first(desc=f"{modality} feature cache"):
+            encoded[modality] = fill_cache(
+                encoder,
+                cache,
+                fingerprint,
+                sources,
+                get_registry().modality(modality).load,
+                batch_size=args.per_device_train_batch_size,
+            )
+        fingerprints[modality] = fingerprint
+        _say(
+            f"{modality} feature cache ({spec.cache.dir}): {encoded[modality]} item(s) encoded now, "
+            f"{len(set(sources)) - encoded[modality]} already cached"
+        )
+    model.processor.use_feature_cache(cache, fingerprints)
+    return encoded
+
+
+def media_sources(example: dict[str, Any], modality: str) -> list[Any]:
+    """Where each ``modality`` item of an example (conversation or preference pair) comes from."""
+    messages = [m for key in ("messages", "prompt", "chosen", "rejected") for m in example.get(key, [])]
+    return [
+        part.get("path")
+        for message in messages
+        if isinstance(message.get("content"), list)
+        for part in message["content"]
+        if part.get("type") == modality
+    ]
+
+
+def _say(line: str) -> None:
+    """A line for the person running the job: on standard error, once (not once per torchrun process)."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(line, file=sys.stderr, flush=True)
 
 
 def _peft_of(spec: ModelSpec) -> dict[str, Any] | None:
