@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -319,3 +320,80 @@ def test_a_save_cut_short_leaves_the_previous_checkpoint_to_resume_from(tmp_path
     assert not (run_dir / ".saving").exists()
     MMLLM.from_pretrained(run_dir / "checkpoint-6", progress=False)
     assert result.metrics["epoch"] > 0
+
+
+RECORDING_RUN = """
+import dataclasses, os, sys
+from mmllm_sdk import hookimpl
+from mmllm_sdk.plugins import register_plugin
+from mmllm_sdk.training.recipes import SFT, ConversationCollator, Recipe
+from mmllm_sdk.training.run import train
+
+
+class RecordingCollator(ConversationCollator):
+    def __call__(self, examples):
+        with open(f"{sys.argv[2]}.rank{os.environ['RANK']}", "a") as seen:
+            seen.write(" ".join(example["source"] for example in examples) + "\\n")
+        return super().__call__(examples)
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordingRecipe(Recipe):
+    def collator(self, model, max_length):
+        return RecordingCollator(model, max_length, self.train_on)
+
+
+class RecordingPlugin:
+    @hookimpl
+    def register_recipes(self, register):
+        register("sft-recording", RecordingRecipe(**{f.name: getattr(SFT, f.name) for f in dataclasses.fields(SFT)}))
+
+
+register_plugin(RecordingPlugin(), "recording")
+train(sys.argv[1])
+"""
+
+
+def test_torchrun_runs_data_parallel_on_two_cpu_processes(tmp_path, tokenizer_dir, images):
+    import shutil
+    import subprocess
+    import sys
+
+    import yaml
+
+    records = [
+        {
+            "messages": [
+                {"role": "user", "content": [{"type": "image", "path": str(path)}, {"type": "text", "text": f"Q{i}"}]},
+                {"role": "assistant", "content": f"It is {name}."},
+            ]
+        }
+        for i, (name, path) in enumerate(list(images.items()) * 2)
+    ]
+    data = write_jsonl(tmp_path / "eight.jsonl", records)
+    spec = recipe(
+        tmp_path, tokenizer_dir, "sft-recording", data, training={"max_steps": 2, "output_dir": str(tmp_path / "ddp")}
+    )
+    (tmp_path / "ddp.yaml").write_text(yaml.safe_dump(spec))
+    (tmp_path / "recording_run.py").write_text(RECORDING_RUN)
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    done = subprocess.run(
+        [
+            torchrun,
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            str(tmp_path / "recording_run.py"),
+            str(tmp_path / "ddp.yaml"),
+            str(tmp_path / "seen"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rank0 = (tmp_path / "seen.rank0").read_text().split()
+    rank1 = (tmp_path / "seen.rank1").read_text().split()
+    assert len(rank0) == len(rank1) == 4  # 2 steps x 2 examples per process
+    assert set(rank0).isdisjoint(rank1)  # the two processes train on different examples: one epoch, split in two
+    MMLLM.from_pretrained(tmp_path / "ddp", progress=False)
