@@ -60,11 +60,11 @@ def conversations(tmp_path, images):
     return write_jsonl(tmp_path / "sft.jsonl", records)
 
 
-def recipe(tmp_path, tokenizer_dir, name, data, **overrides):
+def recipe(tmp_path, tokenizer_dir, name, data_path, **overrides):
     spec = {
         "recipe": name,
         "model": tiny_spec(tokenizer_dir),
-        "data": {"train": str(data)},
+        "data": {"train": str(data_path)},
         "training": {
             "output_dir": str(tmp_path / f"run-{name}"),
             "per_device_train_batch_size": 2,
@@ -397,3 +397,44 @@ def test_torchrun_runs_data_parallel_on_two_cpu_processes(tmp_path, tokenizer_di
     assert len(rank0) == len(rank1) == 4  # 2 steps x 2 examples per process
     assert set(rank0).isdisjoint(rank1)  # the two processes train on different examples: one epoch, split in two
     MMLLM.from_pretrained(tmp_path / "ddp", progress=False)
+
+
+def test_malformed_records_stop_the_run_with_file_and_line(tmp_path, tokenizer_dir, captions):
+    from mmllm_sdk.errors import DataError
+
+    with captions.open("a") as data:
+        data.write('{"image": "missing.png", "text": "Nothing."}\n')
+    with pytest.raises(DataError, match=r"captions.jsonl:5: "):
+        train(recipe(tmp_path, tokenizer_dir, "pt", captions))
+
+
+def test_skip_invalid_skips_counts_prints_and_saves_the_count(tmp_path, tokenizer_dir, captions, capsys):
+    with captions.open("a") as data:
+        data.write("not json\n")
+        data.write('{"image": "missing.png", "text": "Nothing."}\n')
+    result = train(recipe(tmp_path, tokenizer_dir, "pt", captions, data={"skip_invalid": True}))
+    assert "skipped 2 malformed records" in capsys.readouterr().err
+    report = json.loads((result.output_dir / "data_report.json").read_text())
+    assert [item["source"].rsplit(":", 1)[1] for item in report["train"]["skipped"]] == ["5", "6"]
+
+
+def test_eval_and_tensorboard_logging_work_through_the_trainer(tmp_path, tokenizer_dir, captions):
+    spec = recipe(
+        tmp_path,
+        tokenizer_dir,
+        "pt",
+        captions,
+        data={"eval": str(captions)},
+        training={
+            "eval_strategy": "steps",
+            "eval_steps": 4,
+            "report_to": "tensorboard",
+        },
+    )
+    result = train(spec)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(next(result.output_dir.rglob("events.out.tfevents.*")).parent))
+    events.Reload()
+    assert "eval/loss" in events.Tags()["scalars"] and "train/loss" in events.Tags()["scalars"]
+    assert result.metrics["train_loss"] > 0

@@ -1,22 +1,28 @@
 """The contracts of the survey's five components, plus the modality description they share."""
 
-from mmllm_sdk.components.encoder import ModalityEncoder
-from mmllm_sdk.components.generator import ModalityGenerator
-from mmllm_sdk.components.llm import LLMBackbone
-from mmllm_sdk.components.modality import AudioClip, ModalitySpec, VideoClip
-from mmllm_sdk.components.output_projector import ConditionSpec, OutputProjector
-from mmllm_sdk.components.projector import InputProjector
-from mmllm_sdk.components.signals import SignalVocabulary
+from __future__ import annotations
 
-__all__ = [
-    "AudioClip",
-    "ConditionSpec",
-    "InputProjector",
-    "LLMBackbone",
-    "ModalityEncoder",
-    "ModalityGenerator",
-    "ModalitySpec",
-    "OutputProjector",
-    "SignalVocabulary",
-    "VideoClip",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "AudioClip": "modality",
+    "ConditionSpec": "output_projector",
+    "InputProjector": "projector",
+    "LLMBackbone": "llm",
+    "ModalityEncoder": "encoder",
+    "ModalityGenerator": "generator",
+    "ModalitySpec": "modality",
+    "OutputProjector": "output_projector",
+    "SignalVocabulary": "signals",
+    "VideoClip": "modality",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on first use: reading a ModalitySpec (``mmllm plugins``) should not pay for torch.
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"mmllm_sdk.components.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'mmllm_sdk.components' has no attribute {name!r}")

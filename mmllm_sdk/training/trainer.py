@@ -16,6 +16,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from mmllm_sdk.errors import CheckpointError
 from mmllm_sdk.model.checkpoint import MANIFEST, load_trained, read_trained, write_checkpoint_files
 from mmllm_sdk.model.processor import IGNORE_INDEX
+from mmllm_sdk.training.peft import adapters_disabled
 
 STAGING = ".saving"  # checkpoints are written here, then renamed to checkpoint-N: a kill never leaves half of one
 
@@ -122,3 +123,44 @@ def sequence_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tens
     supervised = targets != IGNORE_INDEX  # (B, K)
     picked = logprobs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # (B, K)
     return (picked * supervised).sum(dim=-1)
+
+
+class DPOTrainer(MMTrainer):
+    """Direct Preference Optimization (Rafailov et al., 2023).
+
+    ``loss = -log σ(β [(log π(y_w|x) - log π_ref(y_w|x)) - (log π(y_l|x) - log π_ref(y_l|x))])``;
+    the reference π_ref is the same model with its adapters disabled, so no second copy of
+    the LLM is held.
+    """
+
+    def __init__(self, *args: Any, beta: float = 0.1, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.beta = beta
+        self._metrics: dict[str, list[float]] = {}
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        outputs = model(**inputs, supervised_only=True)
+        policy = sequence_logprobs(outputs.logits, outputs.targets)  # (2B,)
+        unwrapped = self.accelerator.unwrap_model(model)
+        with torch.no_grad(), adapters_disabled(unwrapped.llm):
+            reference_out = unwrapped(**inputs, supervised_only=True)
+            reference = sequence_logprobs(reference_out.logits, reference_out.targets)  # (2B,)
+        pairs = policy.shape[0] // 2
+        chosen_reward = self.beta * (policy[:pairs] - reference[:pairs]).detach()
+        rejected_reward = self.beta * (policy[pairs:] - reference[pairs:]).detach()
+        margin = (policy[:pairs] - reference[:pairs]) - (policy[pairs:] - reference[pairs:])
+        loss = -F.logsigmoid(self.beta * margin).mean()
+        for key, value in (
+            ("rewards/chosen", chosen_reward.mean()),
+            ("rewards/rejected", rejected_reward.mean()),
+            ("rewards/margin", (chosen_reward - rejected_reward).mean()),
+            ("rewards/accuracy", (chosen_reward > rejected_reward).float().mean()),
+        ):
+            self._metrics.setdefault(key, []).append(value.item())
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        for key, values in self._metrics.items():
+            logs[key] = sum(values) / len(values)
+        self._metrics.clear()
+        super().log(logs, *args, **kwargs)
