@@ -13,6 +13,7 @@ _EXPORTS = {
     "ModelSpec": "mmllm_sdk.spec",
     "load_spec": "mmllm_sdk.spec",
     "list_components": "mmllm_sdk.registry",
+    "train": "mmllm_sdk.training.run",
     "hookimpl": "mmllm_sdk.hookspecs",
 }
 

@@ -218,8 +218,12 @@ def test_every_python_example_is_valid_python():
 
 def test_every_yaml_example_parses_and_every_whole_spec_validates():
     from mmllm_sdk.spec import parse_spec
+    from mmllm_sdk.training.spec import RecipeSpec
+    from mmllm_sdk.validation import validate
 
     for page, body in code_blocks("yaml"):
         data = yaml.safe_load(body)
         if isinstance(data, dict) and "llm" in data and "needs the" not in body.splitlines()[0]:
             parse_spec(data, source=f"docs/{page}")
+        if isinstance(data, dict) and "recipe" in data:
+            validate(RecipeSpec, data, source=f"docs/{page}")

@@ -28,6 +28,7 @@ DATA_REPORT = "data_report.json"
 TRAINING_DEFAULTS: dict[str, Any] = {
     "report_to": "none",  # TensorBoard and others when the recipe asks: training: {report_to: tensorboard}
     "prediction_loss_only": True,  # evaluation reports the loss; logits over the vocabulary are not kept
+    "dataloader_pin_memory": torch.cuda.is_available(),  # pinning helps only when batches go to a GPU
 }
 TRAINING_FORCED: dict[str, Any] = {
     "remove_unused_columns": False,  # examples are raw conversations; the collator builds the tensors
