@@ -169,3 +169,19 @@ def test_a_batch_without_any_answer_cannot_be_trained_on(image_model, image_file
     batch = image_model.processor([conversation(image_file)[:1]])
     with pytest.raises(InputError, match="no supervised tokens"):
         image_model(**batch, supervised_only=True)
+
+
+def test_a_gathered_state_dict_gives_the_same_checkpoint(image_model, tmp_path):
+    from safetensors.torch import load_file
+
+    from mmllm_sdk.model.checkpoint import write_checkpoint_files
+
+    (tmp_path / "direct").mkdir()
+    (tmp_path / "gathered").mkdir()
+    write_checkpoint_files(image_model, tmp_path / "direct")
+    write_checkpoint_files(image_model, tmp_path / "gathered", values=image_model.state_dict())  # as FSDP hands it over
+    direct, gathered = (
+        load_file(tmp_path / "direct" / "trainable.safetensors"),
+        load_file(tmp_path / "gathered" / "trainable.safetensors"),
+    )
+    assert direct.keys() == gathered.keys() and all(torch.equal(direct[k], gathered[k]) for k in direct)

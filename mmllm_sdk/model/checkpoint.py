@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,13 +30,29 @@ FORMAT = "mmllm-checkpoint"
 FORMAT_VERSION = 1
 
 
-def trainable_state_dict(model: MMLLM) -> dict[str, torch.Tensor]:
+WRAPPER_SEGMENTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")  # added by FSDP / activation checkpointing
+
+
+def trainable_state_dict(model: MMLLM, values: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """Only what was trained: parameters with ``requires_grad``, and those an earlier stage trained
-    (loaded from a checkpoint and frozen now), detached, on the CPU."""
+    (loaded from a checkpoint and frozen now), detached, on the CPU.
+
+    ``values`` is a full state dict gathered by the training engine (FSDP, DeepSpeed), whose
+    tensors replace the (sharded) parameters; names lose the wrappers' segments.
+    """
     state = {}
-    for name, param in model.named_parameters():
+    for wrapped_name, param in model.named_parameters():
+        name = wrapped_name
+        for segment in WRAPPER_SEGMENTS:
+            name = name.replace(segment, "")
         if not param.requires_grad and name not in model.carried_parameters:
             continue
+        if values is not None:
+            if name not in values:
+                raise CheckpointError(
+                    f"The gathered state dict has no tensor {name!r}; the training engine sharded it away."
+                )
+            param = values[name]
         if param.device.type == "meta":
             raise CheckpointError(
                 "This model is a skeleton (weights on the meta device) and cannot be saved; build it without skeleton=True."
@@ -78,14 +95,14 @@ def save_checkpoint(model: MMLLM, directory: str | os.PathLike[str]) -> Path:
     return Path(directory).resolve()
 
 
-def write_checkpoint_files(model: MMLLM, folder: Path) -> None:
+def write_checkpoint_files(model: MMLLM, folder: Path, values: Mapping[str, torch.Tensor] | None = None) -> None:
     """Write the weights, then the manifest, into an existing folder, each file replaced atomically.
 
     A reader never sees a half-written file; the manifest goes last, so a folder whose
     manifest is present has its weights. (The Trainer's checkpoint-N folders are staged
     whole; the final model at the root of an output folder is written this way.)
     """
-    state = trainable_state_dict(model)
+    state = trainable_state_dict(model, values)
     data = manifest(model, state)
     weights_tmp, manifest_tmp = folder / f".{WEIGHTS}.tmp", folder / f".{MANIFEST}.tmp"
     save_file(state, str(weights_tmp), metadata={"format": FORMAT})

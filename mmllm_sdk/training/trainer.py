@@ -56,7 +56,7 @@ class MMTrainer(Trainer):
             return
         folder = Path(output_dir or self.args.output_dir)
         folder.mkdir(parents=True, exist_ok=True)
-        write_checkpoint_files(self.accelerator.unwrap_model(self.model), folder)
+        write_checkpoint_files(self.accelerator.unwrap_model(self.model), folder, values=state_dict)
 
     def _get_output_dir(self, trial) -> str:
         if self._staging_root is not None:
