@@ -29,6 +29,7 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "report_to": "none",  # TensorBoard and others when the recipe asks: training: {report_to: tensorboard}
     "prediction_loss_only": True,  # evaluation reports the loss; logits over the vocabulary are not kept
     "dataloader_pin_memory": torch.cuda.is_available(),  # pinning helps only when batches go to a GPU
+    "train_sampling_strategy": "group_by_length",  # batches of similar length: less padding (estimated lengths)
 }
 TRAINING_FORCED: dict[str, Any] = {
     "remove_unused_columns": False,  # examples are raw conversations; the collator builds the tensors
@@ -57,6 +58,7 @@ class TrainResult:
     output_dir: Path
     metrics: dict[str, float] = field(default_factory=dict)
     encoded_for_cache: dict[str, int] = field(default_factory=dict)  # modality -> items encoded into the cache now
+    cache_stats: Any = None  # the feature cache's CacheStats (hits while training), when the cache was on
 
 
 def resolve_model(source: str | dict[str, Any]) -> tuple[ModelSpec, dict[str, torch.Tensor] | None, str]:
@@ -126,6 +128,7 @@ def train(
     }
     args = TrainingArguments(**{**TRAINING_DEFAULTS, **spec.training, **TRAINING_FORCED})
     encoded = _fill_feature_cache(model, spec, reports, args) if spec.cache.enabled else {}
+    cache = model.processor.feature_cache
     output_dir = Path(args.output_dir)
     if args.should_save:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -151,7 +154,15 @@ def train(
         model.processor.use_feature_cache(None)
     if args.should_save:
         write_checkpoint_files(model, output_dir)
-    return TrainResult(model=model, output_dir=output_dir, metrics=dict(result.metrics), encoded_for_cache=encoded)
+    if cache is not None:
+        _say(f"feature cache: {cache.stats}")
+    return TrainResult(
+        model=model,
+        output_dir=output_dir,
+        metrics=dict(result.metrics),
+        encoded_for_cache=encoded,
+        cache_stats=cache.stats if cache is not None else None,
+    )
 
 
 def _fill_feature_cache(model: MMLLM, spec: RecipeSpec, reports: dict[str, Any], args: Any) -> dict[str, int]:
