@@ -140,7 +140,6 @@ def train(
         train_dataset=datasets["train"],
         eval_dataset=datasets.get("eval"),
         data_collator=recipe.collator(model, spec.data.max_length),
-        lengths=datasets["train"].lengths,
         callbacks=callbacks,
         **options.model_dump(),
     )

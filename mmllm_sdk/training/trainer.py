@@ -32,9 +32,8 @@ class MMTrainer(Trainer):
 
     loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean
 
-    def __init__(self, *args: Any, lengths: list[int] | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.lengths = lengths  # per training example, for train_sampling_strategy="group_by_length"
         self._staging_root: Path | None = None
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -43,11 +42,21 @@ class MMTrainer(Trainer):
 
     # batches --------------------------------------------------------------------------------
 
+    # Datasets of examples carry a length estimate per example (``lengths``): the Trainer's own
+    # length grouping would tokenize every example to measure it.
+
     def _get_train_sampler(self, train_dataset=None):
-        if self.args.train_sampling_strategy == "group_by_length" and self.lengths is not None:
+        lengths = getattr(train_dataset if train_dataset is not None else self.train_dataset, "lengths", None)
+        if self.args.train_sampling_strategy == "group_by_length" and lengths is not None:
             size = self.args.train_batch_size * self.args.gradient_accumulation_steps
-            return EpochSeededLengthGroupedSampler(size, lengths=self.lengths, seed=self.args.seed)
+            return EpochSeededLengthGroupedSampler(size, lengths=lengths, seed=self.args.seed)
         return super()._get_train_sampler(train_dataset)
+
+    def _get_eval_sampler(self, eval_dataset):
+        lengths = getattr(eval_dataset, "lengths", None)
+        if self.args.train_sampling_strategy == "group_by_length" and lengths is not None:
+            return EpochSeededLengthGroupedSampler(self.args.eval_batch_size, lengths=lengths, seed=self.args.seed)
+        return super()._get_eval_sampler(eval_dataset)
 
     # checkpoints ----------------------------------------------------------------------------
 
