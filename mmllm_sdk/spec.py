@@ -60,18 +60,23 @@ class ModelSpec(StrictModel):
 
 def load_spec(path: str | os.PathLike[str]) -> ModelSpec:
     """Read a YAML (or JSON) model spec and validate it, naming the file in any error."""
+    return parse_spec(read_yaml_mapping(path, "spec", "'llm' and 'inputs'"), source=str(path))
+
+
+def read_yaml_mapping(path: str | os.PathLike[str], what: str, keys: str) -> dict[str, Any]:
+    """A YAML file that must hold a mapping (``keys`` says which), with ``./`` paths made absolute."""
     path = Path(path)
     if not path.is_file():
-        raise SpecError(f"The spec file {str(path)!r} does not exist; pass the path of a YAML model spec.")
+        raise SpecError(f"The {what} file {str(path)!r} does not exist; pass the path of a YAML {what}.")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
-        raise SpecError(f"The spec file {str(path)!r} is not valid YAML: {exc}") from exc
+        raise SpecError(f"The {what} file {str(path)!r} is not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
         raise SpecError(
-            f"The spec file {str(path)!r} must hold a mapping with 'llm' and 'inputs'; it holds {type(data).__name__}."
+            f"The {what} file {str(path)!r} must hold a mapping with {keys}; it holds {type(data).__name__}."
         )
-    return parse_spec(resolve_relative_paths(data, path.parent), source=str(path))
+    return resolve_relative_paths(data, path.parent)
 
 
 def resolve_relative_paths(data: Any, base: Path) -> Any:

@@ -9,11 +9,10 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field, field_validator
 
 from mmllm_sdk.errors import SpecError
-from mmllm_sdk.spec import ModelSpec, resolve_relative_paths
+from mmllm_sdk.spec import ModelSpec, read_yaml_mapping
 from mmllm_sdk.validation import StrictModel, validate
 
 DEFAULT_CACHE_DIR = Path(os.environ.get("MMLLM_CACHE", Path.home() / ".cache" / "mmllm-sdk")) / "features"
@@ -67,18 +66,8 @@ class RecipeSpec(StrictModel):
 
 def load_recipe(path: str | os.PathLike[str]) -> RecipeSpec:
     """Read a YAML recipe; ``./`` and ``../`` paths in it are relative to the recipe file."""
-    path = Path(path)
-    if not path.is_file():
-        raise SpecError(f"The recipe file {str(path)!r} does not exist; pass the path of a YAML recipe.")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise SpecError(f"The recipe file {str(path)!r} is not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise SpecError(
-            f"The recipe file {str(path)!r} must hold a mapping with 'recipe', 'model', 'data', 'training'."
-        )
-    return validate(RecipeSpec, resolve_relative_paths(data, path.parent), source=str(path))
+    data = read_yaml_mapping(path, "recipe", "'recipe', 'model', 'data' and 'training'")
+    return validate(RecipeSpec, data, source=str(path))
 
 
 def parse_recipe(data: RecipeSpec | dict[str, Any] | str | os.PathLike[str]) -> RecipeSpec:
