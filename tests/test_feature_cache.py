@@ -18,9 +18,9 @@ from safetensors.torch import load_file, save_file
 import mmllm_sdk
 from mmllm_sdk.data.feature_cache import (
     FeatureCache,
-    encode_cached,
     encoder_fingerprint,
     encoder_identity,
+    fill_cache,
 )
 from mmllm_sdk.default_plugins.encoders import CLIPVisionEncoder, VideoFramesEncoder
 from mmllm_sdk.default_plugins.modalities import IMAGE
@@ -340,28 +340,27 @@ def test_failed_write_is_counted_not_raised(tmp_path, key, caplog):
 # encoding through the cache ----------------------------------------------------------------------------
 
 
-def test_second_pass_reads_features_without_loading_or_encoding(tmp_path, cache):
+def test_fill_cache_encodes_each_file_once_and_the_features_read_back(tmp_path, cache):
     torch.manual_seed(0)
     entry = clip_entry()
     encoder = CLIPVisionEncoder(entry["params"])
     fingerprint = encoder_fingerprint(encoder, entry, 0)
-    sources = [write_image(tmp_path / f"{i}.png", i) for i in range(3)] + [Image.new("RGB", (32, 32), "red")]
+    files = [write_image(tmp_path / f"{i}.png", i) for i in range(3)]
+    sources = [*files, files[0], Image.new("RGB", (32, 32), "red")]  # a repeat, and an uncacheable item
     loaded = []
 
     def load(source):
         loaded.append(source)
         return IMAGE.load(source)
 
-    first = encode_cached(encoder, cache, fingerprint, sources, load, batch_size=2)
-    assert len(loaded) == 4 and cache.stats.writes == 3
+    assert fill_cache(encoder, cache, fingerprint, sources, load, batch_size=2) == 3
+    assert len(loaded) == 3 and cache.stats.writes == 3
     assert encoder.training  # the mode is restored
-    expected = encoder.eval()(**encoder.preprocess([IMAGE.load(s) for s in sources]))
-    assert torch.allclose(torch.stack(first), expected, atol=1e-6)
+    expected = encoder.eval()(**encoder.preprocess([IMAGE.load(s) for s in files]))
+    keys = [cache.item_key(fingerprint, source) for source in files]
+    stored = cache.get_many(keys, shape=(encoder.num_tokens, encoder.output_dim))
+    assert torch.allclose(torch.stack(stored), expected, atol=1e-6)
 
     loaded.clear()
-    second = encode_cached(encoder, cache, fingerprint, sources, load)
-    assert len(loaded) == 1  # only the in-memory image, which has no key
-    assert cache.stats.hits == 3 and cache.stats.writes == 3
-    for a, b in zip(first[:3], second[:3], strict=True):
-        assert torch.equal(a, b)  # read back bitwise
-    assert torch.allclose(first[3], second[3], atol=1e-6)  # encoded again, in a batch of another size
+    assert fill_cache(encoder, cache, fingerprint, sources, load) == 0  # a second pass encodes nothing
+    assert loaded == []

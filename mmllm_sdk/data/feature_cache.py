@@ -530,40 +530,6 @@ def _write_atomically(path: Path, data: bytes) -> None:
 # computing features through the cache --------------------------------------------------------------
 
 
-def encode_cached(
-    encoder: ModalityEncoder,
-    cache: FeatureCache,
-    fingerprint: str,
-    sources: Sequence[Any],
-    load: Callable[[Any], Any],
-    *,
-    batch_size: int = 8,
-) -> list[torch.Tensor]:
-    """Each item's features F_X ``(N, D)`` (CPU tensors): read from ``cache``, else loaded, encoded and stored.
-
-    ``sources`` are item sources as messages name them (paths, URLs, in-memory objects) and
-    ``load`` reads one (``ModalitySpec.load``). Only the misses are loaded, preprocessed and
-    encoded, ``batch_size`` at a time, in eval mode and without gradients; uncacheable items
-    are encoded every time. A pass over a data set before training fills the cache, so that
-    every later pass neither decodes the media nor runs the encoder.
-    """
-    if batch_size < 1:
-        raise InputError(f"encode_cached() needs a batch_size of at least 1; got {batch_size}.")
-    shape = (encoder.num_tokens, encoder.output_dim)
-    keys = [cache.item_key(fingerprint, source) for source in sources]
-    features = cache.get_many(keys, shape=shape)
-    missing = [index for index, found in enumerate(features) if found is None]
-
-    def keep(position: int, encoded: torch.Tensor) -> None:
-        index = missing[position]
-        features[index] = encoded
-        if keys[index] is not None:
-            cache.put(keys[index], encoded)
-
-    _encode(encoder, [sources[index] for index in missing], load, batch_size, keep)
-    return features  # type: ignore[return-value]  # every entry is a tensor now
-
-
 def fill_cache(
     encoder: ModalityEncoder,
     cache: FeatureCache,
@@ -575,8 +541,8 @@ def fill_cache(
 ) -> int:
     """Encode and store every cacheable item that is not cached yet; return how many were encoded.
 
-    Unlike :func:`encode_cached` it keeps no features in memory (a data set's worth would
-    not fit) and encodes an item named several times once. Run it before training, on the
+    It keeps no features in memory (a data set's worth would not fit) and encodes an item
+    named several times once; uncacheable items (in-memory objects, URLs) are skipped. Run it before training, on the
     main process first: every later pass then finds its features on disk.
     """
     if batch_size < 1:
