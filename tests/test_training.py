@@ -439,3 +439,8 @@ def test_eval_and_tensorboard_logging_work_through_the_trainer(tmp_path, tokeniz
     events.Reload()
     assert "eval/loss" in events.Tags()["scalars"] and "train/loss" in events.Tags()["scalars"]
     assert result.metrics["train_loss"] > 0
+
+
+def test_resume_without_a_checkpoint_says_so_before_loading_anything(tmp_path, tokenizer_dir, captions):
+    with pytest.raises(SpecError, match=r"--resume: .* holds no checkpoint-N folder to resume from"):
+        train(recipe(tmp_path, tokenizer_dir, "pt", captions), resume=True)

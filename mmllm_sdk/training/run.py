@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 from dataclasses import dataclass, field
@@ -13,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.utils.data import Dataset
 
+from mmllm_sdk.data.formats import DataReport, estimate_length, read_examples
 from mmllm_sdk.errors import SpecError
 from mmllm_sdk.registry import get_registry
 from mmllm_sdk.spec import ModelSpec, load_spec
@@ -21,8 +21,6 @@ from mmllm_sdk.validation import validate
 
 if TYPE_CHECKING:
     from mmllm_sdk.model.modeling import MMLLM
-
-logger = logging.getLogger(__name__)
 
 DATA_REPORT = "data_report.json"
 TRAINING_DEFAULTS: dict[str, Any] = {
@@ -93,11 +91,15 @@ def train(
     """
     from transformers import TrainingArguments
 
-    from mmllm_sdk.data.formats import estimate_length, read_examples
     from mmllm_sdk.model.checkpoint import load_trained, write_checkpoint_files
     from mmllm_sdk.model.modeling import build_model
 
     spec = parse_recipe(recipe_spec)
+    if resume and not _has_checkpoint(Path(spec.training["output_dir"])):
+        raise SpecError(
+            f"--resume: {spec.training['output_dir']!r} holds no checkpoint-N folder to resume from; "
+            "run without --resume to start."
+        )
     registry = get_registry()
     recipe = registry.get("recipes", spec.recipe, where="recipe").value
     options = validate(recipe.options, spec.options, where="options")
@@ -112,9 +114,9 @@ def train(
     model_spec = with_training_overrides(base_spec, trainable, peft)
 
     modalities = {name: registry.modality(name) for name in model_spec.inputs}
-    reports = {"train": _read(read_examples, spec, spec.data.train, modalities, recipe.kind)}
+    reports = {"train": _read(spec, spec.data.train, modalities, recipe.kind)}
     if spec.data.eval is not None:
-        reports["eval"] = _read(read_examples, spec, spec.data.eval, modalities, recipe.kind)
+        reports["eval"] = _read(spec, spec.data.eval, modalities, recipe.kind)
     for split, report in reports.items():
         _say(f"{split} data: {report.summary()}")
 
@@ -132,7 +134,7 @@ def train(
     output_dir = Path(args.output_dir)
     if args.should_save:
         output_dir.mkdir(parents=True, exist_ok=True)
-        report_data = {split: json.loads(report.to_json()) for split, report in reports.items()}
+        report_data = {split: report.to_dict() for split, report in reports.items()}
         (output_dir / DATA_REPORT).write_text(json.dumps(report_data, indent=2) + "\n", encoding="utf-8")
     trainer = recipe.trainer_class(
         model=model,
@@ -143,10 +145,6 @@ def train(
         callbacks=callbacks,
         **options.model_dump(),
     )
-    if resume and not _has_checkpoint(output_dir):
-        raise SpecError(
-            f"--resume: {str(output_dir)!r} holds no checkpoint-N folder to resume from; run without --resume to start."
-        )
     try:
         result = trainer.train(resume_from_checkpoint=True if resume else None)
     finally:
@@ -164,7 +162,7 @@ def train(
     )
 
 
-def _fill_feature_cache(model: MMLLM, spec: RecipeSpec, reports: dict[str, Any], args: Any) -> dict[str, int]:
+def _fill_feature_cache(model: MMLLM, spec: RecipeSpec, reports: dict[str, DataReport], args: Any) -> dict[str, int]:
     """Encode every media file of the data once with each frozen encoder, and read features from disk after.
 
     Runs on the main process first (the others then find everything cached); items already
@@ -222,7 +220,7 @@ def _peft_of(spec: ModelSpec) -> dict[str, Any] | None:
     return spec.llm.peft.model_dump() if spec.llm.peft is not None else None
 
 
-def _read(read_examples: Any, spec: RecipeSpec, paths: str | list[str], modalities: dict[str, Any], kind: str) -> Any:
+def _read(spec: RecipeSpec, paths: str | list[str], modalities: dict[str, Any], kind: str) -> DataReport:
     report = read_examples(
         paths,
         format=spec.data.format,
