@@ -30,6 +30,30 @@ HOOK_NAMES = tuple(name for name in dir(hookspecs) if name.startswith("register_
 
 
 @dataclass(frozen=True)
+class Lazy:
+    """A component named by ``"package.module:attribute"``, imported the first time it is used.
+
+    Register ``Lazy("my_plugin.encoders:DepthEncoder")`` instead of the class itself and
+    ``mmllm plugins`` (or any tool that only lists components) does not import your module
+    or the heavy libraries it needs.
+    """
+
+    path: str
+
+    def __post_init__(self) -> None:
+        module, sep, attribute = self.path.partition(":")
+        if not (module and sep and attribute):
+            raise PluginError(f"Lazy({self.path!r}) must name 'package.module:attribute'.")
+
+    def resolve(self) -> Any:
+        module, _, attribute = self.path.partition(":")
+        try:
+            return getattr(importlib.import_module(module), attribute)
+        except (ImportError, AttributeError) as exc:
+            raise PluginError(f"Lazy({self.path!r}) cannot be imported: {type(exc).__name__}: {exc}.") from exc
+
+
+@dataclass(frozen=True)
 class PluginInfo:
     """Where a loaded plugin comes from: its name, distribution and version."""
 

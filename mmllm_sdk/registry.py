@@ -46,8 +46,13 @@ class Registration:
     kind: str
     name: str
     modality: str | None
-    value: Any  # a factory, a ModalitySpec or a SignalVocabulary
+    registered: Any  # what the plugin passed: a factory, a ModalitySpec, a SignalVocabulary, a Recipe or a Lazy
     plugin: str
+
+    @property
+    def value(self) -> Any:
+        """The registered object, imported now if the plugin registered it as ``Lazy("module:attribute")``."""
+        return self.registered.resolve() if isinstance(self.registered, plugins.Lazy) else self.registered
 
     @property
     def label(self) -> str:
@@ -93,7 +98,7 @@ class Registry:
         if len(args) != expected or not all(isinstance(a, str) and a for a in args[:-1]):
             shape = "(modality, name, factory)" if kind.per_modality else "(name, factory)"
             raise PluginError(f"{where} with {args!r}; it takes {shape} with non-empty string names.")
-        if kind.name not in ("recipes",) and not callable(args[-1]):
+        if kind.name != "recipes" and not callable(args[-1]) and not isinstance(args[-1], plugins.Lazy):
             raise PluginError(f"{where} for {args[-2]!r} with a factory that is not callable: {args[-1]!r}.")
         modality = args[0] if kind.per_modality else None
         return modality, args[-2], args[-1]

@@ -230,3 +230,26 @@ def test_two_signal_vocabularies_cannot_share_a_prefix(plugin):
         PluginError, match=r"Signal tokens <sig_i> are claimed for modality 'image' .* and for modality 'audio'"
     ):
         get_registry()
+
+
+def test_listing_plugins_imports_neither_torch_nor_transformers():
+    code = (
+        "import sys\nfrom mmllm_sdk.cli import main\nmain(['plugins'])\n"
+        "heavy = [m for m in ('torch', 'transformers', 'peft') if m in sys.modules]\n"
+        "assert not heavy, f'imported {heavy}'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
+
+
+def test_a_lazy_component_that_cannot_be_imported_names_its_path(plugin):
+    from mmllm_sdk.plugins import Lazy
+
+    class Broken:
+        @hookimpl
+        def register_projectors(self, register):
+            register("ghost", Lazy("mmllm_sdk.nowhere:Ghost"))
+
+    plugin(Broken(), "ghost-plugin")
+    entry = get_registry().get("projectors", "ghost")  # listing works without importing it
+    with pytest.raises(PluginError, match=r"Lazy\('mmllm_sdk.nowhere:Ghost'\) cannot be imported: ModuleNotFoundError"):
+        _ = entry.value

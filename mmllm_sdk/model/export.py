@@ -20,7 +20,7 @@ SELECT_STRATEGY = {"patch": "default", "cls_patch": "full"}
 
 def llava_state_dict(model: MMLLM) -> tuple[dict[str, torch.Tensor], str]:
     """Our weights under LlavaForConditionalGeneration's names, and the projector activation to declare."""
-    from mmllm_sdk.default_plugins.projectors import LinearProjector, MLPProjector
+    from mmllm_sdk.default_plugins.projectors.builtin import LinearProjector, MLPProjector
 
     encoder, projector = model.encoders["image"], model.input_projectors["image"]
     state = {f"model.vision_tower.{k}": v for k, v in encoder.model.state_dict().items()}
@@ -52,7 +52,7 @@ def check_exportable(model: MMLLM) -> None:
     """A LLaVA model has exactly: a CLIP vision tower, a linear or 2-layer mlp projector and a causal LM."""
     from transformers import CLIPVisionModel
 
-    from mmllm_sdk.default_plugins.projectors import LinearProjector, MLPProjector
+    from mmllm_sdk.default_plugins.projectors.builtin import LinearProjector, MLPProjector
 
     problems = []
     if set(model.encoders) != {"image"}:

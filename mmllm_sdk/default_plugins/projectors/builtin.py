@@ -14,7 +14,6 @@ from torch import nn
 
 from mmllm_sdk.components.projector import InputProjector
 from mmllm_sdk.errors import DimensionError
-from mmllm_sdk.hookspecs import hookimpl
 from mmllm_sdk.validation import StrictModel, validate
 
 FFN_MULT = 4  # feed-forward width of the attention projectors, as a multiple of hidden_dim
@@ -252,10 +251,3 @@ PROJECTORS: tuple[type[BuiltinProjector], ...] = (
     ResamplerProjector,
     PoolProjector,
 )
-
-
-@hookimpl
-def register_projectors(register):
-    """Register the built-in input projectors under their names."""
-    for projector in PROJECTORS:
-        register(projector.name, projector)

@@ -15,7 +15,6 @@ from mmllm_sdk.components.hf import HFSource, cached_call, is_skeleton, load_mod
 from mmllm_sdk.components.hf import reference as hf_reference
 from mmllm_sdk.components.modality import AudioClip, VideoClip
 from mmllm_sdk.errors import InputError, PluginError, SpecError
-from mmllm_sdk.hookspecs import hookimpl
 from mmllm_sdk.validation import StrictModel, validate
 
 # Band-limited resampling (see resample_audio).
@@ -391,11 +390,3 @@ class VideoFramesEncoder(ModalityEncoder):
 
     def reference(self) -> dict[str, Any]:
         return {"frame_encoder": self.frame_encoder.reference()}
-
-
-@hookimpl
-def register_encoders(register):
-    register("image", CLIPVisionEncoder.name, CLIPVisionEncoder)
-    register("image", SiglipVisionEncoder.name, SiglipVisionEncoder)
-    register("audio", WhisperAudioEncoder.name, WhisperAudioEncoder)
-    register("video", VideoFramesEncoder.name, VideoFramesEncoder)

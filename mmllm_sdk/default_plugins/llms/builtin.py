@@ -9,7 +9,6 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 from mmllm_sdk.components import hf
 from mmllm_sdk.components.llm import LLMBackbone
 from mmllm_sdk.errors import SpecError
-from mmllm_sdk.hookspecs import hookimpl
 from mmllm_sdk.validation import validate
 
 
@@ -46,8 +45,3 @@ def build_hf_causal_lm(params: dict[str, Any]) -> LLMBackbone:
 
 
 build_hf_causal_lm.Params = HFCausalLMParams  # type: ignore[attr-defined]
-
-
-@hookimpl
-def register_llms(register):
-    register("hf-causal-lm", build_hf_causal_lm)
