@@ -13,10 +13,10 @@ import torch
 from torch.utils.data import Dataset
 
 from mmllm_sdk.data.formats import DataReport, estimate_length, read_examples
-from mmllm_sdk.errors import SpecError
+from mmllm_sdk.errors import MMLLMError, PluginError, SpecError
 from mmllm_sdk.registry import get_registry
 from mmllm_sdk.spec import ModelSpec, load_spec
-from mmllm_sdk.training.spec import RecipeSpec, parse_recipe, with_training_overrides
+from mmllm_sdk.training.spec import DatasetSource, RecipeSpec, parse_recipe, with_training_overrides
 from mmllm_sdk.validation import validate
 
 if TYPE_CHECKING:
@@ -220,19 +220,52 @@ def _peft_of(spec: ModelSpec) -> dict[str, Any] | None:
     return spec.llm.peft.model_dump() if spec.llm.peft is not None else None
 
 
-def _read(spec: RecipeSpec, paths: str | list[str], modalities: dict[str, Any], kind: str) -> DataReport:
-    report = read_examples(
-        paths,
-        format=spec.data.format,
-        modalities=modalities,
-        base_dir=spec.data.base_dir,
-        skip_invalid=spec.data.skip_invalid,
-    )
+def _read(
+    spec: RecipeSpec, paths: str | list[str] | DatasetSource, modalities: dict[str, Any], kind: str
+) -> DataReport:
+    if isinstance(paths, DatasetSource):
+        report = _from_dataset(paths, modalities)
+    else:
+        report = read_examples(
+            paths,
+            format=spec.data.format,
+            modalities=modalities,
+            base_dir=spec.data.base_dir,
+            skip_invalid=spec.data.skip_invalid,
+        )
     if report.kind != kind:
         raise SpecError(
             f"recipe {spec.recipe!r} trains on {kind} examples, but {paths} holds {report.kind} examples; "
             "pick the recipe that fits the data (pt/sft: conversations or captions; dpo: preference pairs)."
         )
+    return report
+
+
+def _from_dataset(source: DatasetSource, modalities: dict[str, Any]) -> DataReport:
+    """Examples from a registered data source, checked against the model's input modalities."""
+    entry = get_registry().get("datasets", source.dataset, where="data: dataset")
+    schema = getattr(entry.value, "Params", None)
+    params = (
+        validate(schema, source.params, where=f"data.{source.dataset}.params").model_dump() if schema else source.params
+    )
+    try:
+        report = entry.value(params)
+    except MMLLMError:
+        raise
+    except Exception as exc:
+        raise PluginError(
+            f"Plugin {entry.plugin!r} failed to build the {entry.label}: {type(exc).__name__}: {exc}"
+        ) from exc
+    if not isinstance(report, DataReport):
+        raise PluginError(
+            f"Plugin {entry.plugin!r}: the {entry.label} returned a {type(report).__name__}, not a DataReport."
+        )
+    for modality in report.media_counts():
+        if modality not in modalities:
+            raise SpecError(
+                f"data: dataset {source.dataset!r} gives {modality} inputs, but the model takes only "
+                f"{', '.join(modalities) or 'text'}; add an inputs.{modality} entry or pick another data source."
+            )
     return report
 
 

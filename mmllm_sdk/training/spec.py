@@ -18,11 +18,18 @@ from mmllm_sdk.validation import StrictModel, validate
 DEFAULT_CACHE_DIR = Path(os.environ.get("MMLLM_CACHE", Path.home() / ".cache" / "mmllm-sdk")) / "features"
 
 
+class DatasetSource(StrictModel):
+    """Examples from a registered data source (``register_datasets``) instead of files."""
+
+    dataset: str  # a registered name, e.g. synthetic-shapes
+    params: dict[str, Any] = Field(default_factory=dict)  # the data source's params
+
+
 class DataSpec(StrictModel):
     """Where the examples are and how to read them."""
 
-    train: str | list[str]  # .jsonl or .json files
-    eval: str | list[str] | None = None
+    train: str | list[str] | DatasetSource  # .jsonl or .json files, or {dataset: name, params: {…}}
+    eval: str | list[str] | DatasetSource | None = None
     format: Literal["auto", "messages", "llava", "captions", "preference"] = "auto"
     base_dir: str | None = None  # media paths are relative to this (LLaVA's image_folder); default: each file's folder
     skip_invalid: bool = False  # skip malformed records (counted, printed and saved) instead of stopping
