@@ -24,6 +24,7 @@ DEFAULT_PLUGINS = (
     "mmllm_sdk.default_plugins.projectors",
     "mmllm_sdk.default_plugins.llms",
     "mmllm_sdk.default_plugins.recipes",
+    "mmllm_sdk.default_plugins.datasets",
 )
 
 HOOK_NAMES = tuple(name for name in dir(hookspecs) if name.startswith("register_"))

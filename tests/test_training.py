@@ -444,3 +444,23 @@ def test_eval_and_tensorboard_logging_work_through_the_trainer(tmp_path, tokeniz
 def test_resume_without_a_checkpoint_says_so_before_loading_anything(tmp_path, tokenizer_dir, captions):
     with pytest.raises(SpecError, match=r"--resume: .* holds no checkpoint-N folder to resume from"):
         train(recipe(tmp_path, tokenizer_dir, "pt", captions), resume=True)
+
+
+def test_pt_reads_examples_from_a_registered_data_source(tmp_path, tokenizer_dir):
+    source = {
+        "dataset": "synthetic-shapes",
+        "params": {"task": "captions", "num_examples": 6, "image_size": 32, "out_dir": str(tmp_path / "shapes")},
+    }
+    result = train(recipe(tmp_path, tokenizer_dir, "pt", "unused", data={"train": source}))
+    assert len(list((tmp_path / "shapes").glob("*.png"))) == 6
+    report = json.loads((result.output_dir / "data_report.json").read_text())
+    assert report["train"]["examples"] == 6 and report["train"]["kind"] == "conversation"
+
+
+def test_a_data_source_with_bad_params_names_the_field(tmp_path, tokenizer_dir):
+    source = {
+        "dataset": "synthetic-shapes",
+        "params": {"task": "captions", "num_examples": 2, "colour": "red", "out_dir": "x"},
+    }
+    with pytest.raises(SpecError, match=r"data.synthetic-shapes.params.colour: is not a known field"):
+        train(recipe(tmp_path, tokenizer_dir, "pt", "unused", data={"train": source}))
