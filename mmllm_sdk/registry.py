@@ -10,7 +10,7 @@ from typing import Any
 from mmllm_sdk import plugins
 from mmllm_sdk.components.modality import ModalitySpec
 from mmllm_sdk.components.signals import SignalVocabulary
-from mmllm_sdk.errors import DuplicateComponentError, PluginError, UnknownComponentError
+from mmllm_sdk.errors import DuplicateComponentError, MMLLMError, PluginError, UnknownComponentError
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,17 @@ class Registration:
     def value(self) -> Any:
         """The registered object, imported now if the plugin registered it as ``Lazy("module:attribute")``."""
         return self.registered.resolve() if isinstance(self.registered, plugins.Lazy) else self.registered
+
+    def build(self, *args: Any, **kwargs: Any) -> Any:
+        """Call the registered factory; an unexpected exception becomes a PluginError naming the plugin."""
+        try:
+            return self.value(*args, **kwargs)
+        except MMLLMError:
+            raise
+        except Exception as exc:
+            raise PluginError(
+                f"Plugin {self.plugin!r} failed to build the {self.label}: {type(exc).__name__}: {exc}"
+            ) from exc
 
     @property
     def label(self) -> str:

@@ -6,7 +6,7 @@ import contextlib
 import logging
 import os
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +21,7 @@ from mmllm_sdk.components.hf import reuse_loaded_files, skeleton_mode
 from mmllm_sdk.components.llm import LLMBackbone
 from mmllm_sdk.components.projector import InputProjector
 from mmllm_sdk.data.feature_cache import FEATURES_KEY
-from mmllm_sdk.errors import DimensionError, InputError, MMLLMError, PlaceholderMismatchError, PluginError, SpecError
+from mmllm_sdk.errors import DimensionError, InputError, PlaceholderMismatchError, PluginError, SpecError
 from mmllm_sdk.model.processor import IGNORE_INDEX, MMLLMProcessor, ModalityInput
 from mmllm_sdk.registry import Registration, get_registry
 from mmllm_sdk.spec import ModelSpec, parse_spec
@@ -283,11 +283,14 @@ def _assemble(spec: ModelSpec, progress: bool) -> MMLLM:
     bar = tqdm(total=steps, desc="Building model", unit="component", disable=not progress)
     sources: dict[str, Registration] = {}
 
-    def make(path: str, entry: Registration, call: Callable[[], Any], contract: type) -> Any:
+    def make(path: str, entry: Registration, contract: type, *args: Any, **kwargs: Any) -> Any:
         bar.set_postfix_str(f"{path}: {entry.name}")
         sources[path] = entry
         with _seeded(spec.seed, path):
-            component = _call_plugin(path, entry, call)
+            try:
+                component = entry.build(*args, **kwargs)
+            except SpecError as exc:  # say where in the spec: "inputs.image.encoder: hf-clip-vision.params.… is …"
+                raise type(exc)(f"{path}: {exc}") from exc
         if not isinstance(component, contract):
             raise PluginError(
                 f"Plugin {entry.plugin!r} built the {entry.label} as a {type(component).__name__}; "
@@ -297,23 +300,22 @@ def _assemble(spec: ModelSpec, progress: bool) -> MMLLM:
         return component
 
     llm_entry = registry.get("llms", spec.llm.name)
-    llm = make("llm", llm_entry, lambda: llm_entry.value(spec.llm.params), LLMBackbone)
+    llm = make("llm", llm_entry, LLMBackbone, spec.llm.params)
     encoders, projectors = {}, {}
     for modality, inputs in spec.inputs.items():
         entry = registry.get("encoders", inputs.encoder.name, modality=modality)
-        encoder = make(
-            f"inputs.{modality}.encoder", entry, lambda e=entry, p=inputs.encoder.params: e.value(p), ModalityEncoder
-        )
+        encoder = make(f"inputs.{modality}.encoder", entry, ModalityEncoder, inputs.encoder.params)
         if encoder.modality != modality:
             raise PluginError(f"Plugin {entry.plugin!r}: the {entry.label} reports modality {encoder.modality!r}.")
         entry = registry.get("projectors", inputs.projector.name)
         projector = make(
             f"inputs.{modality}.projector",
             entry,
-            lambda e=entry, p=inputs.projector.params, enc=encoder: e.value(
-                in_dim=enc.output_dim, out_dim=llm.hidden_size, num_input_tokens=enc.num_tokens, params=p
-            ),
             InputProjector,
+            in_dim=encoder.output_dim,
+            out_dim=llm.hidden_size,
+            num_input_tokens=encoder.num_tokens,
+            params=inputs.projector.params,
         )
         if projector.out_dim != llm.hidden_size:
             raise DimensionError(
@@ -334,19 +336,6 @@ def _assemble(spec: ModelSpec, progress: bool) -> MMLLM:
     for row in model.parameter_counts():
         logger.info("%s: %d parameters, %d trainable", row.component, row.total, row.trainable)
     return model
-
-
-def _call_plugin(path: str, entry: Registration, call: Callable[[], Any]) -> Any:
-    try:
-        return call()
-    except SpecError as exc:  # say where in the spec: "inputs.image.encoder: hf-clip-vision.params.… is …"
-        raise type(exc)(f"{path}: {exc}") from exc
-    except MMLLMError:
-        raise
-    except Exception as exc:
-        raise PluginError(
-            f"Plugin {entry.plugin!r} failed to build the {entry.label}: {type(exc).__name__}: {exc}"
-        ) from exc
 
 
 @contextlib.contextmanager

@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import Dataset
 
 from mmllm_sdk.data.formats import DataReport, estimate_length, read_examples
-from mmllm_sdk.errors import MMLLMError, PluginError, SpecError
+from mmllm_sdk.errors import PluginError, SpecError
 from mmllm_sdk.registry import get_registry
 from mmllm_sdk.spec import ModelSpec, load_spec
 from mmllm_sdk.training.spec import DatasetSource, RecipeSpec, parse_recipe, with_training_overrides
@@ -248,14 +248,7 @@ def _from_dataset(source: DatasetSource, modalities: dict[str, Any]) -> DataRepo
     params = (
         validate(schema, source.params, where=f"data.{source.dataset}.params").model_dump() if schema else source.params
     )
-    try:
-        report = entry.value(params)
-    except MMLLMError:
-        raise
-    except Exception as exc:
-        raise PluginError(
-            f"Plugin {entry.plugin!r} failed to build the {entry.label}: {type(exc).__name__}: {exc}"
-        ) from exc
+    report = entry.build(params)
     if not isinstance(report, DataReport):
         raise PluginError(
             f"Plugin {entry.plugin!r}: the {entry.label} returned a {type(report).__name__}, not a DataReport."
