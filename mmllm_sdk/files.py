@@ -10,6 +10,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+def cache_root() -> Path:
+    """The SDK's cache folder: ``$MMLLM_CACHE``, else ``~/.cache/mmllm-sdk``."""
+    return Path(os.environ.get("MMLLM_CACHE", Path.home() / ".cache" / "mmllm-sdk"))
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -139,3 +139,67 @@ def tiny_spec(tokenizer_dir: str, inputs: tuple[str, ...] = ("image",), projecto
         "llm": {"name": "hf-causal-lm", "params": {"config": tiny_llm_config(), "tokenizer": tokenizer_dir}},
         "inputs": {m: {"encoder": encoders[m], "projector": {"name": projector}} for m in inputs},
     }
+
+
+def tiny_gguf(directory: str | os.PathLike[str], tokenizer_dir: str, name: str = "tiny-llama.gguf") -> str:
+    """A two-layer Llama with random float32 weights and ``tokenizer_dir``'s tokenizer, as a GGUF file.
+
+    transformers reads it with ``from_pretrained(directory, gguf_file=name)``, as it reads
+    SmolLM2's GGUF; tests use it to cover the GGUF path of ``hf-causal-lm`` offline.
+    Returns the file's path. Needs the ``gguf`` package (the ``gguf`` extra).
+    """
+    import json
+
+    import gguf
+    import numpy as np
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = tiny_llm_config(vocab_size=len(tokenizer))
+    hidden, layers, inner = config["hidden_size"], config["num_hidden_layers"], config["intermediate_size"]
+    heads, kv_heads = config["num_attention_heads"], config["num_key_value_heads"]
+    path = Path(directory) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(layers)
+    writer.add_context_length(config["max_position_embeddings"])
+    writer.add_embedding_length(hidden)
+    writer.add_feed_forward_length(inner)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_layer_norm_rms_eps(1e-6)
+    writer.add_vocab_size(len(tokenizer))
+    writer.add_tokenizer_model("gpt2")  # byte-level BPE
+    vocab = tokenizer.get_vocab()
+    writer.add_token_list(sorted(vocab, key=vocab.get))
+    writer.add_token_types([1] * len(vocab))
+    merges = json.loads((Path(tokenizer_dir) / "tokenizer.json").read_text())["model"]["merges"]
+    writer.add_token_merges([" ".join(m) if isinstance(m, list) else m for m in merges])
+    writer.add_eos_token_id(tokenizer.eos_token_id)
+    writer.add_pad_token_id(tokenizer.pad_token_id)
+    writer.add_chat_template(tokenizer.chat_template)
+    rng = np.random.default_rng(0)
+    kv_width = kv_heads * hidden // heads
+
+    def tensor(name: str, *shape: int) -> None:
+        writer.add_tensor(name, (rng.standard_normal(shape) * 0.02).astype(np.float32))
+
+    tensor("token_embd.weight", len(vocab), hidden)
+    tensor("output_norm.weight", hidden)
+    tensor("output.weight", len(vocab), hidden)
+    for i in range(layers):
+        tensor(f"blk.{i}.attn_norm.weight", hidden)
+        tensor(f"blk.{i}.ffn_norm.weight", hidden)
+        tensor(f"blk.{i}.attn_q.weight", hidden, hidden)
+        tensor(f"blk.{i}.attn_k.weight", kv_width, hidden)
+        tensor(f"blk.{i}.attn_v.weight", kv_width, hidden)
+        tensor(f"blk.{i}.attn_output.weight", hidden, hidden)
+        tensor(f"blk.{i}.ffn_gate.weight", inner, hidden)
+        tensor(f"blk.{i}.ffn_up.weight", inner, hidden)
+        tensor(f"blk.{i}.ffn_down.weight", hidden, inner)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return str(path)

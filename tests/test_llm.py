@@ -110,3 +110,43 @@ def test_files_read_twice_in_one_build_are_read_once_and_copied(tokenizer_dir):
     assert len(first) == len(second) + 1  # each caller owns its copy
     cached_call("test", load, tokenizer_dir)
     assert len(reads) == 2  # outside the block nothing is kept
+
+
+@pytest.fixture
+def gguf_llm(tmp_path, tokenizer_dir):
+    from mmllm_sdk.testing import tiny_gguf
+
+    path = tiny_gguf(tmp_path / "gguf", tokenizer_dir)
+    return {"model": str(tmp_path / "gguf"), "gguf_file": "tiny-llama.gguf"}, path
+
+
+def test_a_gguf_file_loads_with_its_tokenizer_and_chat_template(gguf_llm, image_spec, image_file):
+    params, _ = gguf_llm
+    image_spec["llm"]["params"] = params
+    model = build_model(image_spec, progress=False)
+    assert type(model.llm.model).__name__ == "LlamaForCausalLM" and model.llm.tokenizer.chat_template
+    conversation = [
+        {"role": "user", "content": [{"type": "image", "path": str(image_file)}]},
+        {"role": "assistant", "content": "A gradient."},
+    ]
+    assert torch.isfinite(model(**model.processor([conversation])).loss)
+
+
+def test_a_gguf_file_is_dequantised_once_and_read_from_the_cache_after(gguf_llm, tmp_path, monkeypatch):
+    monkeypatch.setenv("MMLLM_CACHE", str(tmp_path / "cache"))
+    params, _ = gguf_llm
+    direct = AutoModelForCausalLM.from_pretrained(params["model"], gguf_file=params["gguf_file"])
+    first = build_hf_causal_lm(params)
+    cached = list((tmp_path / "cache" / "gguf").iterdir())
+    assert len(cached) == 1 and (cached[0] / "model.safetensors").is_file()
+    second = build_hf_causal_lm(params)  # from the safetensors copy
+    assert torch.equal(second.model.lm_head.weight, direct.lm_head.weight)
+    assert torch.equal(first.model.model.embed_tokens.weight, second.model.model.embed_tokens.weight)
+    assert second.reference()["gguf_file"] == "tiny-llama.gguf" and len(second.reference()["sha256"]) == 64
+
+
+def test_validating_a_gguf_spec_converts_nothing(gguf_llm, image_spec, tmp_path, monkeypatch):
+    monkeypatch.setenv("MMLLM_CACHE", str(tmp_path / "cache"))
+    image_spec["llm"]["params"] = gguf_llm[0]
+    build_model(image_spec, skeleton=True, progress=False)
+    assert not (tmp_path / "cache").exists()

@@ -6,16 +6,16 @@ import dataclasses
 import difflib
 import fnmatch
 import os
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
 from mmllm_sdk.errors import SpecError
+from mmllm_sdk.files import cache_root
 from mmllm_sdk.spec import ModelSpec, read_yaml_mapping
 from mmllm_sdk.validation import StrictModel, validate
 
-DEFAULT_CACHE_DIR = Path(os.environ.get("MMLLM_CACHE", Path.home() / ".cache" / "mmllm-sdk")) / "features"
+DEFAULT_CACHE_DIR = cache_root() / "features"
 
 
 class DatasetSource(StrictModel):
