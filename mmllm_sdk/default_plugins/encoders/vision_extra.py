@@ -236,6 +236,30 @@ def _random_or_loaded(what: str, name: str, checkpoint: Path | None, pretrained:
 # timm --------------------------------------------------------------------------------------------
 
 
+class TransformVisionEncoder(ModalityEncoder):
+    """What the timm and open_clip encoders share: a torchvision eval ``transform`` per image,
+    and ``tokens(pixel_values)`` on the weights' device and dtype."""
+
+    name: ClassVar[str]
+    model: nn.Module
+    transform: Callable[[Any], torch.Tensor]
+
+    def preprocess(self, items: list[Any]) -> dict[str, torch.Tensor]:
+        from PIL import Image
+
+        _check_items(items, Image.Image, "PIL image", f"encoder {self.name!r}")
+        pixels = [self.transform(item.convert("RGB")) for item in items]  # each (3, H, W)
+        return {"pixel_values": torch.stack(pixels)}  # (B, 3, H, W)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        weight = next(self.model.parameters())
+        return self.tokens(pixel_values.to(device=weight.device, dtype=weight.dtype))  # (B, N, D)
+
+    def tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, N, D)."""
+        raise NotImplementedError
+
+
 class TimmParams(StrictModel):
     """Params of ``timm-vision``: a timm model by name and where its weights come from."""
 
@@ -295,7 +319,7 @@ def _timm_tokens_from_config(model: nn.Module, input_size: tuple[int, int, int],
     return -(-height // reduction) * -(-width // reduction), int(model.num_features)  # a CNN: padded convs round up
 
 
-class TimmVisionEncoder(ModalityEncoder):
+class TimmVisionEncoder(TransformVisionEncoder):
     """``timm-vision``: any timm model by name; its final feature map as tokens (B, N, D).
 
     ``spatial``: ``forward_features`` per position, CNN maps (B, C, H, W) flattened to
@@ -358,16 +382,7 @@ class TimmVisionEncoder(ModalityEncoder):
                 f"({type(exc).__name__}: {exc}). Check your network, or point 'checkpoint' at a local weight file."
             ) from exc
 
-    def preprocess(self, items: list[Any]) -> dict[str, torch.Tensor]:
-        from PIL import Image
-
-        _check_items(items, Image.Image, "PIL image", f"encoder {self.name!r}")
-        pixels = [self.transform(item.convert("RGB")) for item in items]  # each (3, H, W)
-        return {"pixel_values": torch.stack(pixels)}  # (B, 3, H, W)
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        weight = next(self.model.parameters())
-        pixel_values = pixel_values.to(device=weight.device, dtype=weight.dtype)  # (B, 3, H, W)
+    def tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return _timm_tokens(self.model, pixel_values, self.params.features == "pooled")  # (B, N, D)
 
     def reference(self) -> dict[str, Any]:
@@ -432,7 +447,7 @@ def _open_clip_tokens(visual: nn.Module, pixel_values: torch.Tensor, pooled: boo
     return output[1]  # (B, T, W): after the final norm, before the projection; no CLS
 
 
-class OpenClipVisionEncoder(ModalityEncoder):
+class OpenClipVisionEncoder(TransformVisionEncoder):
     """``open-clip-vision``: an OpenCLIP vision tower; its patch tokens or its image embedding.
 
     ``spatial``: the tower's token outputs (``output_tokens``), the CLS token left out, of the
@@ -525,16 +540,7 @@ class OpenClipVisionEncoder(ModalityEncoder):
     def _width(self) -> int:
         return int(self.model.class_embedding.shape[-1])
 
-    def preprocess(self, items: list[Any]) -> dict[str, torch.Tensor]:
-        from PIL import Image
-
-        _check_items(items, Image.Image, "PIL image", f"encoder {self.name!r}")
-        pixels = [self.transform(item.convert("RGB")) for item in items]  # each (3, H, W)
-        return {"pixel_values": torch.stack(pixels)}  # (B, 3, H, W)
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        weight = next(self.model.parameters())
-        pixel_values = pixel_values.to(device=weight.device, dtype=weight.dtype)  # (B, 3, H, W)
+    def tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return _open_clip_tokens(self.model, pixel_values, self.params.features == "pooled")  # (B, N, D)
 
     def reference(self) -> dict[str, Any]:
