@@ -177,7 +177,7 @@ def test_dpo_raises_the_chosen_minus_rejected_margin(tmp_path, tokenizer_dir, pr
         training={"max_steps": 20, "learning_rate": 5e-3},
         options={"beta": 0.5},
     )
-    before = build_model({**tiny_spec(tokenizer_dir)}, progress=False)
+    before = build_model(tiny_spec(tokenizer_dir), progress=False)
     result = train(spec)
     assert preference_margin(result.model, preferences) > preference_margin(before, preferences) + 1.0
     trainable = {name for name, p in result.model.named_parameters() if p.requires_grad}

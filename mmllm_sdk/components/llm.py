@@ -61,13 +61,12 @@ class LLMBackbone(nn.Module):
         old_rows = self.get_input_embeddings().weight.shape[0]
         if len(self.tokenizer) > old_rows:
             self.model.resize_token_embeddings(len(self.tokenizer), mean_resizing=False)
+            inputs, outputs = self.model.get_input_embeddings(), self.model.get_output_embeddings()
+            tables = [inputs.weight]
+            if outputs is not None and outputs.weight is not inputs.weight:  # untied LM head: its rows too
+                tables.append(outputs.weight)
             with torch.no_grad():
-                for embedding in {
-                    id(e): e
-                    for e in (self.model.get_input_embeddings(), self.model.get_output_embeddings())
-                    if e is not None
-                }.values():
-                    weight = embedding.weight
+                for weight in tables:
                     if weight.device.type != "meta":
                         weight[old_rows:] = weight[:old_rows].mean(dim=0, keepdim=True)
         return ids

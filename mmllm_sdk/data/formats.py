@@ -61,7 +61,7 @@ class DataReport:
 
     def media_counts(self) -> dict[str, int]:
         """How many media items of each modality the examples hold."""
-        counts = Counter(part["type"] for example in self.examples for part in _parts(example) if "path" in part)
+        counts = Counter(part["type"] for example in self.examples for part in content_parts(example) if "path" in part)
         return dict(sorted(counts.items()))
 
     def to_dict(self) -> dict[str, Any]:
@@ -576,7 +576,8 @@ def _text(text: str) -> dict[str, str]:
     return {"type": "text", "text": text}
 
 
-def _parts(example: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+def content_parts(example: Mapping[str, Any]) -> Iterator[dict[str, Any]]:
+    """Every content part of an example read here (a conversation or a preference pair), in order."""
     for key in ("messages", *PREFERENCE_KEYS):
         for message in example.get(key, []):
             yield from message["content"]

@@ -1,1 +1,1 @@
-"""Training recipes (built in a later issue)."""
+"""Training: recipe specs, the recipes (pt, sft, dpo), their Trainer, PEFT and the run driver."""

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.utils.data import Dataset
 
-from mmllm_sdk.data.formats import DataReport, estimate_length, read_examples
+from mmllm_sdk.data.formats import DataReport, content_parts, estimate_length, read_examples
 from mmllm_sdk.errors import PluginError, SpecError
 from mmllm_sdk.registry import get_registry
 from mmllm_sdk.spec import ModelSpec, load_spec
@@ -178,7 +178,7 @@ def _fill_feature_cache(model: MMLLM, spec: RecipeSpec, reports: dict[str, DataR
             continue  # a trained encoder's features change every step
         fingerprint = encoder_fingerprint(encoder, model.spec.inputs[modality].encoder, model.spec.seed)
         sources = [
-            source for report in reports.values() for e in report.examples for source in media_sources(e, modality)
+            source for report in reports.values() for e in report.examples for source in _media_sources(e, modality)
         ]
         with args.main_process_first(desc=f"{modality} feature cache"):
             encoded[modality] = fill_cache(
@@ -198,16 +198,8 @@ def _fill_feature_cache(model: MMLLM, spec: RecipeSpec, reports: dict[str, DataR
     return encoded
 
 
-def media_sources(example: dict[str, Any], modality: str) -> list[Any]:
-    """Where each ``modality`` item of an example (conversation or preference pair) comes from."""
-    messages = [m for key in ("messages", "prompt", "chosen", "rejected") for m in example.get(key, [])]
-    return [
-        part.get("path")
-        for message in messages
-        if isinstance(message.get("content"), list)
-        for part in message["content"]
-        if part.get("type") == modality
-    ]
+def _media_sources(example: dict[str, Any], modality: str) -> list[Any]:
+    return [part["path"] for part in content_parts(example) if part.get("type") == modality and "path" in part]
 
 
 def _say(line: str) -> None:
