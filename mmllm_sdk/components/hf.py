@@ -9,18 +9,18 @@ import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import torch
 from pydantic import model_validator
 
+from mmllm_sdk.dtypes import DtypeName, resolve_dtype
 from mmllm_sdk.errors import SpecError
 from mmllm_sdk.validation import StrictModel
 
 _SKELETON = contextvars.ContextVar("mmllm_skeleton", default=False)
 _FILE_CACHE: contextvars.ContextVar[dict[Any, Any] | None] = contextvars.ContextVar("mmllm_file_cache", default=None)
 _WEIGHT_SUFFIXES = (".safetensors", ".gguf", ".bin", ".pt", ".pth", ".ckpt", ".onnx")
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 @contextlib.contextmanager
@@ -81,7 +81,7 @@ class HFSource(StrictModel):
     config: dict[str, Any] | None = None  # config fields; random weights drawn from the spec's seed
     revision: str | None = None  # hub branch, tag or commit
     gguf_file: str | None = None  # a GGUF file inside ``model`` (dequantised on load)
-    dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    dtype: DtypeName = "auto"  # auto: bfloat16 where the hardware computes it natively, else float32
     trust_remote_code: bool = False  # only ever True when the spec says so
 
     reads_gguf: ClassVar[bool] = False  # transformers reads GGUF files for language models only
@@ -101,7 +101,7 @@ class HFSource(StrictModel):
 
     @property
     def torch_dtype(self) -> torch.dtype:
-        return _DTYPES[self.dtype]
+        return resolve_dtype(self.dtype)
 
     def pretrained_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"trust_remote_code": self.trust_remote_code}

