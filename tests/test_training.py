@@ -464,3 +464,10 @@ def test_a_data_source_with_bad_params_names_the_field(tmp_path, tokenizer_dir):
     }
     with pytest.raises(SpecError, match=r"data.synthetic-shapes.params.colour: is not a known field"):
         train(recipe(tmp_path, tokenizer_dir, "pt", "unused", data={"train": source}))
+
+
+def test_the_feature_cache_default_follows_mmllm_cache_when_the_spec_is_parsed(monkeypatch, tmp_path):
+    from mmllm_sdk.training.spec import CacheSpec
+
+    monkeypatch.setenv("MMLLM_CACHE", str(tmp_path))  # set after the module was imported
+    assert CacheSpec().dir == str(tmp_path / "features")

@@ -119,6 +119,17 @@ def test_timm_feature_layer_gives_that_stage_as_tokens():
     assert torch.equal(features, stage.flatten(2).transpose(1, 2))
 
 
+def test_timm_feature_layers_are_max_pooled_to_the_coarsest_grid_and_concatenated():
+    encoder = TimmVisionEncoder({"model_name": "efficientnet_lite0", "image_size": 64, "feature_layer": [-1, 2]})
+    pixels = encoder.preprocess(images())["pixel_values"]
+    with torch.no_grad():
+        features = encoder(pixel_values=pixels)
+        fine, coarse = encoder.model.forward_intermediates(pixels, indices=[2, 4], intermediates_only=True)
+    expected = torch.cat([coarse, torch.nn.functional.adaptive_max_pool2d(fine, (2, 2))], dim=1)  # listed order
+    assert (encoder.num_tokens, encoder.output_dim) == (4, 320 + 40)
+    assert torch.equal(features, expected.flatten(2).transpose(1, 2))
+
+
 def test_timm_feature_layer_out_of_range_lists_the_stages():
     with pytest.raises(
         SpecError, match=r"feature_layer is 5; .* has 5 feature stages \(0: 16 channels at 1/2, .*Use 0 to 4"
@@ -249,10 +260,11 @@ def test_checkpoint_with_python_objects_is_never_unpickled(tmp_path):
         ({"model_name": "efficientnet_lite0"}, (49, 1280)),
         ({"model_name": "efficientnet_lite0", "features": "pooled"}, (1, 1280)),
         ({"model_name": "efficientnet_lite0", "image_size": 128, "feature_layer": -1}, (16, 320)),
+        ({"model_name": "efficientnet_lite0", "image_size": 128, "feature_layer": [-1, -3]}, (16, 360)),
         ({"model_name": "swin_tiny_patch4_window7_224"}, (49, 768)),  # NHWC feature map
         (VIT, (4, 192)),
     ],
-    ids=["cnn", "cnn-pooled", "cnn-stage", "swin", "vit"],
+    ids=["cnn", "cnn-pooled", "cnn-stage", "cnn-stages", "swin", "vit"],
 )
 @pytest.mark.parametrize("meta_forward", [True, False], ids=["meta-forward", "from-config"])
 def test_timm_skeleton_has_meta_weights_and_the_real_sizes(params, expected, meta_forward, monkeypatch):
@@ -395,6 +407,7 @@ def test_checkpoint_of_an_unread_format_is_refused(tmp_path):
         (TimmVisionEncoder, {**VIT, "match_keys": "position"}, "'match_keys' says how to read a 'checkpoint'"),
         (TimmVisionEncoder, {**VIT, "feature": "pooled"}, "feature: is not a known field"),
         (TimmVisionEncoder, {**VIT, "features": "pooled", "feature_layer": -1}, "'feature_layer' picks a spatial"),
+        (TimmVisionEncoder, {**VIT, "feature_layer": []}, "'feature_layer' is an empty list"),
         (OpenClipVisionEncoder, {**CLIP, "checkpoint": "w.pth", "pretrained": "openai"}, "at most one of"),
         (OpenClipVisionEncoder, {**CLIP, "features": "cls"}, "features: Input should be 'spatial' or 'pooled'"),
     ],

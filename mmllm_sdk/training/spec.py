@@ -15,8 +15,6 @@ from mmllm_sdk.files import cache_root
 from mmllm_sdk.spec import ModelSpec, read_yaml_mapping
 from mmllm_sdk.validation import StrictModel, validate
 
-DEFAULT_CACHE_DIR = cache_root() / "features"
-
 
 class DatasetSource(StrictModel):
     """Examples from a registered data source (``register_datasets``) instead of files."""
@@ -40,7 +38,8 @@ class CacheSpec(StrictModel):
     """The on-disk cache of frozen encoder outputs."""
 
     enabled: bool = True
-    dir: str = str(DEFAULT_CACHE_DIR)  # MMLLM_CACHE moves the default
+    # default: $MMLLM_CACHE/features (~/.cache/mmllm-sdk/features), read when the spec is parsed
+    dir: str = Field(default_factory=lambda: str(cache_root() / "features"))
 
 
 class RecipeSpec(StrictModel):

@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from pydantic import Field, model_validator
 from torch import nn
+from torch.nn import functional as F
 
 from mmllm_sdk.components.encoder import ModalityEncoder
 from mmllm_sdk.components.hf import content_hash, is_skeleton
@@ -269,9 +270,11 @@ class TimmParams(StrictModel):
     match_keys: Literal["name", "position"] = "name"  # position: the file's tensors in the model's order
     image_size: int | None = Field(None, ge=1)  # input side in pixels; default: the model's pretrained config
     features: Literal["spatial", "pooled"] = "spatial"  # spatial: one token per position; pooled: one token
-    # a feature stage instead of the final features, as LLaVA's vision_feature_layer: an index into timm's
-    # feature_info (negative from the end); earlier stages keep more colour and position, later ones more semantics
-    feature_layer: int | None = None
+    # feature stages instead of the final features, as LLaVA's vision_feature_layer: an index into timm's
+    # feature_info (negative from the end), or a list of them: each earlier (finer) stage is max-pooled to the
+    # grid of the coarsest one and the stages are concatenated along channels. Early stages keep colour and
+    # local detail (max pooling keeps a small object's response), late ones shape and semantics.
+    feature_layer: int | list[int] | None = None
     # the eval transform, where the weights were trained otherwise than the model's pretrained config says
     crop_pct: float | None = Field(None, gt=0, le=1)  # centre crop share; 1.0 keeps the whole image
     mean: tuple[float, float, float] | None = None  # per-channel normalisation, RGB in 0..1
@@ -287,21 +290,30 @@ class TimmParams(StrictModel):
             )
         if self.feature_layer is not None and self.features == "pooled":
             raise ValueError("'feature_layer' picks a spatial feature map; it needs features: spatial")
+        if isinstance(self.feature_layer, list) and not self.feature_layer:
+            raise ValueError("'feature_layer' is an empty list; name at least one stage or leave it out")
         if self.match_keys == "position" and self.checkpoint is None:
             raise ValueError("'match_keys' says how to read a 'checkpoint' file; set 'checkpoint' or remove it")
         return self
 
 
-def _timm_tokens(model: nn.Module, pixel_values: torch.Tensor, pooled: bool, layer: int | None = None) -> torch.Tensor:
+def _timm_tokens(
+    model: nn.Module, pixel_values: torch.Tensor, pooled: bool, layer: int | list[int] | None = None
+) -> torch.Tensor:
     """A timm model's features as tokens (B, N, D): spatial positions, or one pooled token.
 
-    ``layer``: the feature stage ``layer`` of ``forward_intermediates`` instead of the final features.
+    ``layer``: feature stage(s) of ``forward_intermediates`` instead of the final features;
+    several are max-pooled to the coarsest stage's grid and concatenated along channels.
     """
     if layer is not None:
-        (stage,) = model.forward_intermediates(
-            pixel_values, indices=[layer], intermediates_only=True, stop_early=True
-        )  # (B, C, H, W)
-        return stage.flatten(2).transpose(1, 2)  # (B, H*W, C)
+        layers = [layer] if isinstance(layer, int) else layer
+        stages = model.forward_intermediates(
+            pixel_values, indices=_stage_indices(model, layers), intermediates_only=True, stop_early=True
+        )  # one (B, C_k, H_k, W_k) per stage, finest first
+        by_layer = dict(zip(_stage_indices(model, layers), stages, strict=True))
+        grid = min((stage.shape[-2:] for stage in stages), key=lambda size: size[0] * size[1])
+        maps = [F.adaptive_max_pool2d(by_layer[k], grid) for k in _stage_indices(model, layers, ordered=False)]
+        return torch.cat(maps, dim=1).flatten(2).transpose(1, 2)  # (B, H*W, sum C_k), in the listed order
     features = model.forward_features(pixel_values)  # (B, C, H, W), (B, H, W, C) or (B, T, C)
     if pooled:
         pre_logits = model.forward_head(features, pre_logits=True)  # (B, D)
@@ -324,14 +336,27 @@ def _timm_tokens(model: nn.Module, pixel_values: torch.Tensor, pooled: bool, lay
     )
 
 
+def _stage_indices(model: nn.Module, layers: list[int], ordered: bool = True) -> list[int]:
+    """``feature_layer`` values as non-negative stage indices: sorted and unique for
+    ``forward_intermediates``, or in the listed order (``ordered=False``)."""
+    count = len(model.feature_info)
+    indices = [layer % count for layer in layers]
+    return sorted(set(indices)) if ordered else indices
+
+
 def _timm_tokens_from_config(
-    model: nn.Module, input_size: tuple[int, int, int], pooled: bool, layer: int | None = None
+    model: nn.Module, input_size: tuple[int, int, int], pooled: bool, layer: int | list[int] | None = None
 ) -> tuple[int, int]:
     """(N, D) from the model's attributes, for skeleton mode when a meta forward is impossible."""
     if layer is not None:
-        stage = model.feature_info[layer]
+        stages = [model.feature_info[k] for k in _stage_indices(model, [layer] if isinstance(layer, int) else layer)]
+        reduction = max(stage["reduction"] for stage in stages)  # the coarsest grid
         _, height, width = input_size
-        return -(-height // stage["reduction"]) * -(-width // stage["reduction"]), int(stage["num_chs"])
+        channels = sum(
+            int(model.feature_info[k]["num_chs"])
+            for k in _stage_indices(model, [layer] if isinstance(layer, int) else layer, ordered=False)
+        )
+        return -(-height // reduction) * -(-width // reduction), channels
     if pooled:
         return 1, int(getattr(model, "head_hidden_size", None) or model.num_features)
     _, height, width = input_size
@@ -381,8 +406,8 @@ class TimmVisionEncoder(TransformVisionEncoder):
         self.transform = timm_data.create_transform(**self.data_config, is_training=False)
         input_size = tuple(self.data_config["input_size"])
         pooled, layer = self.params.features == "pooled", self.params.feature_layer
-        if layer is not None:
-            _check_feature_layer(self.model, name, layer, where)
+        for stage in [layer] if isinstance(layer, int) else layer or []:
+            _check_feature_layer(self.model, name, stage, where)
         tokens = probe_tokens(self.model, lambda model, x: _timm_tokens(model, x, pooled, layer), input_size)
         if tokens is None:  # skeleton mode, and the model does not run on meta
             tokens = _timm_tokens_from_config(self.model, input_size, pooled, layer)

