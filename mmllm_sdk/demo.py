@@ -44,7 +44,7 @@ class DemoPlan:
 
 
 FULL = DemoPlan(pt_examples=800, sft_examples=800, dpo_examples=100, heldout_examples=120)
-QUICK = DemoPlan(pt_examples=200, sft_examples=200, dpo_examples=0, heldout_examples=40)
+QUICK = DemoPlan(pt_examples=100, sft_examples=400, dpo_examples=0, heldout_examples=40)
 
 
 @dataclass
