@@ -306,14 +306,13 @@ def _timm_tokens(
     several are max-pooled to the coarsest stage's grid and concatenated along channels.
     """
     if layer is not None:
-        layers = [layer] if isinstance(layer, int) else layer
-        stages = model.forward_intermediates(
-            pixel_values, indices=_stage_indices(model, layers), intermediates_only=True, stop_early=True
-        )  # one (B, C_k, H_k, W_k) per stage, finest first
-        by_layer = dict(zip(_stage_indices(model, layers), stages, strict=True))
-        grid = min((stage.shape[-2:] for stage in stages), key=lambda size: size[0] * size[1])
-        maps = [F.adaptive_max_pool2d(by_layer[k], grid) for k in _stage_indices(model, layers, ordered=False)]
-        return torch.cat(maps, dim=1).flatten(2).transpose(1, 2)  # (B, H*W, sum C_k), in the listed order
+        listed = _stage_list(model, layer)
+        unique = sorted(set(listed))
+        maps = model.forward_intermediates(pixel_values, indices=unique, intermediates_only=True, stop_early=True)
+        stages = dict(zip(unique, maps, strict=True))  # stage -> (B, C_k, H_k, W_k)
+        grid = min((stage.shape[-2:] for stage in maps), key=lambda size: size[0] * size[1])
+        pooled_maps = [F.adaptive_max_pool2d(stages[k], grid) for k in listed]
+        return torch.cat(pooled_maps, dim=1).flatten(2).transpose(1, 2)  # (B, H*W, sum C_k), in the listed order
     features = model.forward_features(pixel_values)  # (B, C, H, W), (B, H, W, C) or (B, T, C)
     if pooled:
         pre_logits = model.forward_head(features, pre_logits=True)  # (B, D)
@@ -336,12 +335,10 @@ def _timm_tokens(
     )
 
 
-def _stage_indices(model: nn.Module, layers: list[int], ordered: bool = True) -> list[int]:
-    """``feature_layer`` values as non-negative stage indices: sorted and unique for
-    ``forward_intermediates``, or in the listed order (``ordered=False``)."""
+def _stage_list(model: nn.Module, layer: int | list[int]) -> list[int]:
+    """``feature_layer`` as non-negative stage indices, in the listed order (an int is a list of one)."""
     count = len(model.feature_info)
-    indices = [layer % count for layer in layers]
-    return sorted(set(indices)) if ordered else indices
+    return [k % count for k in ([layer] if isinstance(layer, int) else layer)]
 
 
 def _timm_tokens_from_config(
@@ -349,14 +346,10 @@ def _timm_tokens_from_config(
 ) -> tuple[int, int]:
     """(N, D) from the model's attributes, for skeleton mode when a meta forward is impossible."""
     if layer is not None:
-        stages = [model.feature_info[k] for k in _stage_indices(model, [layer] if isinstance(layer, int) else layer)]
+        stages = [model.feature_info[k] for k in _stage_list(model, layer)]
         reduction = max(stage["reduction"] for stage in stages)  # the coarsest grid
         _, height, width = input_size
-        channels = sum(
-            int(model.feature_info[k]["num_chs"])
-            for k in _stage_indices(model, [layer] if isinstance(layer, int) else layer, ordered=False)
-        )
-        return -(-height // reduction) * -(-width // reduction), channels
+        return -(-height // reduction) * -(-width // reduction), sum(int(stage["num_chs"]) for stage in stages)
     if pooled:
         return 1, int(getattr(model, "head_hidden_size", None) or model.num_features)
     _, height, width = input_size
