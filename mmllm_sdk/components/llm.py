@@ -119,25 +119,26 @@ class LLMBackbone(nn.Module):
 
     def can_share_prefix(self) -> bool:
         """Whether :meth:`logits_at` can share a prefix's key/value cache: a transformers decoder LM
-        that takes ``past_key_values`` and ``logits_to_keep``, without prompt-learning adapters
+        that takes a cache argument and ``logits_to_keep``, without prompt-learning adapters
         (prefix tuning brings its own key/value cache)."""
         peft_config = getattr(self.model, "active_peft_config", None)
         if peft_config is not None and peft_config.is_prompt_learning:
             return False
+        return self._cache_argument() is not None and self._takes_logits_to_keep()
+
+    def _forward_parameters(self) -> Any:
+        """The parameters of the (base) model's forward, under any peft wrapper."""
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-        parameters = inspect.signature(base.forward).parameters
-        return self._cache_argument() is not None and "logits_to_keep" in parameters
+        return inspect.signature(base.forward).parameters
 
     def _cache_argument(self) -> str | None:
         """What the model's forward calls its key/value cache: ``cache`` (transformers 5.2x) or
         ``past_key_values`` (earlier releases); the output field has the same name."""
-        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-        parameters = inspect.signature(base.forward).parameters
+        parameters = self._forward_parameters()
         return next((name for name in ("cache", "past_key_values") if name in parameters), None)
 
     def _takes_logits_to_keep(self) -> bool:
-        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-        return "logits_to_keep" in inspect.signature(base.forward).parameters
+        return "logits_to_keep" in self._forward_parameters()
 
     def end_token_ids(self) -> set[int]:
         """The token ids that end generation: the generation config's ``eos_token_id`` and the tokenizer's."""
