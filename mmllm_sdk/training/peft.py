@@ -182,7 +182,8 @@ def has_adapters(llm: LLMBackbone) -> bool:
 def adapters_disabled(llm: LLMBackbone) -> Iterator[None]:
     """Within this block the LLM computes as its base model (peft's ``disable_adapter``).
 
-    DPO uses it for the reference policy, so no second copy of the LLM is kept in memory.
+    To compare with the model before any adapter training (the frozen base LLM), without a
+    second copy of it in memory.
     """
     if not has_adapters(llm):
         raise SpecError(

@@ -29,7 +29,7 @@ class Recipe:
     trainer: str = "mmllm_sdk.training.trainer:MMTrainer"  # module:Class of a transformers.Trainer subclass
     options: type[StrictModel] = NoOptions  # validates the recipe spec's ``options:``
     train_on: str = "assistant"  # which assistant turns carry labels: assistant | last_assistant
-    requires_peft: bool = False  # the recipe needs adapters on the LLM (DPO's reference is the model without them)
+    requires_peft: bool = False  # the recipe needs adapters on the LLM (DPO trains them by default)
 
     @property
     def trainer_class(self) -> type:
@@ -90,7 +90,7 @@ SFT = Recipe(
     default_trainable=("inputs.*.projector",),  # adapters train whenever `peft:` is set
 )
 DPO = Recipe(
-    description="Preference tuning with DPO: the reference policy is the model with its adapters disabled.",
+    description="Preference tuning with DPO: trains the adapters; the reference policy is the model as DPO starts.",
     kind="preference",
     default_trainable=(),
     trainer="mmllm_sdk.training.trainer:DPOTrainer",

@@ -108,8 +108,8 @@ def train(
     peft = spec.peft if spec.peft is not None else _peft_of(base_spec)
     if recipe.requires_peft and peft is None:
         raise SpecError(
-            f"recipe {spec.recipe!r} needs adapters on the LLM (its reference policy is the model with them "
-            "disabled); add peft: {method: lora, r: 8} to the recipe, or continue from a checkpoint that has them."
+            f"recipe {spec.recipe!r} needs adapters on the LLM (it trains them); add "
+            "peft: {method: lora, r: 8} to the recipe, or continue from a checkpoint that has them."
         )
     model_spec = with_training_overrides(base_spec, trainable, peft)
 

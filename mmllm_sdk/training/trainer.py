@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,6 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 from mmllm_sdk.errors import CheckpointError
 from mmllm_sdk.model.checkpoint import MANIFEST, load_trained, read_trained, write_checkpoint_files
 from mmllm_sdk.model.processor import IGNORE_INDEX
-from mmllm_sdk.training.peft import adapters_disabled
 
 STAGING = ".saving"  # checkpoints are written here, then renamed to checkpoint-N: a kill never leaves half of one
 
@@ -137,23 +138,48 @@ def sequence_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tens
 class DPOTrainer(MMTrainer):
     """Direct Preference Optimization (Rafailov et al., 2023).
 
-    ``loss = -log σ(β [(log π(y_w|x) - log π_ref(y_w|x)) - (log π(y_l|x) - log π_ref(y_l|x))])``;
-    the reference π_ref is the same model with its adapters disabled, so no second copy of
-    the LLM is held.
+    ``loss = -log σ(β [(log π(y_w|x) - log π_ref(y_w|x)) - (log π(y_l|x) - log π_ref(y_l|x))])``.
+
+    The reference π_ref is the model as DPO starts (the SFT model, as in the paper): the
+    starting values of the trained tensors (the adapters, and a projector if it trains) are
+    copied once, megabytes rather than a second LLM, and put in place, in eval mode, for the
+    reference pass of each step. So a DPO stage that continues from an SFT checkpoint with
+    trained adapters stays close to that checkpoint, not to the model without its adapters.
     """
 
     def __init__(self, *args: Any, beta: float = 0.1, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.beta = beta
         self._metrics: dict[str, list[float]] = {}
+        self._reference = {  # name -> starting value, of every tensor this run trains
+            name: param.detach().clone() for name, param in self.model.named_parameters() if param.requires_grad
+        }
+
+    @contextlib.contextmanager
+    def reference_policy(self, model: torch.nn.Module) -> Iterator[None]:
+        """Within this block ``model`` computes π_ref: the trained tensors hold their starting values, eval mode."""
+        params = dict(model.named_parameters())
+        current = {name: params[name].detach().clone() for name in self._reference}
+        training = model.training
+        with torch.no_grad():
+            for name, start in self._reference.items():
+                params[name].copy_(start)
+        model.eval()
+        try:
+            yield
+        finally:
+            model.train(training)
+            with torch.no_grad():
+                for name, value in current.items():
+                    params[name].copy_(value)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        outputs = model(**inputs, supervised_only=True)
-        policy = sequence_logprobs(outputs.logits, outputs.targets)  # (2B,)
         unwrapped = self.accelerator.unwrap_model(model)
-        with torch.no_grad(), adapters_disabled(unwrapped.llm):
+        with torch.no_grad(), self.reference_policy(unwrapped):  # first: the policy pass's graph needs its weights
             reference_out = unwrapped(**inputs, supervised_only=True)
             reference = sequence_logprobs(reference_out.logits, reference_out.targets)  # (2B,)
+        outputs = model(**inputs, supervised_only=True)
+        policy = sequence_logprobs(outputs.logits, outputs.targets)  # (2B,)
         pairs = policy.shape[0] // 2
         chosen_reward = self.beta * (policy[:pairs] - reference[:pairs]).detach()
         rejected_reward = self.beta * (policy[pairs:] - reference[pairs:]).detach()

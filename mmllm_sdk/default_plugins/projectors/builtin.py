@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 from abc import abstractmethod
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -199,14 +199,24 @@ class ResamplerProjector(LearnedQueryProjector):
 
 class PoolProjector(BuiltinProjector):
     """Token compression: pool N tokens down to K (1-D over the sequence or 2-D over a square grid),
-    then LLaVA's ``mlp`` to the LLM width. M = K."""
+    then LLaVA's ``mlp`` to the LLM width. M = K.
+
+    With ``groups`` the feature channels are split into groups (the stages of a multi-layer
+    encoder, e.g. timm-vision's ``feature_layer: [-1, -5]``), and each group is pooled,
+    normalised and projected on its own: M = K x the number of groups, the groups' tokens
+    in the order of the groups. A stage whose signal is a small share of the concatenated
+    channels (colour in an early stage next to a wide late one) then gets tokens of its own.
+    """
 
     name = "pool"
 
-    class Params(MLPProjector.Params):  # num_layers and hidden_dim configure the mlp after pooling
+    class Params(MLPProjector.Params):  # num_layers and hidden_dim configure each mlp after pooling
         num_tokens: int = Field(16, ge=1)  # K, at most N
         mode: Literal["avg", "max"] = "avg"
         layout: Literal["sequence", "grid"] = "sequence"  # grid: N and K are perfect squares
+        # channel widths of the feature groups, in the encoder's order, adding up to in_dim; None: one group
+        groups: list[Annotated[int, Field(ge=1)]] | None = Field(None, min_length=1)
+        norm: Literal["none", "layer"] = "none"  # LayerNorm over each group's channels after pooling
 
     def __init__(self, in_dim: int, out_dim: int, num_input_tokens: int, params: dict[str, Any] | None = None) -> None:
         super().__init__(in_dim, out_dim, num_input_tokens, params)
@@ -224,24 +234,35 @@ class PoolProjector(BuiltinProjector):
                         f"use a square such as {math.isqrt(count) ** 2 or 1} or {(math.isqrt(count) + 1) ** 2}, "
                         'or layout "sequence"'
                     )
-        self.num_tokens = p.num_tokens
+        if p.groups is not None and sum(p.groups) != in_dim:
+            raise self.dimension_error(
+                f"groups {p.groups} add up to {sum(p.groups)} channels, but the encoder gives {in_dim}; list the "
+                "channel width of each feature stage, in the encoder's order, so that they add up to "
+                f"{in_dim}"
+            )
+        self.widths = list(p.groups or [in_dim])
+        self.num_tokens = p.num_tokens * len(self.widths)
         mlp_params = p.model_dump(include=set(MLPProjector.Params.model_fields))
-        self.mlp = MLPProjector(in_dim, out_dim, p.num_tokens, params=mlp_params)
+        self.norms = nn.ModuleList(nn.LayerNorm(w) if p.norm == "layer" else nn.Identity() for w in self.widths)
+        self.mlps = nn.ModuleList(MLPProjector(w, out_dim, p.num_tokens, params=mlp_params) for w in self.widths)
 
     def pool(self, features: torch.Tensor) -> torch.Tensor:
         """(B, N, D_in) -> (B, K, D_in) by adaptive average or max pooling."""
         x = features.transpose(1, 2)  # (B, D, N)
+        k = self.params.num_tokens
         if self.params.layout == "sequence":
             pool = F.adaptive_avg_pool1d if self.params.mode == "avg" else F.adaptive_max_pool1d
-            return pool(x, self.num_tokens).transpose(1, 2)  # (B, K, D)
-        side, k_side = math.isqrt(self.num_input_tokens), math.isqrt(self.num_tokens)
+            return pool(x, k).transpose(1, 2)  # (B, K, D)
+        side, k_side = math.isqrt(self.num_input_tokens), math.isqrt(k)
         grid = x.reshape(x.shape[0], x.shape[1], side, side)  # (B, D, √N, √N), row-major tokens
         pool = F.adaptive_avg_pool2d if self.params.mode == "avg" else F.adaptive_max_pool2d
         return pool(grid, k_side).flatten(2).transpose(1, 2)  # (B, D, √K, √K) -> (B, K, D)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         self.check_features(features)
-        return self.mlp(self.pool(features))  # (B, N, D_in) -> (B, K, D_in) -> (B, K, D_llm)
+        groups = self.pool(features).split(self.widths, dim=-1)  # each (B, K, width)
+        tokens = [mlp(norm(group)) for group, norm, mlp in zip(groups, self.norms, self.mlps, strict=True)]
+        return torch.cat(tokens, dim=1)  # (B, K x groups, D_llm)
 
 
 PROJECTORS: tuple[type[BuiltinProjector], ...] = (
