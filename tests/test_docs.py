@@ -54,15 +54,34 @@ def signature(hook) -> str:
 # hooks -------------------------------------------------------------------------------------
 
 
+def documented_hooks() -> dict[str, ast.FunctionDef]:
+    """The hook functions written out in docs/hooks.md's python blocks, by name."""
+    functions = {}
+    for page, body in code_blocks("python"):
+        if page == "hooks.md":
+            functions.update((node.name, node) for node in ast.parse(body).body if isinstance(node, ast.FunctionDef))
+    return functions
+
+
 @pytest.mark.parametrize("name", sorted(HOOKS))
-def test_every_hook_has_a_heading_with_its_signature_in_plugins_md(name):
+def test_every_hook_has_a_heading_with_its_signature_in_hooks_md(name):
     expected = signature(HOOKS[name])
-    found = [h.strip("`") for h in headings(read("plugins.md"))]
-    assert expected in found, f"docs/plugins.md needs a heading '### {expected}'"
+    found = [h.strip("`") for h in headings(read("hooks.md"))]
+    assert expected in found, f"docs/hooks.md needs a heading '## `{expected}`'"
 
 
-def test_plugins_md_documents_no_hook_that_does_not_exist():
-    documented = {m.group(1) for h in headings(read("plugins.md")) if (m := re.match(r"`?(register_\w+)\(", h))}
+@pytest.mark.parametrize("name", sorted(HOOKS))
+def test_every_hook_is_written_out_in_hooks_md_with_its_exact_signature_and_docstring(name):
+    function = documented_hooks().get(name)
+    assert function is not None, f"docs/hooks.md needs a python block with 'def {signature(HOOKS[name])}:'"
+    written = f"{name}({ast.unparse(function.args)})"
+    assert written == signature(HOOKS[name]), f"docs/hooks.md writes {written}; the hook is {signature(HOOKS[name])}"
+    assert ast.get_docstring(function) == inspect.getdoc(HOOKS[name]), f"docs/hooks.md: {name}'s docstring differs"
+
+
+def test_hooks_md_documents_no_hook_that_does_not_exist():
+    documented = {m.group(1) for h in headings(read("hooks.md")) if (m := re.match(r"`?(register_\w+)\(", h))}
+    documented |= set(documented_hooks())
     assert documented <= set(HOOKS), f"documented but not in mmllm_sdk.hookspecs: {sorted(documented - set(HOOKS))}"
 
 
