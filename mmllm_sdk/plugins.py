@@ -67,6 +67,7 @@ class PluginInfo:
 pm = pluggy.PluginManager("mmllm")
 pm.add_hookspecs(hookspecs)
 _infos: dict[str, PluginInfo] = {}
+_changes = 0  # plugins registered or removed by hand: registries built before are stale
 _loaded = False
 
 
@@ -136,6 +137,7 @@ def register_plugin(plugin: Any, name: str, *, distribution: str = "", version: 
         raise PluginError(f"This plugin object is already registered as {already!r}; unregister it first to rename it.")
     pm.register(plugin, name=name)
     _infos[name] = PluginInfo(name, distribution or name, version or "unknown", builtin=False)
+    _changed()
 
 
 def unregister_plugin(name: str) -> None:
@@ -145,6 +147,18 @@ def unregister_plugin(name: str) -> None:
         raise PluginError(f"No plugin named {name!r} is registered; loaded plugins: {', '.join(plugin_names())}.")
     pm.unregister(name=name)
     _infos.pop(name, None)
+    _changed()
+
+
+def _changed() -> None:
+    global _changes
+    _changes += 1
+
+
+def registration_state() -> tuple[int, tuple[str, ...]]:
+    """Changes whenever the set of loaded plugin objects changes (also when a name is reused for another object)."""
+    names = tuple(plugin_names())
+    return _changes, names
 
 
 def plugin_names() -> list[str]:

@@ -178,13 +178,13 @@ class Registry:
         return grouped
 
 
-_cache: tuple[tuple[str, ...], Registry] | None = None
+_cache: tuple[tuple[int, tuple[str, ...]], Registry] | None = None
 
 
 def get_registry() -> Registry:
     """The registry for the plugins loaded now (rebuilt when plugins are registered or removed)."""
     global _cache
-    key = tuple(plugins.plugin_names())
+    key = plugins.registration_state()
     if _cache is None or _cache[0] != key:
         _cache = (key, Registry())
     return _cache[1]

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
-
 import pytest
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-# the encoder feature cache of training runs: never the user's own ~/.cache during tests
-os.environ.setdefault("MMLLM_CACHE", tempfile.mkdtemp(prefix="mmllm-test-cache-"))
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-# dtype: auto means bfloat16 on CPUs with native bf16; tests compare exact float32 results on every machine
-os.environ.setdefault("MMLLM_AUTO_DTYPE", "float32")
+from mmllm_sdk.testing import configure_test_environment
+
+# offline, a temporary MMLLM_CACHE, float32 for dtype: auto
+configure_test_environment()
 
 
 @pytest.fixture(scope="session")

@@ -68,6 +68,20 @@ def test_an_in_test_plugin_is_used_and_then_gone_once_unregistered(plugin, image
     register_plugin(ProjectorPlugin(), "scaled-plugin")  # so the fixture's cleanup finds it
 
 
+def test_a_name_registered_again_with_another_object_gives_the_new_components(plugin):
+    class Other:
+        @hookimpl
+        def register_projectors(self, register):
+            register("other-linear", LinearProjector)
+
+    plugin(ProjectorPlugin(), "reused-name")
+    assert "scaled-linear" in {p["name"] for p in list_components()["projectors"]}
+    unregister_plugin("reused-name")
+    register_plugin(Other(), "reused-name")  # the fixture removes it
+    names = {p["name"] for p in list_components()["projectors"]}
+    assert "other-linear" in names and "scaled-linear" not in names
+
+
 def test_a_duplicate_name_names_both_plugins(plugin):
     class Clash:
         @hookimpl

@@ -24,6 +24,20 @@ Numbers 0 1 2 3 4 5 6 7 8 9 10 100 1000, punctuation . , ; : ! ? ( ) [ ] { } " '
 """
 
 
+def configure_test_environment() -> None:
+    """Set the environment a test session of the SDK or of a plugin runs in (call it at the top of ``conftest.py``).
+
+    Only variables that are not set already: ``HF_HUB_OFFLINE=1`` (nothing reaches a hub),
+    ``MMLLM_CACHE`` a new temporary folder (never the user's ``~/.cache``),
+    ``TOKENIZERS_PARALLELISM=false`` and ``MMLLM_AUTO_DTYPE=float32`` (``dtype: auto`` would pick
+    bfloat16 on CPUs with native bf16; tests compare float32 results on every machine).
+    """
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("MMLLM_CACHE", tempfile.mkdtemp(prefix="mmllm-test-cache-"))
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("MMLLM_AUTO_DTYPE", "float32")
+
+
 def tiny_tokenizer(directory: str | os.PathLike[str] | None = None, vocab_size: int = 400) -> str:
     """A real byte-level BPE tokenizer with a ChatML chat template, saved as a folder; returns its path.
 

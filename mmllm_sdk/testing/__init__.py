@@ -1,0 +1,41 @@
+"""Testing helpers: tiny offline configs, and the conformance kit a plugin's tests call."""
+
+from __future__ import annotations
+
+from mmllm_sdk.testing.conformance import (
+    ConformanceError,
+    check_discovered,
+    check_encoder,
+    check_generator,
+    check_modality,
+    check_projector,
+)
+from mmllm_sdk.testing.tiny import (
+    CHATML_TEMPLATE,
+    configure_test_environment,
+    tiny_clip_vision_config,
+    tiny_gguf,
+    tiny_llm_config,
+    tiny_siglip_vision_config,
+    tiny_spec,
+    tiny_tokenizer,
+    tiny_whisper_config,
+)
+
+__all__ = [
+    "CHATML_TEMPLATE",
+    "ConformanceError",
+    "check_discovered",
+    "check_encoder",
+    "check_generator",
+    "check_modality",
+    "check_projector",
+    "configure_test_environment",
+    "tiny_clip_vision_config",
+    "tiny_gguf",
+    "tiny_llm_config",
+    "tiny_siglip_vision_config",
+    "tiny_spec",
+    "tiny_tokenizer",
+    "tiny_whisper_config",
+]
