@@ -141,6 +141,11 @@ def test_heads_not_dividing_hidden_dim_is_a_dimension_error_naming_both(cls):
         build(cls, hidden_dim=30, num_heads=8)
 
 
+def test_pool_takes_16_tokens_by_default_or_all_of_a_shorter_sequence():
+    assert PoolProjector(in_dim=D_IN, out_dim=D_LLM, num_input_tokens=64, params={}).num_tokens == 16
+    assert PoolProjector(in_dim=D_IN, out_dim=D_LLM, num_input_tokens=8, params={}).num_tokens == 8
+
+
 def test_pool_avg_over_sequence_is_mean_of_consecutive_chunks():
     pool = build(PoolProjector, num_tokens=4)
     features = torch.randn(2, N, D_IN)

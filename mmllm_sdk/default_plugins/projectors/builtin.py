@@ -197,6 +197,9 @@ class ResamplerProjector(LearnedQueryProjector):
 # pool ----------------------------------------------------------------------------------------
 
 
+DEFAULT_POOLED_TOKENS = 16  # pool's K when the spec gives none (fewer when the encoder has fewer tokens)
+
+
 class PoolProjector(BuiltinProjector):
     """Token compression: pool N tokens down to K (1-D over the sequence or 2-D over a square grid),
     then LLaVA's ``mlp`` to the LLM width. M = K.
@@ -211,7 +214,7 @@ class PoolProjector(BuiltinProjector):
     name = "pool"
 
     class Params(MLPProjector.Params):  # num_layers and hidden_dim configure each mlp after pooling
-        num_tokens: int = Field(16, ge=1)  # K, at most N
+        num_tokens: int | None = Field(None, ge=1)  # K, at most N; default: 16, or N when the encoder gives fewer
         mode: Literal["avg", "max"] = "avg"
         layout: Literal["sequence", "grid"] = "sequence"  # grid: N and K are perfect squares
         # channel widths of the feature groups, in the encoder's order, adding up to in_dim; None: one group
@@ -221,6 +224,8 @@ class PoolProjector(BuiltinProjector):
     def __init__(self, in_dim: int, out_dim: int, num_input_tokens: int, params: dict[str, Any] | None = None) -> None:
         super().__init__(in_dim, out_dim, num_input_tokens, params)
         p = self.params
+        if p.num_tokens is None:
+            p.num_tokens = min(DEFAULT_POOLED_TOKENS, num_input_tokens)
         if p.num_tokens > num_input_tokens:
             raise self.dimension_error(
                 f"num_tokens {p.num_tokens} is more than the {num_input_tokens} input tokens; "
