@@ -1,4 +1,4 @@
-"""The ``mmllm`` command line: plugins, validate, chat, train, demo, export."""
+"""The ``mmllm`` command line: plugins, validate, chat, train, demo, new-plugin, export."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mmllm_sdk.errors import MMLLMError
+from mmllm_sdk.errors import MMLLMError, SpecError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,6 +104,27 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--output-dir", default="mmllm-demo", help="where data and checkpoints go (default ./mmllm-demo)")
     demo.add_argument("--seed", type=int, default=0, help="seed of the generated data and of training (default 0)")
     demo.set_defaults(run=cmd_demo)
+
+    new_plugin = commands.add_parser(
+        "new-plugin",
+        help="start a new modality plugin package from the SDK's cookiecutter template",
+        description="Render the cookiecutter template into a new package, mmllm-NAME: a modality with "
+        "loaders, an encoder, an example dataset, tests on the conformance kit, a README and a CI file. "
+        "It installs with pip and its tests pass as generated.",
+    )
+    new_plugin.add_argument("name", metavar="NAME", help="the modality, e.g. thermal (or mmllm-thermal)")
+    new_plugin.add_argument(
+        "--no-input", action="store_true", help="take the defaults for everything else instead of asking"
+    )
+    new_plugin.add_argument("--output-dir", default=".", help="where the package folder is created (default .)")
+    new_plugin.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="set a template variable, e.g. --set channels=12 (repeatable; see the template's cookiecutter.json)",
+    )
+    new_plugin.set_defaults(run=cmd_new_plugin)
 
     export = commands.add_parser(
         "export",
@@ -262,6 +283,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from mmllm_sdk.demo import run_demo
 
     run_demo(args.output_dir, quick=args.quick, seed=args.seed)
+    return 0
+
+
+def cmd_new_plugin(args: argparse.Namespace) -> int:
+    from mmllm_sdk.scaffold import new_plugin
+
+    context = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SpecError(f"--set {item!r} must look like KEY=VALUE, e.g. --set channels=12.")
+        context[key] = value
+    folder = new_plugin(args.name, args.output_dir, no_input=args.no_input, context=context)
+    print(f"Created {folder}. Next: pip install -e {folder}, then mmllm plugins, then cd {folder} && python -m pytest")
     return 0
 
 

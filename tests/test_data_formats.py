@@ -357,7 +357,7 @@ MALFORMED = {
     ),
     "caption without a modality key": (
         {"text": "A cat."},
-        r"A caption record pairs 'text' with exactly one modality key \(image, audio, video\).* this one has none",
+        r"A caption record pairs 'text' with exactly one modality key \(image, audio, video[^)]*\).* this one has none",
     ),
     "caption with several modality keys": (
         {"image": "gradient.png", "audio": "tone.wav", "text": "A cat."},

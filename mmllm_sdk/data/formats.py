@@ -84,6 +84,28 @@ class DataReport:
         return text
 
 
+def caption_example(modality: str, path: str | os.PathLike[str], caption: str, source: str) -> dict[str, Any]:
+    """A PT example in the SDK's message format: a user turn holding one file of ``modality``, then its caption.
+
+    What a data source (``register_datasets``) returns for X-text pairs, as the ``captions``
+    record format reads ``{"image": "a.png", "text": "a caption"}``.
+    """
+    return {
+        "messages": [
+            {"role": "user", "content": [{"type": modality, "path": str(path)}]},
+            {"role": ANSWER_ROLE, "content": [_text(caption)]},
+        ],
+        "source": source,
+    }
+
+
+def caption_report(examples: Sequence[dict[str, Any]], folder: str | os.PathLike[str]) -> DataReport:
+    """Examples made by :func:`caption_example` from the files in ``folder``, as a data source's DataReport."""
+    return DataReport(
+        examples=list(examples), skipped=[], kind=CONVERSATION, files=[str(folder)], formats={"messages": len(examples)}
+    )
+
+
 def read_examples(
     paths: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     *,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from mmllm_sdk.testing.conformance import (
     ConformanceError,
+    caption_loss,
     check_discovered,
     check_encoder,
     check_generator,
@@ -25,6 +26,7 @@ from mmllm_sdk.testing.tiny import (
 __all__ = [
     "CHATML_TEMPLATE",
     "ConformanceError",
+    "caption_loss",
     "check_discovered",
     "check_encoder",
     "check_generator",

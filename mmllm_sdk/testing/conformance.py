@@ -335,6 +335,22 @@ def _plain(item: Any) -> Any:
     return item
 
 
+# training --------------------------------------------------------------------------------------------------
+
+
+def caption_loss(model: Any, examples: Sequence[Mapping[str, Any]]) -> float:
+    """The model's loss on the answers of ``examples`` (``{"messages": …}`` dicts or bare conversations), in eval
+    mode without gradients: compare it before and after a PT run to see that the run aligned something."""
+    conversations = [e["messages"] if isinstance(e, Mapping) else e for e in examples]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return model(**model.processor(conversations), supervised_only=True).loss.item()
+    finally:
+        model.train(was_training)
+
+
 # discovery -------------------------------------------------------------------------------------------------
 
 

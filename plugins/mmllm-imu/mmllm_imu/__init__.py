@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from mmllm_imu.modality import CHANNELS, IMU, load_imu, to_imu
 from mmllm_sdk import hookimpl
 from mmllm_sdk.plugins import Lazy
+
+from mmllm_imu.modality import CHANNELS, IMU, load_imu, to_imu
 
 __all__ = ["CHANNELS", "IMU", "load_imu", "to_imu"]
 

@@ -7,12 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from mmllm_sdk.data.formats import DataReport, caption_example, caption_report
+from mmllm_sdk.validation import StrictModel, validate
 from pydantic import Field
 
 from mmllm_imu.encoder import GRAVITY
 from mmllm_imu.modality import COLUMNS
-from mmllm_sdk.data.formats import CONVERSATION, DataReport
-from mmllm_sdk.validation import StrictModel, validate
 
 DATASET = "imu-synthetic"
 # activity -> (step frequency in Hz, vertical acceleration amplitude in m/s², turn rate about z in rad/s)
@@ -61,19 +61,8 @@ def build_imu_dataset(params: dict[str, Any]) -> DataReport:
         values = recording(activity, rng, p.sample_rate, p.seconds)
         lines = [",".join(COLUMNS), *(",".join(f"{v:.5f}" for v in row) for row in values)]
         path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        caption = f"The wearer is {activity}."
-        examples.append(
-            {
-                "messages": [
-                    {"role": "user", "content": [{"type": "imu", "path": str(path)}]},
-                    {"role": "assistant", "content": [{"type": "text", "text": caption}]},
-                ],
-                "source": f"{DATASET}:{index}",
-            }
-        )
-    return DataReport(
-        examples=examples, skipped=[], kind=CONVERSATION, files=[str(out_dir)], formats={"messages": len(examples)}
-    )
+        examples.append(caption_example("imu", path, f"The wearer is {activity}.", f"{DATASET}:{index}"))
+    return caption_report(examples, out_dir)
 
 
 build_imu_dataset.Params = IMUSyntheticParams  # type: ignore[attr-defined]

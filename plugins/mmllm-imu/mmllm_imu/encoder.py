@@ -6,13 +6,13 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
+from mmllm_sdk.components import ModalityEncoder
+from mmllm_sdk.errors import DimensionError, InputError
+from mmllm_sdk.validation import StrictModel, validate
 from pydantic import Field
 from torch import nn
 
 from mmllm_imu.modality import CHANNELS, to_imu
-from mmllm_sdk.components import ModalityEncoder
-from mmllm_sdk.errors import DimensionError, InputError
-from mmllm_sdk.validation import StrictModel, validate
 
 GRAVITY = 9.80665  # m/s² in one g
 DEGREE = np.pi / 180  # rad in one degree
@@ -49,9 +49,9 @@ def resample(values: np.ndarray, from_rate: float, to_rate: float) -> np.ndarray
     count = int(np.floor((len(values) - 1) / ratio + 1e-9)) + 1
     source_times = np.arange(len(values)) / from_rate
     target_times = np.arange(count) / to_rate
-    return np.stack([np.interp(target_times, source_times, values[:, c]) for c in range(values.shape[1])], axis=1).astype(
-        np.float32
-    )
+    return np.stack(
+        [np.interp(target_times, source_times, values[:, c]) for c in range(values.shape[1])], axis=1
+    ).astype(np.float32)
 
 
 class IMUPatchEncoder(ModalityEncoder):
@@ -86,8 +86,12 @@ class IMUPatchEncoder(ModalityEncoder):
         )
         self.transformer = nn.TransformerEncoder(layer, p.layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(p.dim)
-        scale = np.array([1 / GRAVITY if p.accel_unit == "m/s2" else 1.0] * 3 + [DEGREE if p.gyro_unit == "deg/s" else 1.0] * 3)
-        self.unit_scale = scale.astype(np.float32)  # per channel: file units -> g and rad/s (numpy: no device to follow)
+        scale = np.array(
+            [1 / GRAVITY if p.accel_unit == "m/s2" else 1.0] * 3 + [DEGREE if p.gyro_unit == "deg/s" else 1.0] * 3
+        )
+        self.unit_scale = scale.astype(
+            np.float32
+        )  # per channel: file units -> g and rad/s (numpy: no device to follow)
 
     def preprocess(self, items: list[Any]) -> dict[str, torch.Tensor]:
         p = self.params

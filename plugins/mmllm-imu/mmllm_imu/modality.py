@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from mmllm_sdk.components import ModalitySpec
 from mmllm_sdk.errors import InputError
 

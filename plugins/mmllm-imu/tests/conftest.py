@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from mmllm_sdk.testing import configure_test_environment
 
 configure_test_environment()  # offline, a temporary MMLLM_CACHE, float32 for dtype: auto
@@ -46,7 +45,10 @@ def imu_spec(tokenizer_dir):
 
     def make(projector="mlp", **encoder_params):
         return {
-            "llm": {"name": "hf-causal-lm", "params": {"config": tiny_llm_config(initializer_range=0.2), "tokenizer": str(tokenizer_dir)}},
+            "llm": {
+                "name": "hf-causal-lm",
+                "params": {"config": tiny_llm_config(initializer_range=0.2), "tokenizer": str(tokenizer_dir)},
+            },
             "inputs": {
                 "imu": {
                     "encoder": {"name": "imu-patch", "params": {**TINY_IMU, **encoder_params}, "trainable": True},

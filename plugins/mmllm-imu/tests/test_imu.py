@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
+import mmllm_sdk
 import numpy as np
 import pytest
 import torch
 from conftest import TINY_IMU
+from mmllm_sdk.errors import DimensionError, InputError, SpecError
+from mmllm_sdk.testing import caption_loss, check_discovered, check_encoder, check_modality
+
 from mmllm_imu import load_imu
 from mmllm_imu.dataset import build_imu_dataset
 from mmllm_imu.encoder import IMUPatchEncoder, resample
-
-import mmllm_sdk
-from mmllm_sdk.errors import DimensionError, InputError, SpecError
-from mmllm_sdk.testing import check_discovered, check_encoder, check_modality
 
 
 def test_the_plugin_is_discovered_through_its_entry_point():
@@ -74,7 +74,9 @@ def test_recordings_are_resampled_to_the_encoder_rate_and_padded_with_a_mask(wal
     encoder = IMUPatchEncoder(TINY_IMU)  # 100 Hz files, read at 50 Hz, window 64
     batch = encoder.preprocess([walk])
     assert batch["imu_values"].shape == (1, 64, 6)
-    assert batch["imu_mask"].tolist() == [[True] * 8]  # 120 samples at 100 Hz -> 60 at 50 Hz: 8 patches, the last partial
+    assert batch["imu_mask"].tolist() == [
+        [True] * 8
+    ]  # 120 samples at 100 Hz -> 60 at 50 Hz: 8 patches, the last partial
     az = batch["imu_values"][0, :60, 2]
     assert az.mean().item() == pytest.approx(1.0, abs=0.05)  # m/s² read as g: gravity is 1
     assert torch.all(batch["imu_values"][0, 60:] == 0)
@@ -107,17 +109,14 @@ def test_sizes_that_do_not_fit_are_refused_before_any_weight_loads(imu_spec):
 def test_imu_works_with_every_builtin_projector(imu_spec, projector, walk):
     model = mmllm_sdk.build_model(imu_spec(projector), progress=False)
     conversation = [
-        {"role": "user", "content": [{"type": "imu", "imu": walk}, {"type": "text", "text": "What is the wearer doing?"}]},
+        {
+            "role": "user",
+            "content": [{"type": "imu", "imu": walk}, {"type": "text", "text": "What is the wearer doing?"}],
+        },
         {"role": "assistant", "content": "Walking."},
     ]
     loss = model(**model.processor([conversation])).loss
     assert torch.isfinite(loss)
-
-
-def caption_loss(model, examples):
-    model.eval()
-    with torch.no_grad():
-        return model(**model.processor([e["messages"] for e in examples]), supervised_only=True).loss.item()
 
 
 def test_pt_on_the_synthetic_activities_lowers_the_caption_loss(tmp_path, imu_spec):

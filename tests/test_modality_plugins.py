@@ -1,0 +1,146 @@
+"""The repository's three modality plugins, installed as a user installs them, behind one LLM with images."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import mmllm_sdk
+from mmllm_sdk.registry import get_registry
+from mmllm_sdk.testing import caption_loss, check_discovered, tiny_clip_vision_config, tiny_llm_config
+
+PLUGINS = {  # entry point -> (distribution, what it registers)
+    "depth": (
+        "mmllm-depth",
+        {"modalities": ["depth"], "encoders": ["depth/depth-vit"], "datasets": ["depth-synthetic"]},
+    ),
+    "imu": ("mmllm-imu", {"modalities": ["imu"], "encoders": ["imu/imu-patch"], "datasets": ["imu-synthetic"]}),
+    "pointcloud": (
+        "mmllm-pointcloud",
+        {"modalities": ["pointcloud"], "encoders": ["pointcloud/point-bert"], "datasets": ["pointcloud-synthetic"]},
+    ),
+}
+ENCODERS = {  # modality -> (encoder spec, its data source and params)
+    "image": (
+        {"name": "hf-clip-vision", "params": {"config": tiny_clip_vision_config()}},
+        ("synthetic-shapes", {"task": "captions", "image_size": 32}),
+    ),
+    "depth": (
+        {"name": "depth-vit", "params": {"config": tiny_clip_vision_config()}},
+        ("depth-synthetic", {"size": 32}),
+    ),
+    "imu": (
+        {"name": "imu-patch", "params": {"sample_rate": 100, "window": 128, "dim": 32, "layers": 1}, "trainable": True},
+        ("imu-synthetic", {"sample_rate": 100}),
+    ),
+    "pointcloud": (
+        {
+            "name": "point-bert",
+            "params": {"num_groups": 8, "group_size": 8, "dim": 32, "layers": 1, "use_rgb": True},
+            "trainable": True,
+        },
+        ("pointcloud-synthetic", {"num_points": 64}),
+    ),
+}
+NUM_EXAMPLES = 8
+
+
+@pytest.mark.parametrize("name", sorted(PLUGINS))
+def test_each_plugin_is_installed_and_discovered_through_its_entry_point(name):
+    distribution, registers = PLUGINS[name]
+    row = check_discovered(name, distribution=distribution, registers=registers)
+    assert row["version"] == "0.1.0"
+
+
+@pytest.fixture
+def four_modality_spec(tokenizer_dir):
+    return {
+        "llm": {
+            "name": "hf-causal-lm",
+            "params": {"config": tiny_llm_config(initializer_range=0.2), "tokenizer": tokenizer_dir},
+        },
+        "inputs": {m: {"encoder": encoder, "projector": {"name": "mlp"}} for m, (encoder, _) in ENCODERS.items()},
+    }
+
+
+@pytest.fixture
+def four_modality_captions(tmp_path):
+    """Examples whose user turn holds an image, a depth map, an IMU recording and a point cloud; the answer
+    is the four captions, each data source's own."""
+    registry = get_registry()
+    reports = {
+        modality: registry.get("datasets", source).build(
+            {**params, "out_dir": str(tmp_path / modality), "num_examples": NUM_EXAMPLES}
+        )
+        for modality, (_, (source, params)) in ENCODERS.items()
+    }
+    examples = []
+    for index in range(NUM_EXAMPLES):
+        parts, captions = [], []
+        for report in reports.values():
+            user, answer = report.examples[index]["messages"]
+            parts += [part for part in user["content"] if part["type"] != "text"]
+            captions.append(answer["content"][0]["text"])
+        examples.append(
+            {
+                "messages": [
+                    {"role": "user", "content": [*parts, {"type": "text", "text": "Describe the inputs."}]},
+                    {"role": "assistant", "content": " ".join(captions)},
+                ]
+            }
+        )
+    path = tmp_path / "four.jsonl"
+    path.write_text("".join(json.dumps(e) + "\n" for e in examples))
+    return path, examples
+
+
+def test_image_depth_imu_and_pointcloud_inputs_run_forward_behind_one_llm(four_modality_spec, four_modality_captions):
+    model = mmllm_sdk.build_model(four_modality_spec, progress=False)
+    assert {path: model.sources[path].plugin for path in model.sources if path.endswith("encoder")} == {
+        "inputs.image.encoder": "mmllm_sdk.default_plugins.encoders",
+        "inputs.depth.encoder": "depth",
+        "inputs.imu.encoder": "imu",
+        "inputs.pointcloud.encoder": "pointcloud",
+    }
+    _, examples = four_modality_captions
+    batch = model.processor([e["messages"] for e in examples[:2]])
+    placeholders = {m: (batch["input_ids"] == model.placeholder_ids[m]).sum().item() for m in ENCODERS}
+    tokens = {m: 2 * model.input_projectors[m].num_tokens for m in ENCODERS}
+    assert placeholders == tokens  # every item expanded to its projector's token count
+    output = model(**batch)
+    assert torch.isfinite(output.loss)
+
+
+def test_pt_on_the_four_modalities_lowers_the_caption_loss(tmp_path, four_modality_spec, four_modality_captions):
+    path, examples = four_modality_captions
+    recipe = {
+        "recipe": "pt",
+        "model": four_modality_spec,
+        "data": {"train": str(path)},
+        "trainable": ["inputs.*.projector", "inputs.imu.encoder", "inputs.pointcloud.encoder"],
+        "training": {
+            "output_dir": str(tmp_path / "run"),
+            "per_device_train_batch_size": 4,
+            "learning_rate": 3e-2,
+            "max_steps": 16,
+            "save_strategy": "no",
+            "seed": 0,
+            "use_cpu": True,
+        },
+    }
+    result = mmllm_sdk.train(recipe)
+    before = caption_loss(mmllm_sdk.build_model(four_modality_spec, progress=False), examples)
+    after = caption_loss(result.model, examples)
+    assert after < before - 0.5
+    saved = json.loads((tmp_path / "run" / "mmllm.json").read_text())
+    encoders = {path: c["distribution"] for path, c in saved["components"].items() if path.endswith(".encoder")}
+    assert encoders == {
+        "inputs.image.encoder": "mmllm-sdk",
+        "inputs.depth.encoder": "mmllm-depth",
+        "inputs.imu.encoder": "mmllm-imu",
+        "inputs.pointcloud.encoder": "mmllm-pointcloud",
+    }
+    reloaded = mmllm_sdk.MMLLM.from_pretrained(tmp_path / "run")  # the plugins' trained encoders come back too
+    assert caption_loss(reloaded, examples) == pytest.approx(after, abs=1e-5)
