@@ -23,8 +23,10 @@ from mmllm_sdk.testing import (
     check_generator,
     check_modality,
     check_projector,
+    check_pt,
     tiny_clip_vision_config,
     tiny_siglip_vision_config,
+    tiny_spec,
     tiny_whisper_config,
 )
 
@@ -268,3 +270,25 @@ def test_a_plugin_that_is_not_installed_is_not_discovered():
         ConformanceError, match=r"plugin 'mmllm-nowhere' is not among the plugins 'mmllm plugins' finds"
     ):
         check_discovered("mmllm-nowhere")
+
+
+# check_pt -------------------------------------------------------------------------------------------------
+
+SHAPES = {"dataset": "synthetic-shapes", "params": {"task": "captions", "num_examples": 8, "image_size": 32}}
+
+
+def test_check_pt_passes_when_a_short_pt_run_lowers_the_caption_loss(tmp_path, tokenizer_dir):
+    spec = tiny_spec(tokenizer_dir, initializer_range=0.2)
+    data = {**SHAPES, "params": {**SHAPES["params"], "out_dir": str(tmp_path / "shapes")}}
+    check = check_pt(spec, data, tmp_path / "run")
+    assert check.loss_after <= check.loss_before - 0.5
+    assert {n.split(".")[0] for n, p in check.result.model.named_parameters() if p.requires_grad} == {
+        "input_projectors"
+    }
+
+
+def test_check_pt_fails_when_the_loss_barely_moves(tmp_path, tokenizer_dir):
+    spec = tiny_spec(tokenizer_dir)  # initializer_range 0.02: nearly uniform logits that no soft prompt moves far
+    data = {**SHAPES, "params": {**SHAPES["params"], "out_dir": str(tmp_path / "shapes")}}
+    with pytest.raises(ConformanceError, match=r"PT lowered the caption loss from \S+ to \S+, by less than 0.5"):
+        check_pt(spec, data, tmp_path / "run", steps=4)

@@ -9,7 +9,7 @@ import torch
 
 import mmllm_sdk
 from mmllm_sdk.registry import get_registry
-from mmllm_sdk.testing import caption_loss, check_discovered, tiny_clip_vision_config, tiny_llm_config
+from mmllm_sdk.testing import caption_loss, check_discovered, check_pt, tiny_clip_vision_config, tiny_spec
 
 PLUGINS = {  # entry point -> (distribution, what it registers)
     "depth": (
@@ -56,13 +56,8 @@ def test_each_plugin_is_installed_and_discovered_through_its_entry_point(name):
 
 @pytest.fixture
 def four_modality_spec(tokenizer_dir):
-    return {
-        "llm": {
-            "name": "hf-causal-lm",
-            "params": {"config": tiny_llm_config(initializer_range=0.2), "tokenizer": tokenizer_dir},
-        },
-        "inputs": {m: {"encoder": encoder, "projector": {"name": "mlp"}} for m, (encoder, _) in ENCODERS.items()},
-    }
+    encoders = {modality: encoder for modality, (encoder, _) in ENCODERS.items()}
+    return tiny_spec(tokenizer_dir, encoders=encoders, initializer_range=0.2)
 
 
 @pytest.fixture
@@ -115,25 +110,8 @@ def test_image_depth_imu_and_pointcloud_inputs_run_forward_behind_one_llm(four_m
 
 def test_pt_on_the_four_modalities_lowers_the_caption_loss(tmp_path, four_modality_spec, four_modality_captions):
     path, examples = four_modality_captions
-    recipe = {
-        "recipe": "pt",
-        "model": four_modality_spec,
-        "data": {"train": str(path)},
-        "trainable": ["inputs.*.projector", "inputs.imu.encoder", "inputs.pointcloud.encoder"],
-        "training": {
-            "output_dir": str(tmp_path / "run"),
-            "per_device_train_batch_size": 4,
-            "learning_rate": 3e-2,
-            "max_steps": 16,
-            "save_strategy": "no",
-            "seed": 0,
-            "use_cpu": True,
-        },
-    }
-    result = mmllm_sdk.train(recipe)
-    before = caption_loss(mmllm_sdk.build_model(four_modality_spec, progress=False), examples)
-    after = caption_loss(result.model, examples)
-    assert after < before - 0.5
+    trainable = ["inputs.*.projector", "inputs.imu.encoder", "inputs.pointcloud.encoder"]  # the random encoders
+    check = check_pt(four_modality_spec, path, tmp_path / "run", trainable=trainable, steps=16)
     saved = json.loads((tmp_path / "run" / "mmllm.json").read_text())
     encoders = {path: c["distribution"] for path, c in saved["components"].items() if path.endswith(".encoder")}
     assert encoders == {
@@ -143,4 +121,4 @@ def test_pt_on_the_four_modalities_lowers_the_caption_loss(tmp_path, four_modali
         "inputs.pointcloud.encoder": "mmllm-pointcloud",
     }
     reloaded = mmllm_sdk.MMLLM.from_pretrained(tmp_path / "run")  # the plugins' trained encoders come back too
-    assert caption_loss(reloaded, examples) == pytest.approx(after, abs=1e-5)
+    assert caption_loss(reloaded, examples) == pytest.approx(check.loss_after, abs=1e-5)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from mmllm_sdk.testing.conformance import (
     ConformanceError,
+    PTCheck,
     caption_loss,
     check_discovered,
     check_encoder,
     check_generator,
     check_modality,
     check_projector,
+    check_pt,
 )
 from mmllm_sdk.testing.tiny import (
     CHATML_TEMPLATE,
@@ -26,12 +28,14 @@ from mmllm_sdk.testing.tiny import (
 __all__ = [
     "CHATML_TEMPLATE",
     "ConformanceError",
+    "PTCheck",
     "caption_loss",
     "check_discovered",
     "check_encoder",
     "check_generator",
     "check_modality",
     "check_projector",
+    "check_pt",
     "configure_test_environment",
     "tiny_clip_vision_config",
     "tiny_gguf",

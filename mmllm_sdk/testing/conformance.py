@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -349,6 +350,82 @@ def caption_loss(model: Any, examples: Sequence[Mapping[str, Any]]) -> float:
             return model(**model.processor(conversations), supervised_only=True).loss.item()
     finally:
         model.train(was_training)
+
+
+@dataclass(frozen=True)
+class PTCheck:
+    """What :func:`check_pt` measured: the run, and the caption loss before and after it."""
+
+    result: Any  # the TrainResult: .model, .output_dir, .metrics
+    loss_before: float
+    loss_after: float
+
+
+def check_pt(
+    model_spec: dict[str, Any],
+    data: str | os.PathLike[str] | Mapping[str, Any],
+    output_dir: str | os.PathLike[str],
+    *,
+    trainable: Sequence[str] | None = None,
+    steps: int = 24,
+    learning_rate: float = 3e-2,
+    batch_size: int = 4,
+    min_drop: float = 0.5,
+) -> PTCheck:
+    """Check that a short run of the ``pt`` recipe aligns a model: it lowers the caption loss by ``min_drop``.
+
+    ``data`` is a data file or a registered data source (``{"dataset": name, "params": {…}}``);
+    ``trainable`` the recipe's trainable components (default: the recipe's, the projectors).
+    Besides the loss, every tensor outside the trained components must come out of the run
+    unchanged (a frozen encoder or LLM that moved is a defect). Use a tiny LLM with sharp
+    logits, ``tiny_spec(..., initializer_range=0.2)``: the default one's loss barely moves.
+    """
+    from mmllm_sdk.model.modeling import build_model
+    from mmllm_sdk.training.run import train
+
+    recipe: dict[str, Any] = {
+        "recipe": "pt",
+        "model": model_spec,
+        "data": {"train": dict(data) if isinstance(data, Mapping) else str(data)},
+        "training": {
+            "output_dir": str(output_dir),
+            "per_device_train_batch_size": batch_size,
+            "learning_rate": learning_rate,
+            "max_steps": steps,
+            "save_strategy": "no",
+            "report_to": "none",
+            "seed": 0,
+            "use_cpu": True,
+        },
+    }
+    if trainable is not None:
+        recipe["trainable"] = list(trainable)
+    result = train(recipe)
+    if isinstance(data, Mapping):
+        entry = get_registry().get("datasets", data["dataset"])
+        examples = entry.build(dict(data.get("params", {}))).examples  # a data source gives the same examples again
+    else:
+        from mmllm_sdk.data.formats import read_examples
+
+        examples = read_examples(data).examples
+    start = build_model(model_spec, progress=False)
+    before, after = caption_loss(start, examples), caption_loss(result.model, examples)
+    if not after <= before - min_drop:
+        raise ConformanceError(
+            f"PT lowered the caption loss from {before:.4f} to {after:.4f}, by less than {min_drop}; check that the "
+            "encoder's features depend on its input and that gradients reach the trained components (a random LLM "
+            "needs initializer_range=0.2 to respond)."
+        )
+    trained = {name for name, p in result.model.named_parameters() if p.requires_grad}
+    initial = dict(start.named_parameters())
+    moved = [
+        name
+        for name, p in result.model.named_parameters()
+        if name not in trained and name in initial and not torch.equal(p.detach(), initial[name].detach())
+    ]
+    if moved:
+        raise ConformanceError(f"PT changed frozen tensors: {', '.join(moved[:5])}; frozen components must not train.")
+    return PTCheck(result, before, after)
 
 
 # discovery -------------------------------------------------------------------------------------------------

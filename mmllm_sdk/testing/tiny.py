@@ -143,9 +143,22 @@ def tiny_whisper_config() -> dict[str, Any]:
     }
 
 
-def tiny_spec(tokenizer_dir: str, inputs: tuple[str, ...] = ("image",), projector: str = "mlp") -> dict[str, Any]:
-    """A model spec (as a dict) with tiny random components for the given input modalities."""
-    encoders = {
+def tiny_spec(
+    tokenizer_dir: str,
+    inputs: tuple[str, ...] | None = None,
+    projector: str = "mlp",
+    *,
+    encoders: dict[str, dict[str, Any]] | None = None,
+    initializer_range: float = 0.02,
+) -> dict[str, Any]:
+    """A model spec (as a dict) with tiny random components for the given input modalities.
+
+    The built-in modalities (image, audio, video) get tiny built-in encoders; ``encoders``
+    adds or replaces encoder entries (``{"imu": {"name": "imu-patch", "params": {…}}}``), as a
+    plugin's tests do. ``inputs`` defaults to ``("image",)``, or to the keys of ``encoders``.
+    ``initializer_range`` is the random LLM's (see :func:`tiny_llm_config`).
+    """
+    builtin = {
         "image": {"name": "hf-clip-vision", "params": {"config": tiny_clip_vision_config()}},
         "audio": {"name": "hf-whisper-encoder", "params": {"config": tiny_whisper_config()}},
         "video": {
@@ -156,9 +169,13 @@ def tiny_spec(tokenizer_dir: str, inputs: tuple[str, ...] = ("image",), projecto
             },
         },
     }
+    chosen = {**builtin, **(encoders or {})}
+    if inputs is None:
+        inputs = tuple(encoders) if encoders else ("image",)
+    llm_config = tiny_llm_config(initializer_range=initializer_range)
     return {
-        "llm": {"name": "hf-causal-lm", "params": {"config": tiny_llm_config(), "tokenizer": tokenizer_dir}},
-        "inputs": {m: {"encoder": encoders[m], "projector": {"name": projector}} for m in inputs},
+        "llm": {"name": "hf-causal-lm", "params": {"config": llm_config, "tokenizer": str(tokenizer_dir)}},
+        "inputs": {m: {"encoder": chosen[m], "projector": {"name": projector}} for m in inputs},
     }
 
 

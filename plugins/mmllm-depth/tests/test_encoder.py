@@ -6,7 +6,7 @@ import torch
 from mmllm_sdk import build_model
 from mmllm_sdk.components.hf import skeleton_mode
 from mmllm_sdk.errors import InputError, SpecError
-from mmllm_sdk.testing import check_encoder, tiny_llm_config
+from mmllm_sdk.testing import check_encoder, tiny_spec
 from samples import TINY_VISION, save_png16, scene_millimetres, tiny_encoder_params
 
 from mmllm_depth import DEPTH, DepthMap
@@ -109,15 +109,8 @@ def test_a_config_with_three_channels_is_a_spec_error():
 
 
 def test_a_spec_with_unknown_units_fails_validation_with_its_path(tokenizer_dir):
-    spec = {
-        "llm": {"name": "hf-causal-lm", "params": {"config": tiny_llm_config(), "tokenizer": tokenizer_dir}},
-        "inputs": {
-            "depth": {
-                "encoder": {"name": "depth-vit", "params": tiny_encoder_params(units="cm")},
-                "projector": {"name": "mlp"},
-            }
-        },
-    }
+    encoder = {"name": "depth-vit", "params": tiny_encoder_params(units="cm")}
+    spec = tiny_spec(tokenizer_dir, encoders={"depth": encoder})
     with pytest.raises(SpecError, match=r"inputs\.depth\.encoder\.params\.units"):
         build_model(spec, skeleton=True, progress=False)
 

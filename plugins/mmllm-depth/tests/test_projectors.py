@@ -4,21 +4,14 @@ import math
 
 import pytest
 from mmllm_sdk import build_model
-from mmllm_sdk.testing import tiny_llm_config
+from mmllm_sdk.testing import tiny_spec
 from samples import tiny_encoder_params
 
 
 @pytest.mark.parametrize("projector", ["linear", "mlp", "qformer", "resampler", "pool"])
 def test_depth_vit_works_with_every_builtin_projector(tokenizer_dir, depth_files, projector):
-    spec = {
-        "llm": {"name": "hf-causal-lm", "params": {"config": tiny_llm_config(), "tokenizer": tokenizer_dir}},
-        "inputs": {
-            "depth": {
-                "encoder": {"name": "depth-vit", "params": tiny_encoder_params()},
-                "projector": {"name": projector},
-            }
-        },
-    }
+    encoder = {"name": "depth-vit", "params": tiny_encoder_params()}
+    spec = tiny_spec(tokenizer_dir, projector=projector, encoders={"depth": encoder})
     model = build_model(spec, progress=False)
     conversation = [
         {

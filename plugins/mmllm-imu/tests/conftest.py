@@ -40,21 +40,11 @@ def imu_files(tmp_path, walk):
 
 @pytest.fixture
 def imu_spec(tokenizer_dir):
-    """make(projector="mlp", **encoder_params): a tiny LLM with an imu input (the encoder trainable)."""
-    from mmllm_sdk.testing import tiny_llm_config
+    """make(projector="mlp", **encoder_params): a tiny LLM with sharp random logits and an imu input."""
+    from mmllm_sdk.testing import tiny_spec
 
     def make(projector="mlp", **encoder_params):
-        return {
-            "llm": {
-                "name": "hf-causal-lm",
-                "params": {"config": tiny_llm_config(initializer_range=0.2), "tokenizer": str(tokenizer_dir)},
-            },
-            "inputs": {
-                "imu": {
-                    "encoder": {"name": "imu-patch", "params": {**TINY_IMU, **encoder_params}, "trainable": True},
-                    "projector": {"name": projector},
-                }
-            },
-        }
+        encoder = {"name": "imu-patch", "params": {**TINY_IMU, **encoder_params}}
+        return tiny_spec(tokenizer_dir, projector=projector, encoders={"imu": encoder}, initializer_range=0.2)
 
     return make

@@ -20,24 +20,11 @@ def tokenizer_dir(tmp_path_factory):
 @pytest.fixture
 def model_spec(tokenizer_dir):
     """make(projector="mlp"): a tiny LLM (sharp random logits) with a {{ cookiecutter.modality }} input."""
-    from mmllm_sdk.testing import tiny_llm_config
+    from mmllm_sdk.testing import tiny_spec
 
     def make(projector="mlp", **encoder_params):
-        return {
-            "llm": {
-                "name": "hf-causal-lm",
-                "params": {"config": tiny_llm_config(initializer_range=0.2), "tokenizer": str(tokenizer_dir)},
-            },
-            "inputs": {
-                "{{ cookiecutter.modality }}": {
-                    "encoder": {
-                        "name": "{{ cookiecutter.encoder_name }}",
-                        "params": {**TINY_ENCODER, **encoder_params},
-                        "trainable": True,
-                    },
-                    "projector": {"name": projector},
-                }
-            },
-        }
+        encoder = {"name": "{{ cookiecutter.encoder_name }}", "params": {**TINY_ENCODER, **encoder_params}}
+        modality = "{{ cookiecutter.modality }}"
+        return tiny_spec(tokenizer_dir, projector=projector, encoders={modality: encoder}, initializer_range=0.2)
 
     return make
