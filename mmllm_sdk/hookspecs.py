@@ -55,7 +55,8 @@ def register_signal_tokens(register):
 def register_output_projectors(register):
     """Register output projectors: ``register(name, factory)``.
 
-    :param register: callback taking the name and ``factory(llm_dim, condition_spec, params) -> OutputProjector``.
+    :param register: callback taking the name and a factory
+        ``factory(llm_dim, condition_spec, num_signal_tokens, params) -> OutputProjector``.
     """
 
 

@@ -125,7 +125,7 @@ class TinyImageGenerator(ModalityGenerator):
         self.bytes = nn.Embedding(257, 12)  # 256 byte values and padding
         self.decoder = nn.Linear(4 * 12, 3 * self.size * self.size)
 
-    def encode_text(self, captions: list[str]) -> torch.Tensor:
+    def condition_targets(self, captions: list[str]) -> torch.Tensor:
         ids = torch.full((len(captions), 4), 256)
         for row, caption in enumerate(captions):
             data = list(caption.encode()[:4])

@@ -15,7 +15,7 @@ class ModalityGenerator(nn.Module, ABC):
     """The contract of a modality generator, e.g. a diffusion pipeline.
 
     Subclasses set ``modality`` and ``condition_spec`` (the conditioning they take) and
-    implement :meth:`generate` and :meth:`encode_text` (the generator's own text
+    implement :meth:`generate` and :meth:`condition_targets` (the generator's own text
     conditioning of a caption, the target of output-side alignment).
     """
 
@@ -27,5 +27,5 @@ class ModalityGenerator(nn.Module, ABC):
         """(B, num_tokens, dim) conditioning -> B generated items."""
 
     @abstractmethod
-    def encode_text(self, captions: list[str]) -> torch.Tensor:
+    def condition_targets(self, texts: list[str]) -> torch.Tensor:
         """Captions -> the generator's own conditioning (B, num_tokens, dim)."""

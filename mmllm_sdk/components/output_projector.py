@@ -20,13 +20,16 @@ class ConditionSpec:
 class OutputProjector(nn.Module, ABC):
     """The contract of an output projector Θ_T→X (trained by default).
 
-    A factory is called as ``factory(llm_dim=D_llm, condition_spec=ConditionSpec, params=dict)``.
+    A factory is called as ``factory(llm_dim=D_llm, condition_spec=ConditionSpec,
+    num_signal_tokens=k, params=dict)``; the condition comes from the generator and k from
+    the spec's ``signal_tokens``.
     """
 
-    def __init__(self, llm_dim: int, condition_spec: ConditionSpec) -> None:
+    def __init__(self, llm_dim: int, condition_spec: ConditionSpec, num_signal_tokens: int) -> None:
         super().__init__()
         self.llm_dim = llm_dim
         self.condition_spec = condition_spec
+        self.num_signal_tokens = num_signal_tokens  # k
 
     @abstractmethod
     def forward(self, signal_states: torch.Tensor) -> torch.Tensor:

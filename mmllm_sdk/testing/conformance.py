@@ -273,10 +273,10 @@ def check_generator(
 ) -> ModalityGenerator:
     """Check a registered modality generator; returns the built generator.
 
-    ``encode_text(captions)`` has the generator's ``condition_spec`` shape, is frozen,
+    ``condition_targets(captions)`` has the generator's ``condition_spec`` shape, is frozen,
     deterministic and the same for a caption alone and in a batch; ``generate`` turns that
     conditioning into one item per row, the same items for the same torch seed;
-    ``.to()``; save -> load keeps ``encode_text``.
+    ``.to()``; save -> load keeps ``condition_targets``.
     """
     if len(captions) < 2:
         raise ConformanceError("check_generator needs at least two captions, to compare batches of one and of many.")
@@ -295,12 +295,12 @@ def check_generator(
             f"{what}: condition_spec is {spec!r}; it must be a ConditionSpec(num_tokens, dim) of positive sizes."
         )
     _freeze(generator)
-    conditioning = generator.encode_text(list(captions))
+    conditioning = generator.condition_targets(list(captions))
     _check_shape(conditioning, (len(captions), spec.num_tokens, spec.dim), "(B, num_tokens, dim)", what)
     _check_frozen(generator, conditioning, what)
-    _check_deterministic(conditioning, generator.encode_text(list(captions)), what)
+    _check_deterministic(conditioning, generator.condition_targets(list(captions)), what)
     for index, caption in enumerate(captions):
-        alone = generator.encode_text([caption])
+        alone = generator.condition_targets([caption])
         _check_close(alone, conditioning[index : index + 1], what, f"caption {index} alone and in a batch")
     with torch.no_grad():
         outputs = _generate(generator, conditioning, generate_kwargs, what)
@@ -309,9 +309,9 @@ def check_generator(
             raise ConformanceError(f"{what}: generate() gave different items for the same torch seed.")
         if len(_generate(generator, conditioning[:1], generate_kwargs, what)) != 1:
             raise ConformanceError(f"{what}: generate() on a batch of one did not return one item.")
-    _check_moves(generator, lambda module: module.encode_text(list(captions)), conditioning, what)
+    _check_moves(generator, lambda module: module.condition_targets(list(captions)), conditioning, what)
     restored = _save_and_load(generator, build, what)
-    _check_close(_freeze(restored).encode_text(list(captions)), conditioning, what, "encode_text after save -> load")
+    _check_close(_freeze(restored).condition_targets(list(captions)), conditioning, what, "condition_targets after save -> load")
     _check_reference(generator, what)
     return generator
 
