@@ -78,6 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--max-new-tokens", type=int, default=128, help="the most tokens to generate (default 128)")
     chat.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
     chat.add_argument("--temperature", type=float, default=0.7, help="sampling temperature with --sample (default 0.7)")
+    chat.add_argument(
+        "--output-dir",
+        default="mmllm-outputs",
+        help="where an any-to-any model's generated images and audio are saved (default ./mmllm-outputs)",
+    )
     chat.set_defaults(run=cmd_chat)
 
     train = commands.add_parser(
@@ -248,13 +253,18 @@ def cmd_chat(args: argparse.Namespace) -> int:
         generation["temperature"] = args.temperature
     messages: list[dict[str, Any]] = [{"role": "system", "content": args.system}] if args.system else []
 
+    turn = 0
+
     def ask(question: str) -> str:
-        nonlocal parts
+        nonlocal parts, turn
         messages.append({"role": "user", "content": [*parts, {"type": "text", "text": question}]})
         parts = []
-        answer = model.generate(messages, **generation).text
-        messages.append({"role": "assistant", "content": answer})
-        return answer
+        output_dir = Path(args.output_dir) / f"turn-{turn}" if model.signal_ids else None
+        response = model.generate(messages, output_dir=output_dir, **generation)
+        turn += 1
+        messages.append({"role": "assistant", "content": response.text})
+        saved = [f"[{modality}: {path}]" for modality, paths in response.files.items() for path in paths]
+        return "\n".join([response.text, *saved]) if saved else response.text
 
     if args.question:
         print(ask(args.question))

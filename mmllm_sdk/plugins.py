@@ -23,6 +23,8 @@ DEFAULT_PLUGINS = (
     "mmllm_sdk.default_plugins.encoders",
     "mmllm_sdk.default_plugins.projectors",
     "mmllm_sdk.default_plugins.llms",
+    "mmllm_sdk.default_plugins.output_projectors",
+    "mmllm_sdk.default_plugins.generators",
     "mmllm_sdk.default_plugins.recipes",
     "mmllm_sdk.default_plugins.datasets",
 )

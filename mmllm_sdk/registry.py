@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -166,6 +167,19 @@ class Registry:
 
     def modality(self, name: str, where: str = "") -> ModalitySpec:
         return self.get("modalities", name, where=where).value
+
+    def signal_vocabulary(self, modality: str, num_tokens: int | None = None, where: str = "") -> SignalVocabulary:
+        """The signal tokens registered for ``modality``, with ``num_tokens`` (k, from the spec) when given."""
+        entry = self._entries["signal_tokens"].get((modality, modality))
+        if entry is None:
+            prefix = f"{where}: " if where else ""
+            raise UnknownComponentError(
+                f"{prefix}no loaded plugin registers signal tokens for modality {modality!r}, so the LLM cannot be "
+                f"taught to produce it; install the plugin that adds {modality!r} as an output, or register a "
+                "SignalVocabulary with register_signal_tokens."
+            )
+        vocabulary = entry.value
+        return vocabulary if num_tokens is None else dataclasses.replace(vocabulary, num_tokens=num_tokens)
 
     def entries(self, kind: str) -> list[Registration]:
         return list(self._entries[kind].values())

@@ -50,11 +50,30 @@ class InputSpec(StrictModel):
     projector: InputProjectorSpec
 
 
+class OutputProjectorSpec(ComponentSpec):
+    trainable: bool = True  # output projectors are what decoding-side alignment trains
+
+
+class GeneratorSpec(ComponentSpec):
+    pass  # generators are frozen: their weights are referenced by checkpoints, never trained
+
+
+class OutputSpec(StrictModel):
+    """One output modality: its signal tokens, the output projector and the generator it conditions."""
+
+    signal_tokens: int = Field(ge=1)  # k: <img_0> … <img_{k-1}>, the LLM emits them to produce this modality
+    # signal states (B, k, D_llm) -> the generator's conditioning; none for a text-conditioned generator
+    output_projector: OutputProjectorSpec | None = None
+    generator: GeneratorSpec  # the frozen modality generator (diffusers-sd, diffusers-audioldm, a plugin's)
+    train_signal_tokens: bool = True  # the signal tokens' embedding and LM-head rows train (only those rows)
+
+
 class ModelSpec(StrictModel):
-    """An understanding (X -> text) model: an LLM backbone and any number of input modalities."""
+    """A model: an LLM backbone, any number of input modalities and, for any-to-any models, output modalities."""
 
     llm: LLMSpec
     inputs: dict[str, InputSpec] = Field(default_factory=dict)  # modality name -> encoder + projector
+    outputs: dict[str, OutputSpec] = Field(default_factory=dict)  # modality name -> signal tokens, projector, generator
     seed: int = 0  # components built from ``config:`` are initialised from this seed, so they rebuild identically
 
 
@@ -117,6 +136,22 @@ def check_components(spec: ModelSpec, registry: Registry, source: str = "") -> N
         _check_params(encoder.value, inputs.encoder.params, f"inputs.{modality}.encoder.params", source)
         projector = registry.get("projectors", inputs.projector.name, where=f"inputs.{modality}.projector.name{where}")
         _check_params(projector.value, inputs.projector.params, f"inputs.{modality}.projector.params", source)
+    for modality, outputs in spec.outputs.items():
+        registry.modality(modality, where=f"outputs.{modality}{where}")
+        generator = registry.get(
+            "generators", outputs.generator.name, modality=modality, where=f"outputs.{modality}.generator.name{where}"
+        )
+        _check_params(generator.value, outputs.generator.params, f"outputs.{modality}.generator.params", source)
+        if outputs.output_projector is not None:
+            projector = registry.get(
+                "output_projectors",
+                outputs.output_projector.name,
+                where=f"outputs.{modality}.output_projector.name{where}",
+            )
+            _check_params(
+                projector.value, outputs.output_projector.params, f"outputs.{modality}.output_projector.params", source
+            )
+        registry.signal_vocabulary(modality, where=f"outputs.{modality}{where}")
 
 
 def _check_params(factory: Any, params: dict[str, Any], where: str, source: str) -> None:

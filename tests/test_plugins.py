@@ -232,17 +232,23 @@ def test_a_signal_vocabulary_must_match_its_modality(plugin):
 
 
 def test_two_signal_vocabularies_cannot_share_a_prefix(plugin):
+    from mmllm_sdk.components import ModalitySpec
     from mmllm_sdk.components.signals import SignalVocabulary
 
     class Greedy:
         @hookimpl
+        def register_modalities(self, register):
+            register(ModalitySpec("sketch", "<sketch>"))
+            register(ModalitySpec("doodle", "<doodle>"))
+
+        @hookimpl
         def register_signal_tokens(self, register):
-            register("image", SignalVocabulary("image", 4, "sig"))
-            register("audio", SignalVocabulary("audio", 4, "sig"))
+            register("sketch", SignalVocabulary("sketch", 4, "sig"))
+            register("doodle", SignalVocabulary("doodle", 4, "sig"))
 
     plugin(Greedy(), "greedy-plugin")
     with pytest.raises(
-        PluginError, match=r"Signal tokens <sig_i> are claimed for modality 'image' .* and for modality 'audio'"
+        PluginError, match=r"Signal tokens <sig_i> are claimed for modality 'sketch' .* and for modality 'doodle'"
     ):
         get_registry()
 

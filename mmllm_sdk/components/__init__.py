@@ -15,6 +15,7 @@ _EXPORTS = {
     "ModalitySpec": "modality",
     "OutputProjector": "output_projector",
     "SignalVocabulary": "signals",
+    "TextConditionedGenerator": "generator",
     "VideoClip": "modality",
 }
 

@@ -449,9 +449,14 @@ class _RecordReader:
                 parts.append(_text(part["text"]))
             elif kind in self.specs:
                 source = next((part[key] for key in (kind, *SOURCE_KEYS) if part.get(key) is not None), None)
+                caption = part.get("caption", part.get("text"))  # what an output shows, or the text it is made from
+                if source is None and isinstance(caption, str) and caption.strip():
+                    parts.append({"type": kind, "caption": caption})  # an output the assistant generates
+                    continue
                 if source is None:
                     raise _Invalid(
-                        f"{where} has no path; give the {kind} part one: {{'type': '{kind}', 'path': 'file'}}."
+                        f"{where} has no path; give the {kind} part one: {{'type': '{kind}', 'path': 'file'}} "
+                        f"(or, for an output the assistant generates, a caption: {{'type': '{kind}', 'caption': '...'}})."
                     )
                 parts.append(self._media(kind, source, where))
             else:

@@ -26,17 +26,23 @@ class Conversation:
 
     messages: list[dict[str, str]]
     items: list[ModalityItem] = field(default_factory=list)
+    outputs: list[ModalityItem] = field(default_factory=list)  # output parts of assistant turns, as signal tokens
 
 
-def normalize_conversation(conversation: Any, placeholders: Mapping[str, str]) -> Conversation:
+def normalize_conversation(
+    conversation: Any, placeholders: Mapping[str, str], signals: Mapping[str, str] | None = None
+) -> Conversation:
     """Read one conversation in either supported format.
 
     ``placeholders`` maps each modality the model takes to its placeholder text. In the
     Hugging Face format a ``{"type": "image", ...}`` part becomes the placeholder at its
     position (parts are joined with newlines); in a LLaVA record the text already holds
     the placeholders and the record's ``image`` (or ``audio``, ``video`` …) key holds
-    one path or a list of them.
+    one path or a list of them. ``signals`` maps each modality the model generates to its
+    signal tokens' text: in an assistant turn, a part of that type becomes those tokens
+    (what the LLM learns to emit) and is listed in ``outputs``.
     """
+    signals = signals or {}
     if isinstance(conversation, Mapping) and "conversations" in conversation:
         return _from_llava(conversation, placeholders)
     if isinstance(conversation, Mapping):
@@ -54,12 +60,17 @@ def normalize_conversation(conversation: Any, placeholders: Mapping[str, str]) -
     for index, message in enumerate(conversation):
         if not isinstance(message, Mapping) or "role" not in message or "content" not in message:
             raise InputError(f"Message {index} must be a dict with 'role' and 'content'; got {message!r:.200}.")
-        text = _content_text(message["content"], placeholders, result.items, index)
+        if str(message["role"]) == "assistant":
+            text = _content_text(message["content"], signals, result.outputs, index, output=True)
+        else:
+            text = _content_text(message["content"], placeholders, result.items, index)
         result.messages.append({"role": str(message["role"]), "content": text})
     return result
 
 
-def _content_text(content: Any, placeholders: Mapping[str, str], items: list[ModalityItem], index: int) -> str:
+def _content_text(
+    content: Any, placeholders: Mapping[str, str], items: list[ModalityItem], index: int, output: bool = False
+) -> str:
     if isinstance(content, str):
         return content
     if not isinstance(content, Sequence):
@@ -71,6 +82,18 @@ def _content_text(content: Any, placeholders: Mapping[str, str], items: list[Mod
         kind = part.get("type") if isinstance(part, Mapping) else None
         if kind == "text":
             pieces.append(str(part.get("text", "")))
+        elif kind in placeholders and output:  # what the assistant produces: its signal tokens
+            source = next((part[k] for k in (kind, *SOURCE_KEYS, "text", "caption") if part.get(k) is not None), None)
+            items.append(ModalityItem(kind, source))
+            # a text-conditioned output writes its text between the tokens: "<aud_0>{text}<aud_1>"
+            pieces.append(placeholders[kind].replace("{text}", str(source or "")))
+        elif output and kind is not None:
+            made = ", ".join(["text", *placeholders])
+            raise InputError(
+                f"Message {index}: the assistant turn has a {kind!r} part, but this model generates only: {made}. "
+                f"Add outputs.{kind} to the model spec (signal tokens, an output projector and a generator), or "
+                "remove the part."
+            )
         elif kind in placeholders:
             source = next((part[k] for k in (kind, *SOURCE_KEYS) if part.get(k) is not None), None)
             if source is None:

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from mmllm_sdk.components.modality import DIRECTORY, AudioClip, ModalitySpec, VideoClip
+from mmllm_sdk.components.signals import SignalVocabulary
 from mmllm_sdk.errors import InputError
 from mmllm_sdk.hookspecs import hookimpl
 
@@ -213,3 +214,11 @@ def register_modalities(register):
     register(IMAGE)
     register(AUDIO)
     register(VIDEO)
+
+
+@hookimpl
+def register_signal_tokens(register):
+    # the spec's signal_tokens sets k; these give the names: <img_0> … <img_{k-1}>, <aud_0> …, <vid_0> …
+    register("image", SignalVocabulary("image", num_tokens=1, prefix="img"))
+    register("audio", SignalVocabulary("audio", num_tokens=1, prefix="aud"))
+    register("video", SignalVocabulary("video", num_tokens=1, prefix="vid"))

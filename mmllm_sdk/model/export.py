@@ -68,6 +68,11 @@ def check_exportable(model: MMLLM) -> None:
             problems.append(
                 f"the projector must be 'linear' or a 2-layer 'mlp' (it is {model.spec.inputs['image'].projector.name})"
             )
+    if model.signal_ids:
+        problems.append(
+            f"it generates {', '.join(model.signal_ids)} (an outputs section), and LLaVA has no output side; export "
+            "is for understanding models"
+        )
     if not hasattr(model.llm.model, "lm_head") or not hasattr(model.llm.model, "model"):
         problems.append("the LLM must be a decoder-only causal LM with 'model' and 'lm_head' (Llama, Mistral, Qwen2 …)")
     if problems:

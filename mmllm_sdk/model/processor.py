@@ -43,9 +43,12 @@ class MMLLMProcessor:
     ``IGNORE_INDEX`` except on assistant turns (their text and end-of-turn marker).
     """
 
-    def __init__(self, llm: LLMBackbone, inputs: Mapping[str, ModalityInput]) -> None:
+    def __init__(
+        self, llm: LLMBackbone, inputs: Mapping[str, ModalityInput], signals: Mapping[str, str] | None = None
+    ) -> None:
         self.llm = llm
         self.inputs = dict(inputs)
+        self.signals = dict(signals or {})  # output modality -> its signal tokens' text, "<img_0><img_1>…"
         self.feature_cache: FeatureCache | None = None
         self.cache_fingerprints: dict[str, str] = {}  # modality -> fingerprint of its (frozen) encoder
 
@@ -130,7 +133,7 @@ class MMLLMProcessor:
         """One conversation: token ids with expanded placeholders, labels, and where its items come from."""
         if train_on not in ("assistant", "last_assistant"):
             raise InputError(f"train_on must be 'assistant' or 'last_assistant'; got {train_on!r}.")
-        normalized = normalize_conversation(conversation, self.placeholders)
+        normalized = normalize_conversation(conversation, self.placeholders, self.signals)
         text, spans = self._render(normalized, add_generation_prompt)
         if train_on == "last_assistant":
             spans = spans[-1:]

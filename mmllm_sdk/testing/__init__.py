@@ -10,6 +10,7 @@ from mmllm_sdk.testing.conformance import (
     check_encoder,
     check_generator,
     check_modality,
+    check_output_projector,
     check_projector,
     check_pt,
 )
@@ -24,6 +25,7 @@ from mmllm_sdk.testing.tiny import (
     tiny_tokenizer,
     tiny_whisper_config,
 )
+from mmllm_sdk.testing.tiny_generators import tiny_audioldm_config, tiny_sd_config
 
 __all__ = [
     "CHATML_TEMPLATE",
@@ -34,12 +36,15 @@ __all__ = [
     "check_encoder",
     "check_generator",
     "check_modality",
+    "check_output_projector",
     "check_projector",
     "check_pt",
     "configure_test_environment",
+    "tiny_audioldm_config",
     "tiny_clip_vision_config",
     "tiny_gguf",
     "tiny_llm_config",
+    "tiny_sd_config",
     "tiny_siglip_vision_config",
     "tiny_spec",
     "tiny_tokenizer",

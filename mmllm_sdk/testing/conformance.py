@@ -42,7 +42,7 @@ from torch import nn
 from mmllm_sdk.components import InputProjector, ModalityEncoder, ModalityGenerator
 from mmllm_sdk.components.hf import skeleton_mode
 from mmllm_sdk.components.modality import DIRECTORY
-from mmllm_sdk.components.output_projector import ConditionSpec
+from mmllm_sdk.components.output_projector import ConditionSpec, OutputProjector
 from mmllm_sdk.errors import InputError
 from mmllm_sdk.registry import Registration, get_registry
 from mmllm_sdk.validation import validate
@@ -255,7 +255,7 @@ def check_projector(
             alone = projector(features[index : index + 1])
             _check_close(alone, tokens[index : index + 1], what, f"item {index} alone and in a batch")
         # the model casts features to the projector's dtype (an encoder may run in another one)
-        _check_moves(projector, lambda module: module(features.to(next(module.parameters()).dtype)), tokens, what)
+        _check_moves(projector, lambda module: module(features.to(next(module.parameters()))), tokens, what)
         restored = _save_and_load(projector, build, what)
         _check_close(restored.eval()(features), tokens, what, "tokens after save -> load")
     return projector
@@ -311,7 +311,9 @@ def check_generator(
             raise ConformanceError(f"{what}: generate() on a batch of one did not return one item.")
     _check_moves(generator, lambda module: module.condition_targets(list(captions)), conditioning, what)
     restored = _save_and_load(generator, build, what)
-    _check_close(_freeze(restored).condition_targets(list(captions)), conditioning, what, "condition_targets after save -> load")
+    _check_close(
+        _freeze(restored).condition_targets(list(captions)), conditioning, what, "condition_targets after save -> load"
+    )
     _check_reference(generator, what)
     return generator
 
@@ -478,7 +480,7 @@ def _build(
     what: str,
     seed: int,
     params: dict[str, Any],
-    sizes: dict[str, int] | None = None,
+    sizes: dict[str, Any] | None = None,
 ) -> Any:
     """Build a component as build_model does: params validated, a skeleton first, then the real one from ``seed``."""
     schema = getattr(entry.value, "Params", None)
@@ -640,3 +642,75 @@ def _check_reference(component: Any, what: str) -> None:
         json.dumps(reference)
     except TypeError as exc:
         raise ConformanceError(f"{what}: reference() must return JSON data (a checkpoint records it): {exc}") from exc
+
+
+# output projectors -----------------------------------------------------------------------------------------
+
+CONDITION_SPEC = ConditionSpec(num_tokens=6, dim=12)  # check_output_projector's default conditioning
+
+
+def check_output_projector(
+    name: str,
+    params: dict[str, Any] | None = None,
+    *,
+    llm_dim: int = 32,
+    num_signal_tokens: int = 4,
+    condition_spec: ConditionSpec = CONDITION_SPEC,
+    batch_size: int = 3,
+) -> OutputProjector:
+    """Check a registered output projector on random signal states ``(batch_size, num_signal_tokens, llm_dim)``.
+
+    Shapes ``(B, condition_spec.num_tokens, condition_spec.dim)``, trainable by default (every
+    parameter gets a gradient), deterministic in eval mode, batch of one and of many, ``.to()``,
+    save -> load. Returns the built projector.
+    """
+    entry = get_registry().get("output_projectors", name)
+    what = f"output projector {name!r} (plugin {entry.plugin!r})"
+    sizes = {"llm_dim": llm_dim, "condition_spec": condition_spec, "num_signal_tokens": num_signal_tokens}
+
+    def build(seed: int) -> OutputProjector:
+        return _build(entry, OutputProjector, what, seed, params or {}, sizes)
+
+    projector = build(SEED)
+    for attribute, value in sizes.items():
+        if getattr(projector, attribute, None) != value:
+            raise ConformanceError(
+                f"{what}: {attribute} is {getattr(projector, attribute, None)!r}, but the factory was given {value!r}."
+            )
+    states = torch.randn(batch_size, num_signal_tokens, llm_dim, generator=torch.Generator().manual_seed(SEED))
+    shape = (batch_size, condition_spec.num_tokens, condition_spec.dim)
+    names = "(B, condition_spec.num_tokens, condition_spec.dim)"
+    parameters = dict(projector.named_parameters())
+    if not parameters:
+        raise ConformanceError(f"{what}: has no parameters; an output projector is what output alignment trains.")
+    frozen = [n for n, p in parameters.items() if not p.requires_grad]
+    if frozen:
+        raise ConformanceError(f"{what}: is trained by default, but {', '.join(frozen)} do not require grad as built.")
+    projector.train()
+    conditioning = projector(states)
+    _check_shape(conditioning, shape, names, what)
+    weights = torch.randn(conditioning.shape, generator=torch.Generator().manual_seed(SEED + 1))
+    (conditioning * weights).sum().backward()  # a random direction: a plain sum is 0 after a LayerNorm
+    missing = [n for n, p in parameters.items() if p.grad is None]
+    if missing:
+        raise ConformanceError(
+            f"{what}: {', '.join(missing)} get no gradient; every parameter must take part in forward (or be removed)."
+        )
+    projector.zero_grad(set_to_none=True)
+    projector.eval()
+    with torch.no_grad():
+        conditioning = projector(states)
+        _check_deterministic(conditioning, projector(states), what)
+        for index in range(batch_size):
+            alone = projector(states[index : index + 1])
+            _check_close(alone, conditioning[index : index + 1], what, f"item {index} alone and in a batch")
+
+        def run(module: nn.Module) -> torch.Tensor:
+            # the model passes the LLM's states on the projector's device, in the projector's dtype
+            weight = next(module.parameters())
+            return module(states.to(weight.device, weight.dtype))
+
+        _check_moves(projector, run, conditioning, what)
+        restored = _save_and_load(projector, build, what)
+        _check_close(restored.eval()(states), conditioning, what, "conditioning after save -> load")
+    return projector

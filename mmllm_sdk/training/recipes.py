@@ -30,6 +30,7 @@ class Recipe:
     options: type[StrictModel] = NoOptions  # validates the recipe spec's ``options:``
     train_on: str = "assistant"  # which assistant turns carry labels: assistant | last_assistant
     requires_peft: bool = False  # the recipe needs adapters on the LLM (DPO trains them by default)
+    collator_class: str | None = None  # module:Class of a collator(model, max_length) other than the kind's
 
     @property
     def trainer_class(self) -> type:
@@ -39,6 +40,9 @@ class Recipe:
 
     def collator(self, model: MMLLM, max_length: int | None) -> Callable[[Sequence[dict[str, Any]]], dict[str, Any]]:
         """Examples -> a batch for ``trainer_class``."""
+        if self.collator_class is not None:
+            module, _, name = self.collator_class.partition(":")
+            return getattr(importlib.import_module(module), name)(model, max_length)
         if self.kind == "preference":
             return PreferenceCollator(model, max_length)
         return ConversationCollator(model, max_length, self.train_on)
@@ -75,6 +79,14 @@ class PreferenceCollator:
         return self.model.processor(chosen + rejected, max_length=self.max_length, train_on="last_assistant")
 
 
+class AlignOptions(StrictModel):
+    """Options of ``align-output``."""
+
+    lm_weight: float = Field(0.0, ge=0)  # adds this times the LM loss on the signal tokens (teaches emitting them)
+    # adds this times the generator's own denoising loss on each caption's item (caption records with files)
+    denoising_weight: float = Field(0.0, ge=0)
+
+
 class DPOOptions(StrictModel):
     beta: float = Field(0.1, gt=0)  # strength of the KL constraint to the reference policy (the DPO paper's β)
 
@@ -85,9 +97,10 @@ PT = Recipe(
     default_trainable=("inputs.*.projector",),
 )
 SFT = Recipe(
-    description="Instruction tuning: conversations, loss on assistant turns, projectors plus PEFT adapters.",
+    description="Instruction tuning: conversations, loss on assistant turns, projectors plus PEFT adapters "
+    "(and, for any-to-any models, the signal tokens' rows, so that the LLM learns when to emit them).",
     kind="conversation",
-    default_trainable=("inputs.*.projector",),  # adapters train whenever `peft:` is set
+    default_trainable=("inputs.*.projector", "outputs.*.signal_tokens"),  # adapters train whenever `peft:` is set
 )
 DPO = Recipe(
     description="Preference tuning with DPO: trains the adapters; the reference policy is the model as DPO starts.",
@@ -97,4 +110,15 @@ DPO = Recipe(
     options=DPOOptions,
     train_on="last_assistant",
     requires_peft=True,
+)
+
+
+ALIGN_OUTPUT = Recipe(
+    description="Decoding-side alignment (NExT-GPT): captions -> signal states -> output projector, L2 to the "
+    "generator's own conditioning; trains the output projectors and the signal tokens' rows.",
+    kind="conversation",
+    default_trainable=("outputs.*.output_projector", "outputs.*.signal_tokens"),
+    trainer="mmllm_sdk.training.align:AlignOutputTrainer",
+    collator_class="mmllm_sdk.training.align:AlignCollator",
+    options=AlignOptions,
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import sys
@@ -111,9 +112,10 @@ def train(
             f"recipe {spec.recipe!r} needs adapters on the LLM (it trains them); add "
             "peft: {method: lora, r: 8} to the recipe, or continue from a checkpoint that has them."
         )
-    model_spec = with_training_overrides(base_spec, trainable, peft)
+    model_spec = with_training_overrides(base_spec, trainable, peft, strict=spec.trainable is not None)
 
-    modalities = {name: registry.modality(name) for name in model_spec.inputs}
+    # the modalities examples may hold: inputs in user turns, outputs (signal tokens) in assistant turns
+    modalities = {name: registry.modality(name) for name in [*model_spec.inputs, *model_spec.outputs]}
     reports = {"train": _read(spec, spec.data.train, modalities, recipe.kind)}
     if spec.data.eval is not None:
         reports["eval"] = _read(spec, spec.data.eval, modalities, recipe.kind)
@@ -123,7 +125,9 @@ def train(
     model = build_model(model_spec)
     if init_state is not None:
         load_trained(model, init_state, init_origin, complete=False)
-    tokens_per_item = {m: model.input_projectors[m].num_tokens for m in model.input_projectors}
+    tokens_per_item = {m: len(ids) for m, ids in model.signal_ids.items()}  # an output part: its k signal tokens
+    for m, projector in model.input_projectors.items():  # an input part: the projector's tokens (the larger count)
+        tokens_per_item[m] = max(projector.num_tokens, tokens_per_item.get(m, 0))
     datasets = {
         split: ExampleDataset(report.examples, [estimate_length(e, tokens_per_item) for e in report.examples])
         for split, report in reports.items()
@@ -144,6 +148,7 @@ def train(
         data_collator=recipe.collator(model, spec.data.max_length),
         callbacks=callbacks,
         **options.model_dump(),
+        **_state_cache_argument(recipe, spec),
     )
     try:
         result = trainer.train(resume_from_checkpoint=True if resume else None)
@@ -252,6 +257,13 @@ def _from_dataset(source: DatasetSource, modalities: dict[str, Any]) -> DataRepo
                 f"{', '.join(modalities) or 'text'}; add an inputs.{modality} entry or pick another data source."
             )
     return report
+
+
+def _state_cache_argument(recipe: Any, spec: RecipeSpec) -> dict[str, Any]:
+    """Where a trainer that caches the LLM's signal states (align-output) keeps them: beside the feature cache."""
+    if "state_cache_dir" not in inspect.signature(recipe.trainer_class.__init__).parameters:
+        return {}
+    return {"state_cache_dir": str(Path(spec.cache.dir).parent / "signal-states") if spec.cache.enabled else None}
 
 
 def _has_checkpoint(output_dir: Path) -> bool:

@@ -86,19 +86,29 @@ def parse_recipe(data: RecipeSpec | dict[str, Any] | str | os.PathLike[str]) -> 
 
 
 def component_paths(spec: ModelSpec) -> list[str]:
+    """What a recipe's ``trainable:`` can name: ``llm``, each input's encoder and projector, each output's
+    output projector and signal tokens (their embedding and LM-head rows)."""
     paths = ["llm"]
     for modality in spec.inputs:
         paths += [f"inputs.{modality}.encoder", f"inputs.{modality}.projector"]
+    for modality, outputs in spec.outputs.items():
+        if outputs.output_projector is not None:
+            paths.append(f"outputs.{modality}.output_projector")
+        paths.append(f"outputs.{modality}.signal_tokens")
     return paths
 
 
-def with_training_overrides(spec: ModelSpec, trainable: list[str], peft: dict[str, Any] | None) -> ModelSpec:
+def with_training_overrides(
+    spec: ModelSpec, trainable: list[str], peft: dict[str, Any] | None, strict: bool = True
+) -> ModelSpec:
     """The model spec with each component's ``trainable`` flag set from glob patterns, and PEFT on the LLM.
 
     The result is what the run's checkpoints record, so they rebuild with the same trainable set.
+    With ``strict`` (patterns the user wrote) a pattern that matches nothing is an error; a
+    recipe's defaults may name components a model does not have (``outputs.*``).
     """
     paths = component_paths(spec)
-    for pattern in trainable:
+    for pattern in trainable if strict else ():
         if not any(fnmatch.fnmatchcase(path, pattern) for path in paths):
             raise SpecError(
                 f"trainable: {pattern!r} matches no component of this model; its components are {', '.join(paths)}."
@@ -109,6 +119,10 @@ def with_training_overrides(spec: ModelSpec, trainable: list[str], peft: dict[st
     for modality, inputs in data["inputs"].items():
         inputs["encoder"]["trainable"] = f"inputs.{modality}.encoder" in chosen
         inputs["projector"]["trainable"] = f"inputs.{modality}.projector" in chosen
+    for modality, outputs in data["outputs"].items():
+        if outputs["output_projector"] is not None:
+            outputs["output_projector"]["trainable"] = f"outputs.{modality}.output_projector" in chosen
+        outputs["train_signal_tokens"] = f"outputs.{modality}.signal_tokens" in chosen
     if peft is not None:
         data["llm"]["peft"] = peft
     return validate(ModelSpec, data, where="model")
