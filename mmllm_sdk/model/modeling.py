@@ -22,7 +22,7 @@ from mmllm_sdk.components.encoder import ModalityEncoder
 from mmllm_sdk.components.generator import ModalityGenerator, TextConditionedGenerator
 from mmllm_sdk.components.hf import reuse_loaded_files, skeleton_mode
 from mmllm_sdk.components.llm import LLMBackbone
-from mmllm_sdk.components.output_projector import OutputProjector
+from mmllm_sdk.components.output_projector import ConditionSpec, OutputProjector
 from mmllm_sdk.components.projector import InputProjector
 from mmllm_sdk.data.feature_cache import FEATURES_KEY
 from mmllm_sdk.errors import DimensionError, InputError, PlaceholderMismatchError, PluginError, SpecError
@@ -127,7 +127,8 @@ class MMLLM(nn.Module):
             return {}
         vocabulary = self.llm.tokenizer.get_vocab()
         signal_ids = {}
-        for modality, outputs in self.spec.outputs.items():
+        # in name order: a checkpoint's spec may list the outputs in another order, and the trained rows follow the ids
+        for modality, outputs in sorted(self.spec.outputs.items()):
             tokens = registry.signal_vocabulary(modality, outputs.signal_tokens).tokens
             taken = [token for token in tokens if token in vocabulary]
             if taken:
@@ -547,6 +548,15 @@ def _assemble(spec: ModelSpec, progress: bool) -> MMLLM:
         if generator.modality != modality:
             raise PluginError(f"Plugin {entry.plugin!r}: the {entry.label} reports modality {generator.modality!r}.")
         generators[modality] = generator
+        condition = getattr(generator, "condition_spec", None)
+        if not isinstance(generator, TextConditionedGenerator) and not (
+            isinstance(condition, ConditionSpec) and condition.num_tokens >= 1 and condition.dim >= 1
+        ):
+            raise PluginError(
+                f"Plugin {entry.plugin!r}: the {entry.label} reports condition_spec {condition!r}; a generator "
+                "conditioned on embeddings needs a ConditionSpec of at least one token of at least one value, which "
+                "an output projector can produce."
+            )
         if isinstance(generator, TextConditionedGenerator):
             _check_text_output(modality, outputs)
             continue
