@@ -198,6 +198,22 @@ def cmd_validate(args: argparse.Namespace) -> int:
             }
             for modality, inputs in spec.inputs.items()
         },
+        "outputs": {
+            modality: {
+                "signal_tokens": model.signal_tokens[modality],
+                "output_projector": outputs.output_projector.name if outputs.output_projector else None,
+                "generator": outputs.generator.name,
+                "condition": (
+                    [
+                        model.generators[modality].condition_spec.num_tokens,
+                        model.generators[modality].condition_spec.dim,
+                    ]
+                    if modality in model.output_projectors
+                    else "text"
+                ),
+            }
+            for modality, outputs in spec.outputs.items()
+        },
         "parameters": {row.component: {"total": row.total, "trainable": row.trainable} for row in counts},
         "total_parameters": sum(row.total for row in counts),
         "trainable_parameters": sum(row.trainable for row in counts),
@@ -213,6 +229,13 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(
             f"input {modality:<7} {row['encoder']} ({row['encoder_tokens']} x {row['encoder_dim']}) -> {row['projector']} "
             f"-> {row['llm_tokens_per_item']} LLM tokens per {row['placeholder']}"
+        )
+    for modality, row in report["outputs"].items():
+        tokens = row["signal_tokens"]
+        condition = "the text between them" if row["condition"] == "text" else "{} x {}".format(*row["condition"])
+        via = f" -> {row['output_projector']}" if row["output_projector"] else ""
+        print(
+            f"output {modality:<6} {tokens[0]} … {tokens[-1]} (k={len(tokens)}){via} -> {row['generator']} ({condition})"
         )
     print(f"\n{'component':<28}{'parameters':>14}{'trainable':>14}")
     for row in counts:

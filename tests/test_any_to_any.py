@@ -549,3 +549,15 @@ def test_a_generator_whose_condition_shape_cannot_be_met_is_refused(any_spec):
             mmllm_sdk.build_model(spec, skeleton=True)
     finally:
         unregister_plugin("broken-condition-plugin")
+
+
+def test_mmllm_validate_shows_each_output_and_its_conditioning(any_spec, tmp_path, capsys):
+    import yaml
+
+    from mmllm_sdk.cli import main
+
+    path = tmp_path / "any.yaml"
+    path.write_text(yaml.safe_dump(any_spec(image=image_output(projector="transformer-queries"))))
+    assert main(["validate", str(path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "output image  <img_0> … <img_3> (k=4) -> transformer-queries -> diffusers-sd (16 x 16)" in lines

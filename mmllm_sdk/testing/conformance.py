@@ -230,34 +230,7 @@ def check_projector(
     _positive_int(projector, "num_tokens", what)
     features = torch.randn(batch_size, num_input_tokens, in_dim, generator=torch.Generator().manual_seed(SEED))
     shape = (batch_size, projector.num_tokens, out_dim)
-    parameters = dict(projector.named_parameters())
-    if not parameters:
-        raise ConformanceError(f"{what}: has no parameters; an input projector is what PT trains.")
-    frozen = [n for n, p in parameters.items() if not p.requires_grad]
-    if frozen:
-        raise ConformanceError(f"{what}: is trained by default, but {', '.join(frozen)} do not require grad as built.")
-    projector.train()
-    tokens = projector(features)
-    _check_shape(tokens, shape, "(B, num_tokens, out_dim)", what)
-    weights = torch.randn(tokens.shape, generator=torch.Generator().manual_seed(SEED + 1))
-    (tokens * weights).sum().backward()  # a random direction: a plain sum is 0 after a LayerNorm
-    missing = [n for n, p in parameters.items() if p.grad is None]
-    if missing:
-        raise ConformanceError(
-            f"{what}: {', '.join(missing)} get no gradient; every parameter must take part in forward (or be removed)."
-        )
-    projector.zero_grad(set_to_none=True)
-    projector.eval()
-    with torch.no_grad():
-        tokens = projector(features)
-        _check_deterministic(tokens, projector(features), what)
-        for index in range(batch_size):
-            alone = projector(features[index : index + 1])
-            _check_close(alone, tokens[index : index + 1], what, f"item {index} alone and in a batch")
-        # the model casts features to the projector's dtype (an encoder may run in another one)
-        _check_moves(projector, lambda module: module(features.to(next(module.parameters()))), tokens, what)
-        restored = _save_and_load(projector, build, what)
-        _check_close(restored.eval()(features), tokens, what, "tokens after save -> load")
+    _check_trained_projector(projector, build, features, shape, "(B, num_tokens, out_dim)", what, "PT")
     return projector
 
 
@@ -474,6 +447,47 @@ def check_discovered(
 # shared checks ---------------------------------------------------------------------------------------------
 
 
+def _check_trained_projector(
+    projector: nn.Module,
+    build: Callable[[int], nn.Module],
+    inputs: torch.Tensor,
+    shape: tuple[int, ...],
+    names: str,
+    what: str,
+    trained_by: str,
+) -> None:
+    """What a projector (input or output) must do: train by default, every parameter getting a gradient; then
+    eval determinism, batch of one and of many, ``.to()`` and save -> load, on ``inputs``."""
+    parameters = dict(projector.named_parameters())
+    if not parameters:
+        raise ConformanceError(f"{what}: has no parameters; a projector is what {trained_by} trains.")
+    frozen = [n for n, p in parameters.items() if not p.requires_grad]
+    if frozen:
+        raise ConformanceError(f"{what}: is trained by default, but {', '.join(frozen)} do not require grad as built.")
+    projector.train()
+    output = projector(inputs)
+    _check_shape(output, shape, names, what)
+    weights = torch.randn(output.shape, generator=torch.Generator().manual_seed(SEED + 1))
+    (output * weights).sum().backward()  # a random direction: a plain sum is 0 after a LayerNorm
+    missing = [n for n, p in parameters.items() if p.grad is None]
+    if missing:
+        raise ConformanceError(
+            f"{what}: {', '.join(missing)} get no gradient; every parameter must take part in forward (or be removed)."
+        )
+    projector.zero_grad(set_to_none=True)
+    projector.eval()
+    with torch.no_grad():
+        output = projector(inputs)
+        _check_deterministic(output, projector(inputs), what)
+        for index in range(len(inputs)):
+            alone = projector(inputs[index : index + 1])
+            _check_close(alone, output[index : index + 1], what, f"item {index} alone and in a batch")
+        # the model passes inputs on the projector's device, in its dtype (an encoder or LLM may run in another)
+        _check_moves(projector, lambda module: module(inputs.to(next(module.parameters()))), output, what)
+        restored = _save_and_load(projector, build, what)
+        _check_close(restored.eval()(inputs), output, what, "outputs after save -> load")
+
+
 def _build(
     entry: Registration,
     contract: type,
@@ -680,37 +694,5 @@ def check_output_projector(
     states = torch.randn(batch_size, num_signal_tokens, llm_dim, generator=torch.Generator().manual_seed(SEED))
     shape = (batch_size, condition_spec.num_tokens, condition_spec.dim)
     names = "(B, condition_spec.num_tokens, condition_spec.dim)"
-    parameters = dict(projector.named_parameters())
-    if not parameters:
-        raise ConformanceError(f"{what}: has no parameters; an output projector is what output alignment trains.")
-    frozen = [n for n, p in parameters.items() if not p.requires_grad]
-    if frozen:
-        raise ConformanceError(f"{what}: is trained by default, but {', '.join(frozen)} do not require grad as built.")
-    projector.train()
-    conditioning = projector(states)
-    _check_shape(conditioning, shape, names, what)
-    weights = torch.randn(conditioning.shape, generator=torch.Generator().manual_seed(SEED + 1))
-    (conditioning * weights).sum().backward()  # a random direction: a plain sum is 0 after a LayerNorm
-    missing = [n for n, p in parameters.items() if p.grad is None]
-    if missing:
-        raise ConformanceError(
-            f"{what}: {', '.join(missing)} get no gradient; every parameter must take part in forward (or be removed)."
-        )
-    projector.zero_grad(set_to_none=True)
-    projector.eval()
-    with torch.no_grad():
-        conditioning = projector(states)
-        _check_deterministic(conditioning, projector(states), what)
-        for index in range(batch_size):
-            alone = projector(states[index : index + 1])
-            _check_close(alone, conditioning[index : index + 1], what, f"item {index} alone and in a batch")
-
-        def run(module: nn.Module) -> torch.Tensor:
-            # the model passes the LLM's states on the projector's device, in the projector's dtype
-            weight = next(module.parameters())
-            return module(states.to(weight.device, weight.dtype))
-
-        _check_moves(projector, run, conditioning, what)
-        restored = _save_and_load(projector, build, what)
-        _check_close(restored.eval()(states), conditioning, what, "conditioning after save -> load")
+    _check_trained_projector(projector, build, states, shape, names, what, "output alignment")
     return projector
