@@ -561,3 +561,21 @@ def test_mmllm_validate_shows_each_output_and_its_conditioning(any_spec, tmp_pat
     assert main(["validate", str(path)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert "output image  <img_0> … <img_3> (k=4) -> transformer-queries -> diffusers-sd (16 x 16)" in lines
+
+
+def test_signal_states_of_a_left_padded_row_equal_those_of_the_row_alone(image_model):
+    ids = image_model.processor([draw("a red circle")])["input_ids"]  # (1, T)
+    pad = image_model.llm.tokenizer.pad_token_id
+    padded = torch.cat([torch.full((1, 3), pad), ids], dim=1)
+    mask = torch.cat([torch.zeros(1, 3, dtype=torch.long), torch.ones_like(ids)], dim=1)
+    with torch.no_grad():
+        alone = image_model.signal_states(ids, image_model.embed_inputs(ids, {}), torch.ones_like(ids))
+        shifted = image_model.signal_states(padded, image_model.embed_inputs(padded, {}), mask)
+    torch.testing.assert_close(shifted[:, 3:], alone, atol=1e-5, rtol=1e-4)
+
+
+def test_generator_kwargs_can_be_given_per_output_modality(image_model):
+    assert image_model.generator_kwargs_for("image", {"image": {"num_inference_steps": 3}}) == {
+        "num_inference_steps": 3
+    }
+    assert image_model.generator_kwargs_for("image", {"seed": 1}) == {"seed": 1}

@@ -350,9 +350,25 @@ class MMLLM(nn.Module):
         return responses
 
     def signal_states(self, input_ids: torch.Tensor, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> Any:
-        """The LLM's last hidden states (B, T, D_llm) for a sequence: S_X are those at signal-token positions."""
-        output = self.llm(inputs_embeds=inputs_embeds, attention_mask=attention_mask, output_hidden_states=True)
+        """The LLM's last hidden states (B, T, D_llm) for a sequence: S_X are those at signal-token positions.
+
+        Positions count attended tokens only, as in generation, so a left-padded row gives the
+        states it gives alone.
+        """
+        positions = (attention_mask.long().cumsum(dim=-1) - 1).clamp(min=0)  # (B, T)
+        output = self.llm(
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            position_ids=positions,
+            output_hidden_states=True,
+        )
         return output.hidden_states[-1]
+
+    def generator_kwargs_for(self, modality: str, generator_kwargs: dict[str, Any]) -> dict[str, Any]:
+        """``{"image": {...}, "audio": {...}}`` gives each generator its own; other keys go to every generator."""
+        if generator_kwargs and set(generator_kwargs) <= set(self.generators):
+            return dict(generator_kwargs.get(modality, {}))
+        return dict(generator_kwargs)
 
     def _generate_from_text(
         self, modality: str, rows: list[list[int]], responses: list[Response], generator_kwargs: dict[str, Any]
@@ -368,7 +384,10 @@ class MMLLM(nn.Module):
                 picked.append((index, self.processor.decode(row[begin:end]).strip()))
                 start = end
         if picked:
-            items = self.generators[modality].generate_from_text([text for _, text in picked], **generator_kwargs)
+            texts = [text for _, text in picked]
+            items = self.generators[modality].generate_from_text(
+                texts, **self.generator_kwargs_for(modality, generator_kwargs)
+            )
             for (index, _), item in zip(picked, items, strict=True):
                 responses[index].outputs.setdefault(modality, []).append(item)
 
@@ -407,7 +426,9 @@ class MMLLM(nn.Module):
             projector = self.output_projectors[modality]
             weight = next(projector.parameters(), None)
             conditioning = projector(signal if weight is None else signal.to(weight.dtype))  # (items, num_tokens, dim)
-            items = self.generators[modality].generate(conditioning, **generator_kwargs)
+            items = self.generators[modality].generate(
+                conditioning, **self.generator_kwargs_for(modality, generator_kwargs)
+            )
             for (index, _), item in zip(picked, items, strict=True):
                 responses[index].outputs.setdefault(modality, []).append(item)
 
