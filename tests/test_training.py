@@ -116,6 +116,26 @@ def test_pt_lowers_the_caption_loss_and_changes_only_the_projector(tmp_path, tok
     )
 
 
+def test_an_encoder_the_model_spec_marks_trainable_trains_under_the_recipe_defaults(tmp_path, tokenizer_dir, captions):
+    spec = tiny_spec(tokenizer_dir)
+    spec["inputs"]["image"]["encoder"]["trainable"] = True  # opted in, e.g. an encoder with random weights
+    from mmllm_sdk import build_model
+
+    result = train(recipe(tmp_path, tokenizer_dir, "pt", captions, model=spec))
+    before = parameters(build_model(spec, progress=False))
+    changed = {
+        name.split(".")[0] for name, value in parameters(result.model).items() if not torch.equal(value, before[name])
+    }
+    assert changed == {"encoders", "input_projectors"}
+
+
+def test_a_recipe_trainable_list_replaces_what_the_model_spec_opts_in(tmp_path, tokenizer_dir, captions):
+    spec = tiny_spec(tokenizer_dir)
+    spec["inputs"]["image"]["encoder"]["trainable"] = True
+    result = train(recipe(tmp_path, tokenizer_dir, "pt", captions, model=spec, trainable=["inputs.*.projector"]))
+    assert not any(p.requires_grad for p in result.model.encoders["image"].parameters())
+
+
 @pytest.mark.parametrize(
     ("peft", "adapter_marker"),
     [

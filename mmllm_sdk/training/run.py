@@ -106,6 +106,8 @@ def train(
     options = validate(recipe.options, spec.options, where="options")
     base_spec, init_state, init_origin = resolve_model(spec.model)
     trainable = spec.trainable if spec.trainable is not None else list(recipe.default_trainable)
+    if spec.trainable is None and init_state is None:  # a model spec (not a checkpoint) that opts components in
+        trainable += opted_in(base_spec)
     peft = spec.peft if spec.peft is not None else _peft_of(base_spec)
     if recipe.requires_peft and peft is None:
         raise SpecError(
@@ -257,6 +259,17 @@ def _from_dataset(source: DatasetSource, modalities: dict[str, Any]) -> DataRepo
                 f"{', '.join(modalities) or 'text'}; add an inputs.{modality} entry or pick another data source."
             )
     return report
+
+
+def opted_in(spec: ModelSpec) -> list[str]:
+    """Components a model spec marks ``trainable: true`` against their default: encoders and the LLM.
+
+    A recipe without ``trainable:`` trains its defaults plus these, so an encoder that starts
+    from random weights (``trainable: true`` in the spec) trains without repeating it in every
+    recipe. A checkpoint's flags are the previous stage's choice and are not carried over.
+    """
+    paths = ["llm"] if spec.llm.trainable else []
+    return paths + [f"inputs.{m}.encoder" for m, inputs in spec.inputs.items() if inputs.encoder.trainable]
 
 
 def _state_cache_argument(recipe: Any, spec: RecipeSpec) -> dict[str, Any]:
