@@ -543,8 +543,7 @@ def _assemble(spec: ModelSpec, progress: bool) -> MMLLM:
     for modality, inputs in spec.inputs.items():
         entry = registry.get("encoders", inputs.encoder.name, modality=modality)
         encoder = make(f"inputs.{modality}.encoder", entry, ModalityEncoder, inputs.encoder.params)
-        if encoder.modality != modality:
-            raise PluginError(f"Plugin {entry.plugin!r}: the {entry.label} reports modality {encoder.modality!r}.")
+        _check_modality(entry, encoder, modality)
         entry = registry.get("projectors", inputs.projector.name)
         projector = make(
             f"inputs.{modality}.projector",
@@ -566,21 +565,18 @@ def _assemble(spec: ModelSpec, progress: bool) -> MMLLM:
         entry = registry.get("generators", outputs.generator.name, modality=modality)
         contracts = (ModalityGenerator, TextConditionedGenerator)
         generator = make(f"outputs.{modality}.generator", entry, contracts, outputs.generator.params)
-        if generator.modality != modality:
-            raise PluginError(f"Plugin {entry.plugin!r}: the {entry.label} reports modality {generator.modality!r}.")
+        _check_modality(entry, generator, modality)
         generators[modality] = generator
+        if isinstance(generator, TextConditionedGenerator):
+            _check_text_output(modality, outputs)
+            continue
         condition = getattr(generator, "condition_spec", None)
-        if not isinstance(generator, TextConditionedGenerator) and not (
-            isinstance(condition, ConditionSpec) and condition.num_tokens >= 1 and condition.dim >= 1
-        ):
+        if not (isinstance(condition, ConditionSpec) and condition.num_tokens >= 1 and condition.dim >= 1):
             raise PluginError(
                 f"Plugin {entry.plugin!r}: the {entry.label} reports condition_spec {condition!r}; a generator "
                 "conditioned on embeddings needs a ConditionSpec of at least one token of at least one value, which "
                 "an output projector can produce."
             )
-        if isinstance(generator, TextConditionedGenerator):
-            _check_text_output(modality, outputs)
-            continue
         if outputs.output_projector is None:
             raise SpecError(
                 f"outputs.{modality}.output_projector is missing: the generator {outputs.generator.name!r} is "
@@ -623,6 +619,12 @@ def _assemble(spec: ModelSpec, progress: bool) -> MMLLM:
     for row in model.parameter_counts():
         logger.info("%s: %d parameters, %d trainable", row.component, row.total, row.trainable)
     return model
+
+
+def _check_modality(entry: Registration, component: Any, modality: str) -> None:
+    """An encoder or generator registered for ``modality`` must say it is for that modality."""
+    if component.modality != modality:
+        raise PluginError(f"Plugin {entry.plugin!r}: the {entry.label} reports modality {component.modality!r}.")
 
 
 def _check_text_output(modality: str, outputs: Any) -> None:
