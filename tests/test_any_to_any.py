@@ -207,23 +207,19 @@ def write_captions(path, captions):
     return path
 
 
-def align_recipe(tmp_path, spec, data, **overrides):
-    recipe = {
-        "recipe": "align-output",
+def make_recipe(name, spec, data, output_dir, **training):
+    """A recipe spec on CPU, seeded, without intermediate checkpoints; ``training`` sets the rest."""
+    return {
+        "recipe": name,
         "model": spec,
         "data": {"train": str(data)},
-        "training": {
-            "output_dir": str(tmp_path / "align"),
-            "per_device_train_batch_size": 4,
-            "learning_rate": 1e-2,
-            "num_train_epochs": 30,
-            "save_strategy": "no",
-            "seed": 0,
-            "use_cpu": True,
-        },
+        "training": {"output_dir": str(output_dir), "save_strategy": "no", "seed": 0, "use_cpu": True, **training},
     }
-    recipe.update(overrides)
-    return recipe
+
+
+def align_recipe(tmp_path, spec, data, **overrides):
+    training = {"per_device_train_batch_size": 4, "learning_rate": 1e-2, "num_train_epochs": 30}
+    return {**make_recipe("align-output", spec, data, tmp_path / "align", **training), **overrides}
 
 
 def projected(model, captions):
@@ -303,20 +299,8 @@ def sft_model(tmp_path_factory, tokenizer_dir):
     records = [{"messages": draw("a red circle")}, {"messages": sound("a bell")}, {"messages": both("a drum")}]
     data = tmp_path / "sft.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in records))
-    recipe = {
-        "recipe": "sft",
-        "model": spec,
-        "data": {"train": str(data)},
-        "training": {
-            "output_dir": str(tmp_path / "run"),
-            "per_device_train_batch_size": 3,
-            "learning_rate": 5e-2,
-            "max_steps": 40,
-            "save_strategy": "no",
-            "seed": 0,
-            "use_cpu": True,
-        },
-    }
+    training = {"per_device_train_batch_size": 3, "learning_rate": 5e-2, "max_steps": 40}
+    recipe = make_recipe("sft", spec, data, tmp_path / "run", **training)
     return mmllm_sdk.train(recipe).model, tmp_path / "run"
 
 
@@ -418,21 +402,9 @@ def test_a_text_conditioned_generator_renders_the_text_between_its_signal_tokens
     ]
     data = tmp_path / "sft.jsonl"
     data.write_text(json.dumps({"messages": conversation}) + "\n")
-    recipe = {
-        "recipe": "sft",
-        "model": any_spec(image=text_renderer),
-        "data": {"train": str(data)},
-        "peft": {"method": "lora", "r": 8},  # the LLM learns to write the text itself: adapters, not only signal rows
-        "training": {
-            "output_dir": str(tmp_path / "run"),
-            "per_device_train_batch_size": 1,
-            "learning_rate": 5e-2,
-            "max_steps": 40,
-            "save_strategy": "no",
-            "seed": 0,
-            "use_cpu": True,
-        },
-    }
+    training = {"per_device_train_batch_size": 1, "learning_rate": 5e-2, "max_steps": 40}
+    recipe = make_recipe("sft", any_spec(image=text_renderer), data, tmp_path / "run", **training)
+    recipe["peft"] = {"method": "lora", "r": 8}  # the LLM learns to write the text itself: adapters, not only rows
     model = mmllm_sdk.train(recipe).model
     assert "<img_0>hello<img_1>" in model.llm.tokenizer.decode(model.processor([conversation])["input_ids"][0])
     response = model.generate([{"role": "user", "content": "Write hello."}], max_new_tokens=12)

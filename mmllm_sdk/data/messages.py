@@ -9,6 +9,7 @@ from typing import Any
 from mmllm_sdk.errors import InputError
 
 LLAVA_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+TEXT_SLOT = "{text}"  # where a text-conditioned output's signal template takes the part's text
 SOURCE_KEYS = ("path", "url")  # besides the modality's own key: {"type": "image", "image": ...}
 
 
@@ -86,7 +87,7 @@ def _content_text(
             source = next((part[k] for k in (kind, *SOURCE_KEYS, "text", "caption") if part.get(k) is not None), None)
             items.append(ModalityItem(kind, source))
             # a text-conditioned output writes its text between the tokens: "<aud_0>{text}<aud_1>"
-            pieces.append(placeholders[kind].replace("{text}", str(source or "")))
+            pieces.append(placeholders[kind].replace(TEXT_SLOT, str(source or "")))
         elif output and kind is not None:
             made = ", ".join(["text", *placeholders])
             raise InputError(

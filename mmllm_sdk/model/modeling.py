@@ -25,6 +25,7 @@ from mmllm_sdk.components.llm import LLMBackbone
 from mmllm_sdk.components.output_projector import ConditionSpec, OutputProjector
 from mmllm_sdk.components.projector import InputProjector
 from mmllm_sdk.data.feature_cache import FEATURES_KEY
+from mmllm_sdk.data.messages import TEXT_SLOT
 from mmllm_sdk.errors import DimensionError, InputError, PlaceholderMismatchError, PluginError, SpecError
 from mmllm_sdk.model.artifacts import save_outputs
 from mmllm_sdk.model.processor import IGNORE_INDEX, MMLLMProcessor, ModalityInput
@@ -35,7 +36,6 @@ from mmllm_sdk.training.peft import apply_peft
 
 logger = logging.getLogger(__name__)
 TEXT_SIGNAL_TOKENS = 2  # a text-conditioned output: <x_0> opens the text, <x_1> closes it
-TEXT_SLOT = "{text}"  # where the text goes in a text-conditioned output's signal template
 
 
 @dataclass

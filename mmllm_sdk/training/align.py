@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from mmllm_sdk.data.feature_cache import FeatureCache
 from mmllm_sdk.errors import InputError
+from mmllm_sdk.model.modeling import find_signal_runs
 from mmllm_sdk.training.trainer import MMTrainer
 
 if TYPE_CHECKING:
@@ -212,10 +213,9 @@ class AlignOutputTrainer(MMTrainer):
 def signal_positions(input_ids: torch.Tensor, signal_ids: list[int]) -> torch.Tensor:
     """The k positions of the first complete run of ``signal_ids`` in one row of ``input_ids``."""
     k = len(signal_ids)
-    starts = (input_ids == signal_ids[0]).nonzero().flatten().tolist()
-    for start in starts:
-        if input_ids[start : start + k].tolist() == signal_ids:
-            return torch.arange(start, start + k)
+    starts = find_signal_runs(input_ids.tolist(), signal_ids)
+    if starts:
+        return torch.arange(starts[0], starts[0] + k)
     raise InputError(
         f"A batch row has no complete run of the {k} signal tokens; build align batches with AlignCollator."
     )

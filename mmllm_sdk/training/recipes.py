@@ -31,6 +31,7 @@ class Recipe:
     train_on: str = "assistant"  # which assistant turns carry labels: assistant | last_assistant
     requires_peft: bool = False  # the recipe needs adapters on the LLM (DPO trains them by default)
     collator_class: str | None = None  # module:Class of a collator(model, max_length) other than the kind's
+    caches_signal_states: bool = False  # the trainer takes state_cache_dir (align-output: the LLM's signal states)
 
     @property
     def trainer_class(self) -> type:
@@ -120,5 +121,6 @@ ALIGN_OUTPUT = Recipe(
     default_trainable=("outputs.*.output_projector", "outputs.*.signal_tokens"),
     trainer="mmllm_sdk.training.align:AlignOutputTrainer",
     collator_class="mmllm_sdk.training.align:AlignCollator",
+    caches_signal_states=True,
     options=AlignOptions,
 )

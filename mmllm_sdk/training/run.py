@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 import sys
@@ -150,7 +149,7 @@ def train(
         data_collator=recipe.collator(model, spec.data.max_length),
         callbacks=callbacks,
         **options.model_dump(),
-        **_state_cache_argument(recipe, spec),
+        **({"state_cache_dir": _state_cache_dir(spec)} if recipe.caches_signal_states else {}),
     )
     try:
         result = trainer.train(resume_from_checkpoint=True if resume else None)
@@ -272,11 +271,9 @@ def opted_in(spec: ModelSpec) -> list[str]:
     return paths + [f"inputs.{m}.encoder" for m, inputs in spec.inputs.items() if inputs.encoder.trainable]
 
 
-def _state_cache_argument(recipe: Any, spec: RecipeSpec) -> dict[str, Any]:
-    """Where a trainer that caches the LLM's signal states (align-output) keeps them: beside the feature cache."""
-    if "state_cache_dir" not in inspect.signature(recipe.trainer_class.__init__).parameters:
-        return {}
-    return {"state_cache_dir": str(Path(spec.cache.dir).parent / "signal-states") if spec.cache.enabled else None}
+def _state_cache_dir(spec: RecipeSpec) -> str | None:
+    """Where align-output keeps the LLM's signal states: beside the feature cache (None: caching off)."""
+    return str(Path(spec.cache.dir).parent / "signal-states") if spec.cache.enabled else None
 
 
 def _has_checkpoint(output_dir: Path) -> bool:
