@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -304,10 +303,10 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from mmllm_sdk.training.run import train
+    from mmllm_sdk.training.run import is_main_process, train
 
     result = train(args.recipe, resume=args.resume)
-    if int(os.environ.get("RANK", "0")) == 0:  # one line, not one per torchrun process
+    if is_main_process():  # one line, not one per torchrun process
         print(f"Saved {result.output_dir} (load it with MMLLM.from_pretrained or mmllm chat).")
     return 0
 

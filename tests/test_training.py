@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from mmllm_sdk import MMLLM
+from mmllm_sdk import MMLLM, build_model
 from mmllm_sdk.errors import SpecError
 from mmllm_sdk.testing import caption_loss, tiny_spec
 from mmllm_sdk.training.run import train
@@ -357,17 +357,15 @@ def test_a_save_cut_short_leaves_the_previous_checkpoint_to_resume_from(tmp_path
     assert result.metrics["epoch"] > 0
 
 
-RECORDING_RUN = """
-import dataclasses, os, sys
+RECORDING_PLUGIN = """
+import dataclasses, os
 from mmllm_sdk import hookimpl
-from mmllm_sdk.plugins import register_plugin
-from mmllm_sdk.training.recipes import SFT, ConversationCollator, Recipe
-from mmllm_sdk.training.run import train
+from mmllm_sdk.training.recipes import PT, ConversationCollator, Recipe
 
 
 class RecordingCollator(ConversationCollator):
     def __call__(self, examples):
-        with open(f"{sys.argv[2]}.rank{os.environ['RANK']}", "a") as seen:
+        with open(os.path.join(os.environ["SEEN_DIR"], f"rank{os.environ.get('RANK', '0')}"), "a") as seen:
             seen.write(" ".join(example["source"] for example in examples) + "\\n")
         return super().__call__(examples)
 
@@ -378,18 +376,26 @@ class RecordingRecipe(Recipe):
         return RecordingCollator(model, max_length, self.train_on)
 
 
-class RecordingPlugin:
-    @hookimpl
-    def register_recipes(self, register):
-        register("sft-recording", RecordingRecipe(**{f.name: getattr(SFT, f.name) for f in dataclasses.fields(SFT)}))
-
-
-register_plugin(RecordingPlugin(), "recording")
-train(sys.argv[1])
+@hookimpl
+def register_recipes(register):
+    register("pt-recording", RecordingRecipe(**{f.name: getattr(PT, f.name) for f in dataclasses.fields(PT)}))
 """
 
 
-def test_torchrun_runs_data_parallel_on_two_cpu_processes(tmp_path, tokenizer_dir, images):
+def install_recording_plugin(site: Path) -> None:
+    """PT whose collator writes each batch's example sources to $SEEN_DIR/rank<RANK>: a plugin found through
+    its entry point, as an installed package is (a dist-info folder on PYTHONPATH)."""
+    site.mkdir()
+    (site / "recording_plugin.py").write_text(RECORDING_PLUGIN)
+    info = site / "recording_plugin-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: recording-plugin\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[mmllm]\nrecording = recording_plugin\n")
+
+
+def test_torchrun_trains_data_parallel_like_one_process_with_the_same_global_batch(tmp_path, tokenizer_dir, images):
+    """The documented command: each process takes its share of every epoch, and the gradients are averaged."""
+    import os
     import shutil
     import subprocess
     import sys
@@ -397,41 +403,55 @@ def test_torchrun_runs_data_parallel_on_two_cpu_processes(tmp_path, tokenizer_di
     import yaml
 
     records = [
-        {
-            "messages": [
-                {"role": "user", "content": [{"type": "image", "path": str(path)}, {"type": "text", "text": f"Q{i}"}]},
-                {"role": "assistant", "content": f"It is {name}."},
-            ]
-        }
-        for i, (name, path) in enumerate(list(images.items()) * 2)
+        {"image": str(path), "text": f"A {name} square{'.' * (i + 1)}"} for i, (name, path) in enumerate(images.items())
     ]
-    data = write_jsonl(tmp_path / "eight.jsonl", records)
+    data = write_jsonl(tmp_path / "captions.jsonl", records)  # 4 captions of different lengths
+    training = {"per_device_train_batch_size": 2, "num_train_epochs": 2, "max_steps": -1, "logging_steps": 1}
     spec = recipe(
-        tmp_path, tokenizer_dir, "sft-recording", data, training={"max_steps": 2, "output_dir": str(tmp_path / "ddp")}
+        tmp_path, tokenizer_dir, "pt-recording", data, training={**training, "output_dir": str(tmp_path / "ddp")}
     )
-    (tmp_path / "ddp.yaml").write_text(yaml.safe_dump(spec))
-    (tmp_path / "recording_run.py").write_text(RECORDING_RUN)
+    del spec["training"]["use_cpu"]  # as a user writes it: the SDK finds that there is no GPU
+    (tmp_path / "pt.yaml").write_text(yaml.safe_dump(spec))
+    install_recording_plugin(tmp_path / "site")
+    (tmp_path / "seen").mkdir()
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "site"), "SEEN_DIR": str(tmp_path / "seen")}
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
     done = subprocess.run(
-        [
-            torchrun,
-            "--standalone",
-            "--nproc_per_node",
-            "2",
-            str(tmp_path / "recording_run.py"),
-            str(tmp_path / "ddp.yaml"),
-            str(tmp_path / "seen"),
-        ],
+        [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "mmllm_sdk.cli", "train", "pt.yaml"],
+        cwd=tmp_path,
+        env=env,
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    rank0 = (tmp_path / "seen.rank0").read_text().split()
-    rank1 = (tmp_path / "seen.rank1").read_text().split()
-    assert len(rank0) == len(rank1) == 4  # 2 steps x 2 examples per process
-    assert set(rank0).isdisjoint(rank1)  # the two processes train on different examples: one epoch, split in two
-    MMLLM.from_pretrained(tmp_path / "ddp", progress=False)
+    assert "parallel_mode != ParallelMode.DISTRIBUTED" not in done.stderr
+    assert done.stdout.count("Saved ") == 1 and done.stderr.count("train data: read 4") == 1  # the main process talks
+    assert done.stdout.count("'train_loss'") + done.stderr.count("'train_loss'") == 1
+
+    epochs = [line.split() for line in (tmp_path / "seen" / "rank0").read_text().splitlines()]
+    other = [line.split() for line in (tmp_path / "seen" / "rank1").read_text().splitlines()]
+    assert len(epochs) == len(other) == 2  # one step per epoch on each process: 4 examples / (2 per process x 2)
+    every = sorted(f"{data}:{n}" for n in range(1, 5))
+    for mine, theirs in zip(epochs, other, strict=True):
+        assert set(mine).isdisjoint(theirs) and sorted(mine + theirs) == every  # shares of one epoch, together whole
+
+    single = recipe(
+        tmp_path,
+        tokenizer_dir,
+        "pt",
+        data,
+        training={**training, "per_device_train_batch_size": 4, "output_dir": str(tmp_path / "one")},
+    )
+    del single["training"]["use_cpu"]
+    train(single)
+    ddp = load_file(tmp_path / "ddp" / "trainable.safetensors")
+    one = load_file(tmp_path / "one" / "trainable.safetensors")
+    assert sorted(ddp) == sorted(one) and all(name.startswith("input_projectors.") for name in ddp)
+    for name, tensor in one.items():
+        torch.testing.assert_close(ddp[name], tensor, rtol=1e-5, atol=1e-6)  # gradients were all-reduced
+    start = build_model(spec["model"], progress=False).state_dict()
+    assert all(not torch.equal(tensor, start[name]) for name, tensor in one.items())  # and both runs trained
 
 
 def test_malformed_records_stop_the_run_with_file_and_line(tmp_path, tokenizer_dir, captions):

@@ -252,6 +252,7 @@ class MMLLM(nn.Module):
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         supervised_only: bool = False,
+        num_items_in_batch: int | torch.Tensor | None = None,
         **kwargs: Any,
     ) -> Any:
         """The LLM's output (``.logits``, and ``.loss`` when ``labels`` are given) for a processor batch.
@@ -259,7 +260,9 @@ class MMLLM(nn.Module):
         Keyword arguments named after a modality (``image={"pixel_values": …}``) are that
         modality's encoder inputs; the rest go to the LLM (``use_cache``, ``output_hidden_states``, …).
         With ``supervised_only`` the LM head runs only where a label is set and the result
-        is a :class:`SupervisedOutput` (the training recipes use this).
+        is a :class:`SupervisedOutput` (the training recipes use this); its loss is the mean
+        over this batch's supervised tokens, or their sum divided by ``num_items_in_batch``
+        (the Trainer's count over a whole optimizer step: accumulation steps and processes).
         """
         modality_inputs = {k: kwargs.pop(k) for k in list(kwargs) if k in self.encoders}
         modalities = {entry.name for entry in get_registry().entries("modalities")}
@@ -283,7 +286,13 @@ class MMLLM(nn.Module):
         shared = self.shared_prefix_length(input_ids, attention_mask, limit=int(positions[0]))
         logits = self.llm.logits_at(inputs_embeds, attention_mask, positions, shared_prefix=shared, **kwargs)
         targets = targets[:, positions]  # (B, K)
-        loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
+        if num_items_in_batch is None:
+            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX)
+        else:
+            total = F.cross_entropy(
+                logits.float().flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+            )
+            loss = total / torch.as_tensor(num_items_in_batch, device=total.device, dtype=total.dtype)
         return SupervisedOutput(loss=loss, logits=logits, targets=targets)
 
     def shared_prefix_length(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, limit: int) -> int:

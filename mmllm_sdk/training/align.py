@@ -100,6 +100,8 @@ class AlignCollator:
 class AlignOutputTrainer(MMTrainer):
     """L2 between projected signal states and the generator's conditioning of the caption (plus ``lm_weight`` x LM)."""
 
+    token_weighted_loss = False  # a mean over the batch's captions
+
     def __init__(
         self,
         *args: Any,

@@ -28,6 +28,9 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "prediction_loss_only": True,  # evaluation reports the loss; logits over the vocabulary are not kept
     "dataloader_pin_memory": torch.cuda.is_available(),  # pinning helps only when batches go to a GPU
     "train_sampling_strategy": "group_by_length",  # batches of similar length: less padding (estimated lengths)
+    # without a GPU the Trainer must be told it runs on the CPU: only then does a torchrun or accelerate
+    # launch become data-parallel (gloo) instead of one full copy of the run per process
+    "use_cpu": not torch.accelerator.is_available(),
 }
 TRAINING_FORCED: dict[str, Any] = {
     "remove_unused_columns": False,  # examples are raw conversations; the collator builds the tensors
@@ -123,7 +126,7 @@ def train(
     for split, report in reports.items():
         _say(f"{split} data: {report.summary()}")
 
-    model = build_model(model_spec)
+    model = build_model(model_spec, progress=is_main_process())
     if init_state is not None:
         load_trained(model, init_state, init_origin, complete=False)
     tokens_per_item = {m: len(ids) for m, ids in model.signal_ids.items()}  # an output part: its k signal tokens
@@ -208,9 +211,14 @@ def _media_sources(example: dict[str, Any], modality: str) -> list[Any]:
     return [part["path"] for part in content_parts(example) if part.get("type") == modality and "path" in part]
 
 
+def is_main_process() -> bool:
+    """True in a plain run and in the first process of a torchrun / accelerate launch (the one that talks)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def _say(line: str) -> None:
     """A line for the person running the job: on standard error, once (not once per torchrun process)."""
-    if int(os.environ.get("RANK", "0")) == 0:
+    if is_main_process():
         print(line, file=sys.stderr, flush=True)
 
 

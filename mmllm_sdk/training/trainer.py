@@ -31,15 +31,24 @@ class MMTrainer(Trainer):
     RNG and data position, staged in a hidden folder and renamed into place whole.
     """
 
-    loss_is_scaled_for_ga = False  # compute_loss returns a per-batch mean
+    # The LM loss is a mean over the supervised tokens of the whole optimizer step: all its
+    # gradient-accumulation micro-batches on all processes (the Trainer counts them, as for
+    # transformers' own causal LMs). Recipes with a loss per example or pair (DPO, align-output)
+    # set this to False and return a per-batch mean, which the Trainer divides by the accumulation steps.
+    token_weighted_loss = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.model_accepts_loss_kwargs = self.token_weighted_loss  # the Trainer then counts num_items_in_batch
         self._staging_root: Path | None = None
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        outputs = model(**inputs, supervised_only=True)
-        return (outputs.loss, outputs) if return_outputs else outputs.loss
+        outputs = model(**inputs, supervised_only=True, num_items_in_batch=num_items_in_batch)
+        loss = outputs.loss
+        if num_items_in_batch is not None and self.args.average_tokens_across_devices:
+            # the count covers every process and DDP averages their gradients: undo the average
+            loss = loss * self.accelerator.num_processes
+        return (loss, outputs) if return_outputs else loss
 
     # batches --------------------------------------------------------------------------------
 
@@ -49,7 +58,8 @@ class MMTrainer(Trainer):
     def _get_train_sampler(self, train_dataset=None):
         lengths = getattr(train_dataset if train_dataset is not None else self.train_dataset, "lengths", None)
         if self.args.train_sampling_strategy == "group_by_length" and lengths is not None:
-            size = self.args.train_batch_size * self.args.gradient_accumulation_steps
+            # one optimizer step's examples over all processes: the order does not depend on how they are split
+            size = self.args.train_batch_size * self.args.gradient_accumulation_steps * self.args.world_size
             return EpochSeededLengthGroupedSampler(size, lengths=lengths, seed=self.args.seed)
         return super()._get_train_sampler(train_dataset)
 
@@ -146,6 +156,8 @@ class DPOTrainer(MMTrainer):
     reference pass of each step. So a DPO stage that continues from an SFT checkpoint with
     trained adapters stays close to that checkpoint, not to the model without its adapters.
     """
+
+    token_weighted_loss = False  # a mean over the batch's pairs
 
     def __init__(self, *args: Any, beta: float = 0.1, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
