@@ -217,6 +217,15 @@ def make_recipe(name, spec, data, output_dir, **training):
     }
 
 
+ALIGN_SHORT = {
+    "per_device_train_batch_size": 4,
+    "learning_rate": 1e-2,
+    "max_steps": 3,
+    "save_strategy": "no",
+    "seed": 0,
+}
+
+
 def align_recipe(tmp_path, spec, data, **overrides):
     training = {"per_device_train_batch_size": 4, "learning_rate": 1e-2, "num_train_epochs": 30}
     return {**make_recipe("align-output", spec, data, tmp_path / "align", **training), **overrides}
@@ -551,3 +560,35 @@ def test_generator_kwargs_can_be_given_per_output_modality(image_model):
         "num_inference_steps": 3
     }
     assert image_model.generator_kwargs_for("image", {"seed": 1}) == {"seed": 1}
+
+
+@pytest.mark.parametrize("method", ["lora", "prefix"])
+def test_sft_with_adapters_continues_from_an_aligned_checkpoint_and_generates(tmp_path, any_spec, method):
+    """The documented chain: align-output -> SFT with peft (continuing from the aligned folder) -> generate."""
+    from safetensors.torch import load_file
+
+    captions = write_captions(tmp_path / "c.jsonl", CAPTIONS[:4])
+    aligned = mmllm_sdk.train(
+        align_recipe(tmp_path, any_spec(), captions, training={**ALIGN_SHORT, "output_dir": str(tmp_path / "align")})
+    )
+    projector = {n: p.detach().clone() for n, p in aligned.model.output_projectors.named_parameters()}
+    embedding_rows = aligned.model.llm.get_input_embeddings().signal_rows.detach().clone()
+    data = tmp_path / "draw.jsonl"
+    data.write_text(json.dumps({"messages": draw("a red circle")}) + "\n")
+    peft = {"method": "lora", "r": 4} if method == "lora" else {"method": "prefix", "num_virtual_tokens": 2}
+    training = {"per_device_train_batch_size": 1, "learning_rate": 5e-2, "max_steps": 30}
+    recipe = {**make_recipe("sft", str(tmp_path / "align"), data, tmp_path / "sft", **training), "peft": peft}
+    model = mmllm_sdk.train(recipe).model
+
+    output_projector = dict(model.output_projectors.named_parameters())
+    assert all(torch.equal(output_projector[n], value) for n, value in projector.items())  # aligned, frozen in SFT
+    assert not torch.equal(model.llm.get_input_embeddings().signal_rows, embedding_rows)  # aligned, then tuned
+    saved = load_file(tmp_path / "sft" / "trainable.safetensors")
+    assert any(("lora_" if method == "lora" else "prompt_encoder") in name for name in saved)
+    assert sum("signal_rows" in name for name in saved) == 2 and sum(n.startswith("output_projectors.") for n in saved)
+    asked = [{"role": "user", "content": "Draw a red circle."}]
+    response = model.generate(asked, max_new_tokens=12, output_dir=tmp_path / "out")
+    (image,) = response.outputs["image"]
+    assert isinstance(image, Image.Image) and response.files["image"] == [str(tmp_path / "out" / "image-0.png")]
+    reloaded = mmllm_sdk.MMLLM.from_pretrained(tmp_path / "sft", progress=False)
+    assert reloaded.generate(asked, max_new_tokens=12).token_ids == response.token_ids

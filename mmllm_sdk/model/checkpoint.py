@@ -180,6 +180,8 @@ def load_trained(model: MMLLM, state: dict[str, torch.Tensor], origin: str, *, c
     tensors of parameters that are frozen now are remembered, so the next checkpoint keeps them.
     """
     params = dict(model.named_parameters())
+    aliases = adapter_free_names(model)
+    state = {aliases.get(name, name): tensor for name, tensor in state.items()}
     trainable = {name for name, p in params.items() if p.requires_grad}
     unexpected = sorted(set(state) - set(params))
     missing = sorted(trainable - set(state)) if complete else []
@@ -198,6 +200,25 @@ def load_trained(model: MMLLM, state: dict[str, torch.Tensor], origin: str, *, c
         for name, tensor in state.items():
             params[name].copy_(tensor)
     model.carried_parameters |= set(state) - trainable
+
+
+def adapter_free_names(model: MMLLM) -> dict[str, str]:
+    """The name each LLM parameter has without peft's wrapper -> its name in ``model``, where the two differ.
+
+    Adapters wrap the LLM (``llm.model.base_model.model.…`` for LoRA, ``llm.model.base_model.…`` for prompt
+    learning), so a checkpoint saved before they were added (signal rows after ``align-output``, a fully
+    tuned LLM) names its tensors as the unwrapped LLM does; loading it into a model with adapters maps them.
+    """
+    llm = getattr(model.llm, "model", None)
+    base = llm.get_base_model() if callable(getattr(llm, "get_base_model", None)) else None
+    if base is None or base is llm:
+        return {}
+    here = {id(param): name for name, param in model.named_parameters()}
+    return {
+        f"llm.model.{name}": here[id(param)]
+        for name, param in base.named_parameters()
+        if id(param) in here and here[id(param)] != f"llm.model.{name}"
+    }
 
 
 def _few(names: list[str]) -> str:
