@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -82,13 +83,27 @@ def load_spec(path: str | os.PathLike[str]) -> ModelSpec:
     return parse_spec(read_yaml_mapping(path, "spec", "'llm' and 'inputs'"), source=str(path))
 
 
+class SpecLoader(yaml.SafeLoader):
+    """YAML's safe loader, reading ``1e-3`` and ``2E5`` as numbers (YAML 1.2), where YAML 1.1 reads them as strings.
+
+    ``learning_rate: 1e-3`` is how everyone writes it; PyYAML alone would hand the Trainer the string ``"1e-3"``.
+    """
+
+
+SpecLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
 def read_yaml_mapping(path: str | os.PathLike[str], what: str, keys: str) -> dict[str, Any]:
     """A YAML file that must hold a mapping (``keys`` says which), with ``./`` paths made absolute."""
     path = Path(path)
     if not path.is_file():
         raise SpecError(f"The {what} file {str(path)!r} does not exist; pass the path of a YAML {what}.")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=SpecLoader)
     except yaml.YAMLError as exc:
         raise SpecError(f"The {what} file {str(path)!r} is not valid YAML: {exc}") from exc
     if not isinstance(data, dict):

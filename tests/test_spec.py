@@ -148,3 +148,11 @@ def test_gguf_files_are_refused_for_encoders(image_spec):
     image_spec["inputs"]["image"]["encoder"]["params"] = {"model": "somewhere", "gguf_file": "x.gguf"}
     with pytest.raises(SpecError, match=r"inputs.image.encoder.params: 'gguf_file' works for LLM backbones only"):
         parse_spec(image_spec)
+
+
+def test_exponent_numbers_in_a_yaml_spec_are_numbers(tmp_path, image_spec):
+    # YAML 1.1 (PyYAML alone) reads 2e-2 as a string; everyone writes it as a number
+    image_spec["llm"]["params"]["config"]["initializer_range"] = 0.02
+    (tmp_path / "model.yaml").write_text(yaml.safe_dump(image_spec).replace("0.02", "2e-2"))
+    assert "initializer_range: 2e-2" in (tmp_path / "model.yaml").read_text()
+    assert load_spec(tmp_path / "model.yaml").llm.params["config"]["initializer_range"] == 0.02

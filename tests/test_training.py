@@ -525,3 +525,36 @@ def test_the_feature_cache_default_follows_mmllm_cache_when_the_spec_is_parsed(m
 
     monkeypatch.setenv("MMLLM_CACHE", str(tmp_path))  # set after the module was imported
     assert CacheSpec().dir == str(tmp_path / "features")
+
+
+def test_a_recipe_file_reads_1e_3_as_a_number(tmp_path):
+    from mmllm_sdk.training.spec import load_recipe
+
+    (tmp_path / "pt.yaml").write_text(
+        "recipe: pt\nmodel: ./model.yaml\ndata: {train: ./c.jsonl}\n"
+        "training: {output_dir: ./runs/pt, learning_rate: 1e-3, weight_decay: 1E-2, warmup_steps: 2}\n"
+    )
+    training = load_recipe(tmp_path / "pt.yaml").training
+    assert training["learning_rate"] == 0.001 and training["weight_decay"] == 0.01 and training["warmup_steps"] == 2
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("learning_rate", "fast", r"learning_rate: 'fast' is not a number; write e.g. learning_rate: 0.001"),
+        ("max_steps", "3.5", r"max_steps: '3.5' is not a whole number"),
+        ("bf16", "maybe", r"bf16: 'maybe' is not true or false"),
+    ],
+)
+def test_a_training_argument_of_the_wrong_type_names_it_before_anything_loads(tmp_path, field, value, message):
+    spec = {"recipe": "pt", "model": "m.yaml", "data": {"train": "x"}, "training": {"output_dir": "o", field: value}}
+    with pytest.raises(SpecError, match=message):
+        train(spec)
+
+
+def test_a_quoted_number_is_taken_as_the_number_it_spells(tmp_path):
+    from mmllm_sdk.training.spec import parse_recipe
+
+    spec = {"recipe": "pt", "model": "m.yaml", "data": {"train": "x"}, "training": {"output_dir": "o"}}
+    spec["training"]["learning_rate"] = "2e-4"
+    assert parse_recipe(spec).training["learning_rate"] == 0.0002

@@ -5,10 +5,12 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import fnmatch
+import functools
 import os
+import typing
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, TypeAdapter, ValidationError, field_validator
 
 from mmllm_sdk.errors import SpecError
 from mmllm_sdk.files import cache_root
@@ -67,7 +69,39 @@ class RecipeSpec(StrictModel):
                 raise ValueError(f"{key!r} is not a TrainingArguments field{hint}")
         if "output_dir" not in value:
             raise ValueError("'output_dir' is required: the folder for checkpoints and the final model")
+        return {key: _scalar_argument(key, item) for key, item in value.items()}
+
+
+@functools.cache
+def _scalar_fields() -> dict[str, Any]:
+    """TrainingArguments' number and yes/no fields, by name: their type (``float``, ``int | None`` …)."""
+    from transformers import TrainingArguments
+
+    scalars = {int, float, bool}
+    hints = typing.get_type_hints(TrainingArguments)
+    fields = {}
+    for field in dataclasses.fields(TrainingArguments):
+        kinds = set(typing.get_args(hints[field.name])) - {type(None)} or {hints[field.name]}
+        if field.init and len(kinds) == 1 and kinds <= scalars:
+            fields[field.name] = hints[field.name]
+    return fields
+
+
+def _scalar_argument(key: str, value: Any) -> Any:
+    """A number or yes/no TrainingArguments field, checked and converted as pydantic does (``"1e-3"`` -> 0.001)."""
+    kind = _scalar_fields().get(key)
+    if kind is None:
         return value
+    try:
+        return TypeAdapter(kind).validate_python(value)
+    except ValidationError:
+        base = next(k for k in (*typing.get_args(kind), kind) if k in _WORDS)
+        optional = " (or null)" if type(None) in typing.get_args(kind) else ""
+        what, example = _WORDS[base]
+        raise ValueError(f"{key}: {value!r} is not {what}{optional}; write e.g. {key}: {example}") from None
+
+
+_WORDS = {float: ("a number", "0.001"), int: ("a whole number", "8"), bool: ("true or false", "true")}
 
 
 def load_recipe(path: str | os.PathLike[str]) -> RecipeSpec:
