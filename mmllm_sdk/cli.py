@@ -306,7 +306,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from mmllm_sdk.training.run import is_main_process, train
 
     result = train(args.recipe, resume=args.resume)
-    if is_main_process():  # one line, not one per torchrun process
+    if is_main_process() and result.steps_trained == 0:  # one line, not one per torchrun process
+        print(f"Nothing trained; {result.output_dir} holds the finished run (load it with mmllm chat).")
+    elif is_main_process():
         print(f"Saved {result.output_dir} (load it with MMLLM.from_pretrained or mmllm chat).")
     return 0
 

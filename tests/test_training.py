@@ -558,3 +558,27 @@ def test_a_quoted_number_is_taken_as_the_number_it_spells(tmp_path):
     spec = {"recipe": "pt", "model": "m.yaml", "data": {"train": "x"}, "training": {"output_dir": "o"}}
     spec["training"]["learning_rate"] = "2e-4"
     assert parse_recipe(spec).training["learning_rate"] == 0.0002
+
+
+def test_resume_on_a_finished_run_says_there_is_nothing_to_train_and_saves_nothing(
+    tmp_path, tokenizer_dir, captions, capsys
+):
+    spec = recipe(
+        tmp_path, tokenizer_dir, "pt", captions, training={"max_steps": 2, "save_strategy": "steps", "save_steps": 2}
+    )
+    train(spec)
+    final = tmp_path / "run-pt" / "trainable.safetensors"
+    saved = final.stat().st_mtime_ns, final.read_bytes()
+    capsys.readouterr()
+    result = train(spec, resume=True)
+    assert result.steps_trained == 0 and "train_loss" not in result.metrics
+    err = capsys.readouterr().err
+    assert "--resume: " in err and "checkpoint-2 is step 2, the last step of this run; nothing to train" in err
+    assert (final.stat().st_mtime_ns, final.read_bytes()) == saved
+    spec["training"]["max_steps"] = 4  # more steps: resuming trains the two that are new
+    assert train(spec, resume=True).steps_trained == 2
+
+
+def test_data_eval_without_an_eval_strategy_is_refused_before_anything_loads(tmp_path, tokenizer_dir, captions):
+    with pytest.raises(SpecError, match=r"data.eval is set but eval_strategy is 'no' .* add eval_strategy: epoch"):
+        train(recipe(tmp_path, tokenizer_dir, "pt", captions, data={"eval": str(captions)}))

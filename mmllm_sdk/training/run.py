@@ -60,6 +60,7 @@ class TrainResult:
     metrics: dict[str, float] = field(default_factory=dict)
     encoded_for_cache: dict[str, int] = field(default_factory=dict)  # modality -> items encoded into the cache now
     cache_stats: Any = None  # the feature cache's CacheStats (hits while training), when the cache was on
+    steps_trained: int | None = None  # optimizer steps this call ran (0: a resumed run that was already complete)
 
 
 def resolve_model(source: str | dict[str, Any]) -> tuple[ModelSpec, dict[str, torch.Tensor] | None, str]:
@@ -94,7 +95,7 @@ def train(
     """
     from transformers import TrainingArguments
 
-    from mmllm_sdk.model.checkpoint import load_trained, write_checkpoint_files
+    from mmllm_sdk.model.checkpoint import MANIFEST, load_trained, write_checkpoint_files
     from mmllm_sdk.model.modeling import build_model
 
     spec = parse_recipe(recipe_spec)
@@ -154,8 +155,20 @@ def train(
         **options.model_dump(),
         **({"state_cache_dir": _state_cache_dir(spec)} if recipe.caches_signal_states else {}),
     )
+    checkpoint = _last_checkpoint(output_dir) if resume else None
+    start_step = _checkpoint_step(checkpoint) if checkpoint is not None else 0
+    if checkpoint is not None and start_step >= _planned_steps(trainer):  # nothing left: say so, save nothing new
+        model.processor.use_feature_cache(None)
+        _say(
+            f"--resume: {checkpoint} is step {start_step}, the last step of this run; nothing to train. Raise "
+            "training.max_steps or num_train_epochs to train further, or start a new output_dir."
+        )
+        trainer._load_from_checkpoint(str(checkpoint))
+        if args.should_save and not (output_dir / MANIFEST).is_file():  # killed between the last save and the end
+            write_checkpoint_files(model, output_dir)
+        return TrainResult(model=model, output_dir=output_dir, steps_trained=0)
     try:
-        result = trainer.train(resume_from_checkpoint=True if resume else None)
+        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
     finally:
         model.processor.use_feature_cache(None)
     if args.should_save:
@@ -168,6 +181,7 @@ def train(
         metrics=dict(result.metrics),
         encoded_for_cache=encoded,
         cache_stats=cache.stats if cache is not None else None,
+        steps_trained=trainer.state.global_step - start_step,
     )
 
 
@@ -284,7 +298,26 @@ def _state_cache_dir(spec: RecipeSpec) -> str | None:
     return str(Path(spec.cache.dir).parent / "signal-states") if spec.cache.enabled else None
 
 
-def _has_checkpoint(output_dir: Path) -> bool:
+def _last_checkpoint(output_dir: Path) -> Path | None:
     from transformers.trainer_utils import get_last_checkpoint
 
-    return output_dir.is_dir() and get_last_checkpoint(str(output_dir)) is not None
+    found = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+    return Path(found) if found is not None else None
+
+
+def _has_checkpoint(output_dir: Path) -> bool:
+    return _last_checkpoint(output_dir) is not None
+
+
+def _planned_steps(trainer: Any) -> int:
+    """The optimizer steps the whole run takes (``max_steps``, or the epochs over this data), as the Trainer counts."""
+    return trainer.set_initial_training_values(trainer.args, trainer.get_train_dataloader())[-1]
+
+
+def _checkpoint_step(checkpoint: Path) -> int:
+    """The optimizer step a checkpoint-N folder was saved at (its trainer_state.json, else N)."""
+    state = checkpoint / "trainer_state.json"
+    try:
+        return int(json.loads(state.read_text(encoding="utf-8"))["global_step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return int(checkpoint.name.rsplit("-", 1)[-1])

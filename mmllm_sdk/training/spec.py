@@ -10,7 +10,7 @@ import os
 import typing
 from typing import Any, Literal
 
-from pydantic import Field, TypeAdapter, ValidationError, field_validator
+from pydantic import Field, TypeAdapter, ValidationError, ValidationInfo, field_validator
 
 from mmllm_sdk.errors import SpecError
 from mmllm_sdk.files import cache_root
@@ -58,7 +58,7 @@ class RecipeSpec(StrictModel):
 
     @field_validator("training")
     @classmethod
-    def _training_arguments(cls, value: dict[str, Any]) -> dict[str, Any]:
+    def _training_arguments(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
         from transformers import TrainingArguments
 
         known = {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
@@ -69,7 +69,14 @@ class RecipeSpec(StrictModel):
                 raise ValueError(f"{key!r} is not a TrainingArguments field{hint}")
         if "output_dir" not in value:
             raise ValueError("'output_dir' is required: the folder for checkpoints and the final model")
+        data = info.data.get("data")
+        if data is not None and data.eval is not None and str(value.get("eval_strategy", "no")).lower() == "no":
+            raise ValueError(
+                "data.eval is set but eval_strategy is 'no' (the default), so the eval data would be read and never "
+                "scored; add eval_strategy: epoch (or steps, with eval_steps: N) here, or remove data.eval"
+            )
         return {key: _scalar_argument(key, item) for key, item in value.items()}
+
 
 
 @functools.cache
