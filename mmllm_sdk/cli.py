@@ -330,7 +330,10 @@ def cmd_new_plugin(args: argparse.Namespace) -> int:
             raise SpecError(f"--set {item!r} must look like KEY=VALUE, e.g. --set channels=12.")
         context[key] = value
     folder = new_plugin(args.name, args.output_dir, no_input=args.no_input, context=context)
-    print(f"Created {folder}. Next: pip install -e {folder}, then mmllm plugins, then cd {folder} && python -m pytest")
+    if folder.is_relative_to(Path.cwd()):  # as the user would type it
+        folder = Path(".") / folder.relative_to(Path.cwd())
+    shown = f"./{folder}" if not folder.is_absolute() else str(folder)
+    print(f"Created {shown}. Next: pip install -e {shown}, then mmllm plugins, then cd {shown} && python -m pytest")
     return 0
 
 
