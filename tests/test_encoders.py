@@ -291,3 +291,32 @@ def test_builtin_encoders_are_registered_through_the_plugin_hook(name):
     entry = get_registry().get("encoders", name, modality=MODALITY[name])
     assert entry.value is ENCODERS[name][0]
     assert entry.plugin == "mmllm_sdk.default_plugins.encoders"
+
+
+def test_a_vision_tower_read_from_a_whole_clip_folder_loads_without_a_table_of_its_text_weights(tmp_path, capfd):
+    import warnings
+
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    text = {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2}
+    config = CLIPConfig(text_config=text, vision_config=tiny_clip_vision_config(), projection_dim=8)
+    CLIPModel(config).save_pretrained(tmp_path / "clip")
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size=32).save_pretrained(tmp_path / "clip")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing is missing: no warning either
+        CLIPVisionEncoder({"model": str(tmp_path / "clip")})
+    printed = capfd.readouterr()
+    assert "LOAD REPORT" not in printed.err + printed.out and "text_model" not in printed.err + printed.out
+
+
+def test_weights_a_checkpoint_lacks_are_named_in_one_warning(tmp_path):
+    from safetensors.torch import load_file, save_file
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
+    CLIPVisionModel(CLIPVisionConfig(**tiny_clip_vision_config())).save_pretrained(tmp_path / "tower")
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size=32).save_pretrained(tmp_path / "tower")
+    weights = load_file(tmp_path / "tower" / "model.safetensors")
+    del weights["post_layernorm.weight"]
+    save_file(weights, tmp_path / "tower" / "model.safetensors", metadata={"format": "pt"})
+    with pytest.warns(UserWarning, match=r"1 weight\(s\) are not in .* start from random values: .*post_layernorm"):
+        CLIPVisionEncoder({"model": str(tmp_path / "tower")})

@@ -6,7 +6,9 @@ import contextlib
 import contextvars
 import copy
 import hashlib
+import logging
 import os
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -136,14 +138,34 @@ def load_model(model_cls: Any, config_cls: Any, source: HFSource, what: str) -> 
     if is_skeleton() or source.config is not None:
         builder = getattr(model_cls, "from_config", None) or model_cls._from_config
         return hf_call(what, builder, config, dtype=source.torch_dtype)
-    return hf_call(
-        what,
-        model_cls.from_pretrained,
-        source.model,
-        config=config,
-        dtype=source.torch_dtype,
-        **source.pretrained_kwargs(),
-    )
+    report = logging.getLogger("transformers.modeling_utils")  # its load report: a table of every key, said below
+    report.addFilter(_no_load_report)
+    try:
+        model, info = hf_call(
+            what,
+            model_cls.from_pretrained,
+            source.model,
+            config=config,
+            dtype=source.torch_dtype,
+            output_loading_info=True,
+            **source.pretrained_kwargs(),
+        )
+    finally:
+        report.removeFilter(_no_load_report)
+    # Weights the checkpoint has and this model does not are expected (a CLIP vision tower read from a whole CLIP
+    # repository leaves its text tower); weights the model needs and the checkpoint lacks start random: say so.
+    missing = sorted(info.get("missing_keys") or ())
+    if missing:
+        warnings.warn(
+            f"{what}: {len(missing)} weight(s) are not in {source.model!r} and start from random values: "
+            f"{', '.join(missing[:5])}{' …' if len(missing) > 5 else ''}",
+            stacklevel=2,
+        )
+    return model
+
+
+def _no_load_report(record: logging.LogRecord) -> bool:
+    return "LOAD REPORT" not in str(record.msg)
 
 
 def hf_call(what: str, function: Any, *args: Any, **kwargs: Any) -> Any:
