@@ -14,6 +14,7 @@ from mmllm_sdk.testing.conformance import (
     check_projector,
     check_pt,
 )
+from mmllm_sdk.testing.hub import STANDIN_IDS, is_written, offline_hub, standin_commit
 from mmllm_sdk.testing.tiny import (
     CHATML_TEMPLATE,
     configure_test_environment,
@@ -29,6 +30,7 @@ from mmllm_sdk.testing.tiny_generators import tiny_audioldm_config, tiny_sd_conf
 
 __all__ = [
     "CHATML_TEMPLATE",
+    "STANDIN_IDS",
     "ConformanceError",
     "PTCheck",
     "caption_loss",
@@ -40,6 +42,9 @@ __all__ = [
     "check_projector",
     "check_pt",
     "configure_test_environment",
+    "is_written",
+    "offline_hub",
+    "standin_commit",
     "tiny_audioldm_config",
     "tiny_clip_vision_config",
     "tiny_gguf",
