@@ -26,7 +26,9 @@ Attributes follow the language in the block's info string (```` ```yaml file=pt.
 - ``stdin=TEXT``: what a console command reads from standard input.
 
 Hub ids resolve to the offline stand-ins of ``mmllm_sdk.testing.hub`` (a hub cache folder, with
-``HF_HUB_OFFLINE=1``); the repository's ``examples/`` folder is copied into every page's folder.
+``HF_HUB_OFFLINE=1``); the repository's ``examples/`` and ``plugins/`` folders are copied into every
+page's folder, so a page names them as a reader in the repository's root does. ``pip install`` goes
+into the page's own virtual environment, which sees the test environment's packages.
 """
 
 from __future__ import annotations
@@ -433,8 +435,10 @@ def _parse_json(block: Block) -> None:
 def prepare(folder: Path, hub_cache: Path) -> Page:
     """A page's folder (with a copy of examples/), its virtual environment and environment variables."""
     folder.mkdir(parents=True, exist_ok=True)
-    if (ROOT / "examples").is_dir():
-        shutil.copytree(ROOT / "examples", folder / "examples", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("examples", "plugins"):  # what the pages name from the repository's root
+        shutil.copytree(
+            ROOT / name, folder / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", ".pytest_cache")
+        )
     bin_dir = make_venv(folder / ".venv")
     env = {
         **os.environ,
