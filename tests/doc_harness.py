@@ -18,8 +18,9 @@ Each page runs in a fresh folder, block after block, the way a reader follows it
 Attributes follow the language in the block's info string (```` ```yaml file=pt.yaml ````):
 
 - ``file=PATH``: write the block to PATH (any language) instead of running it.
-- ``skip="KIND: reason"``: not run. KIND is ``network`` (it downloads), ``gpu``, or ``covered``
-  (run elsewhere: the reason names the test file that runs it).
+- ``skip="KIND: reason"``: not run. KIND is ``network`` (it downloads), ``gpu``, ``covered``
+  (run elsewhere: the reason names the test file that runs it) or ``timing`` (a benchmark: it
+  measures the machine for minutes and needs it quiet; not a test).
 - ``excerpt=MODULE``: a python block quoting MODULE's classes or functions: each must exist there
   with the same parameters.
 - ``plugin=NAME``: a python block whose ``@hookimpl`` functions are registered as the plugin NAME.
@@ -55,7 +56,7 @@ ROOT = Path(__file__).resolve().parent.parent
 KERNEL = Path(__file__).resolve().parent / "doc_kernel.py"
 FENCE = re.compile(r"^```(\w*)([^\n]*)\n(.*?)^```[ \t]*$", re.M | re.S)
 RUNNABLE = ("console", "bash", "python", "yaml", "json")
-SKIP_KINDS = ("network", "gpu", "covered")
+SKIP_KINDS = ("network", "gpu", "covered", "timing")
 ATTRIBUTES = {"file", "fragment", "skip", "excerpt", "plugin", "stdin"}
 TIMEOUT = 600  # seconds for one block
 
@@ -75,15 +76,22 @@ class Block:
         return f"{self.page}:{self.line}"
 
 
+TEMPLATE_README = ROOT / "templates" / "cookiecutter-mmllm-plugin" / "{{cookiecutter.project_slug}}" / "README.md"
+
+
 def page_files() -> list[Path]:
-    """Every page whose examples run: README.md, docs/**, the plugin READMEs and examples/README.md."""
+    """Every page whose examples run: README.md, docs/**, the plugin READMEs and examples/README.md.
+
+    (The plugin template's README runs too, as the README of a plugin ``mmllm new-plugin`` generates.)
+    """
     pages = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md")), *sorted(ROOT.glob("plugins/*/README.md"))]
-    return [*pages, *([ROOT / "examples" / "README.md"] if (ROOT / "examples" / "README.md").exists() else [])]
+    return [*pages, ROOT / "examples" / "README.md"]
 
 
-def blocks(path: Path) -> list[Block]:
+def blocks(path: Path, name: str | None = None) -> list[Block]:
+    """The fenced blocks of a page (``name``: how errors name it; default its path in the repository)."""
     text = path.read_text(encoding="utf-8")
-    name = str(path.relative_to(ROOT))
+    name = name or str(path.relative_to(ROOT))
     found = []
     for match in FENCE.finditer(text):
         attributes = {}

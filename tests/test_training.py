@@ -582,3 +582,14 @@ def test_resume_on_a_finished_run_says_there_is_nothing_to_train_and_saves_nothi
 def test_data_eval_without_an_eval_strategy_is_refused_before_anything_loads(tmp_path, tokenizer_dir, captions):
     with pytest.raises(SpecError, match=r"data.eval is set but eval_strategy is 'no' .* add eval_strategy: epoch"):
         train(recipe(tmp_path, tokenizer_dir, "pt", captions, data={"eval": str(captions)}))
+
+
+def test_data_without_media_files_says_nothing_about_the_feature_cache(tmp_path, tokenizer_dir, capsys):
+    records = [
+        {"messages": [{"role": "user", "content": "Hi."}, {"role": "assistant", "content": f"Hello {i}."}]}
+        for i in range(2)
+    ]
+    result = train(
+        recipe(tmp_path, tokenizer_dir, "sft", write_jsonl(tmp_path / "text.jsonl", records), training={"max_steps": 1})
+    )
+    assert "feature cache" not in capsys.readouterr().err and result.cache_stats is None

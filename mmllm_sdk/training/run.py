@@ -203,6 +203,8 @@ def _fill_feature_cache(model: MMLLM, spec: RecipeSpec, reports: dict[str, DataR
         sources = [
             source for report in reports.values() for e in report.examples for source in _media_sources(e, modality)
         ]
+        if not sources:
+            continue  # the data hold no file of this modality: nothing to cache, nothing to say
         with args.main_process_first(desc=f"{modality} feature cache"):
             encoded[modality] = fill_cache(
                 encoder,
@@ -217,7 +219,8 @@ def _fill_feature_cache(model: MMLLM, spec: RecipeSpec, reports: dict[str, DataR
             f"{modality} feature cache ({spec.cache.dir}): {encoded[modality]} item(s) encoded now, "
             f"{len(set(sources)) - encoded[modality]} already cached"
         )
-    model.processor.use_feature_cache(cache, fingerprints)
+    if fingerprints:
+        model.processor.use_feature_cache(cache, fingerprints)
     return encoded
 
 
