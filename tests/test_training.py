@@ -589,7 +589,16 @@ def test_data_without_media_files_says_nothing_about_the_feature_cache(tmp_path,
         {"messages": [{"role": "user", "content": "Hi."}, {"role": "assistant", "content": f"Hello {i}."}]}
         for i in range(2)
     ]
-    result = train(
-        recipe(tmp_path, tokenizer_dir, "sft", write_jsonl(tmp_path / "text.jsonl", records), training={"max_steps": 1})
-    )
+    data = write_jsonl(tmp_path / "text.jsonl", records)
+    peft = {"method": "lora", "r": 2}  # text alone: the adapters train (the image projector gets no gradient)
+    result = train(recipe(tmp_path, tokenizer_dir, "sft", data, peft=peft, training={"max_steps": 1}))
     assert "feature cache" not in capsys.readouterr().err and result.cache_stats is None
+
+
+def test_a_batch_that_trains_nothing_says_why_instead_of_a_torch_error(tmp_path, tokenizer_dir):
+    from mmllm_sdk.errors import InputError
+
+    records = [{"messages": [{"role": "user", "content": "Hi."}, {"role": "assistant", "content": "Hello."}]}]
+    data = write_jsonl(tmp_path / "text.jsonl", records)  # no image: the image projector, all that trains, is unused
+    with pytest.raises(InputError, match=r"This batch trains nothing: .*input_projectors.* add such inputs"):
+        train(recipe(tmp_path, tokenizer_dir, "sft", data, training={"max_steps": 1}))

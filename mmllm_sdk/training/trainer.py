@@ -15,7 +15,7 @@ from transformers import Trainer
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
-from mmllm_sdk.errors import CheckpointError
+from mmllm_sdk.errors import CheckpointError, InputError
 from mmllm_sdk.model.checkpoint import MANIFEST, load_trained, read_trained, write_checkpoint_files
 from mmllm_sdk.model.processor import IGNORE_INDEX
 
@@ -45,6 +45,14 @@ class MMTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         outputs = model(**inputs, supervised_only=True, num_items_in_batch=num_items_in_batch)
         loss = outputs.loss
+        if model.training and not loss.requires_grad:
+            unwrapped = self.accelerator.unwrap_model(model)
+            trained = sorted({name.split(".")[0] for name, p in unwrapped.named_parameters() if p.requires_grad})
+            raise InputError(
+                f"This batch trains nothing: the loss does not depend on any trained tensor ({', '.join(trained) or 'none'})."
+                " The examples may not use what trains (an input projector, with no file of its modality in the data);"
+                " add such inputs, or train the LLM's adapters (peft: {method: lora, r: 8})."
+            )
         if num_items_in_batch is not None and self.args.average_tokens_across_devices:
             # the count covers every process and DDP averages their gradients: undo the average
             loss = loss * self.accelerator.num_processes
