@@ -47,7 +47,7 @@ demo: $(STAMP)
 demo-quick: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/mmllm demo --quick
 
-# the pipeline on a tiny random model: spec -> validate -> build -> chat -> save -> export (seconds)
+# the pipeline on a tiny random model: spec -> validate -> build -> save -> chat -> export to LLaVA (seconds)
 tour: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python examples/tiny_demo.py
 
