@@ -94,3 +94,12 @@ def test_the_top_level_help_lists_the_commands():
     help_text = build_parser().format_help()
     for command in ("plugins", "validate", "chat", "export"):
         assert command in help_text
+
+
+def test_output_into_a_pipe_that_closes_early_ends_quietly():
+    import subprocess
+    import sys
+
+    reader = f"{sys.executable} -m mmllm_sdk.cli plugins | true"  # the reader is gone before the first line
+    done = subprocess.run(["bash", "-c", f"set -o pipefail; {reader}"], capture_output=True, text=True, timeout=120)
+    assert "Traceback" not in done.stderr and "BrokenPipeError" not in done.stderr, done.stderr
