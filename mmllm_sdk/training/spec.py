@@ -78,7 +78,6 @@ class RecipeSpec(StrictModel):
         return {key: _scalar_argument(key, item) for key, item in value.items()}
 
 
-
 @functools.cache
 def _scalar_fields() -> dict[str, Any]:
     """TrainingArguments' number and yes/no fields, by name: their type (``float``, ``int | None`` …)."""
