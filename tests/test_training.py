@@ -428,6 +428,7 @@ def test_torchrun_trains_data_parallel_like_one_process_with_the_same_global_bat
     assert "parallel_mode != ParallelMode.DISTRIBUTED" not in done.stderr
     assert done.stdout.count("Saved ") == 1 and done.stderr.count("train data: read 4") == 1  # the main process talks
     assert done.stdout.count("'train_loss'") + done.stderr.count("'train_loss'") == 1
+    assert done.stderr.count("Building model: 100%") == 1
 
     epochs = [line.split() for line in (tmp_path / "seen" / "rank0").read_text().splitlines()]
     other = [line.split() for line in (tmp_path / "seen" / "rank1").read_text().splitlines()]

@@ -127,6 +127,10 @@ def train(
     for split, report in reports.items():
         _say(f"{split} data: {report.summary()}")
 
+    if not is_main_process():  # one set of progress bars (transformers' weight loading too), not one per process
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     model = build_model(model_spec, progress=is_main_process())
     if init_state is not None:
         load_trained(model, init_state, init_origin, complete=False)
