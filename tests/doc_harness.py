@@ -9,7 +9,9 @@ Each page runs in a fresh folder, block after block, the way a reader follows it
   starts with ``Error:`` means the command must exit with status 2; otherwise with 0.
   ``mmllm …`` runs in the page's Python session (what the console script runs, without a new
   interpreter per command); any other command runs in bash.
-- ``python``: runs in the page's Python session (one namespace per page).
+- ``python``: runs in the page's Python session (one namespace per page). A comment after a
+  ``print(…)`` on its line shows what it prints and is compared (up to an explanation after ``: ``,
+  two spaces or `` (``); an explanation alone goes on the line above, not after a print.
 - ``yaml`` with ``file=PATH``: written to PATH, then checked as a model spec (built as a skeleton:
   every name, param and size), a recipe, or an accelerate config. ``fragment=PATH``: a part of the
   spec in PATH, merged into it and checked.
@@ -37,6 +39,7 @@ from __future__ import annotations
 import ast
 import importlib
 import inspect
+import io
 import json
 import os
 import re
@@ -46,6 +49,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import tokenize
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -324,9 +328,17 @@ class Page:
         if block.attributes.get("excerpt"):
             check_excerpt(block)
             return
-        reply = self.request(op="exec", code=block.text, name=f"<{block.where}>")
+        code, shown = shown_prints(block.text)
+        reply = self.request(op="exec", code=code, name=f"<{block.where}>")
         self.log.append(f"{block.where}: python\n{reply['output']}")
         assert reply["ok"], f"{block.where}: the python block failed:\n{reply['error']}\n{reply['output'][-2000:]}"
+        printed = reply.get("shown", {})
+        for line, comment in shown.items():
+            where = f"{block.page}:{block.line + line - 1}"
+            assert str(line) in printed, f"{where}: this print never ran, so it cannot show {comment!r}"
+            assert comment_shows(comment, printed[str(line)]), (
+                f"{where}: the comment says it prints\n  {comment}\nbut it printed\n  {printed[str(line)].strip()}"
+            )
         if block.attributes.get("plugin"):
             reply = self.request(op="plugin", name=block.attributes["plugin"])
             assert reply["ok"], f"{block.where}: registering plugin failed:\n{reply['error']}"
@@ -366,6 +378,42 @@ class Page:
             f"{block.where}: $ {command} did not print the line\n  {missing}\nIt printed:\n"
             + "\n".join(screen(output))[-4000:]
         )
+
+
+def shown_prints(code: str) -> tuple[str, dict[int, str]]:
+    """The block with each ``print(…)  # what it prints`` recording its output, and those comments by line.
+
+    A comment after a ``print`` call on its line shows what the call prints: its text, or its text up to
+    an explanation (after ``: ``, two spaces or `` (``). The calls become ``__shown__(LINE, …)``, which
+    prints the same and keeps the text (the page's Python session defines it); line numbers stay.
+    """
+    comments = {
+        token.start[0]: token.string.lstrip("#").strip()
+        for token in tokenize.generate_tokens(io.StringIO(code).readline)
+        if token.type == tokenize.COMMENT
+    }
+    calls = [
+        node
+        for node in ast.walk(ast.parse(code))
+        if isinstance(node, ast.Call)
+        and isinstance(node.func, ast.Name)
+        and node.func.id == "print"
+        and node.lineno in comments
+        and node.end_lineno == node.lineno
+    ]
+    lines = code.split("\n")
+    for call in sorted(calls, key=lambda c: (c.lineno, -c.col_offset)):
+        text = lines[call.lineno - 1]
+        opening = text.index("(", call.col_offset)
+        lines[call.lineno - 1] = f"{text[: call.col_offset]}__shown__({call.lineno}, {text[opening + 1 :]}"
+    return "\n".join(lines), {call.lineno: comments[call.lineno] for call in calls}
+
+
+def comment_shows(comment: str, printed: str) -> bool:
+    """Whether a ``# comment`` shows what a print printed (``…`` and number tolerance as for console output)."""
+    actual = " ".join(printed.split("\n")).strip()
+    candidates = [comment] + [comment[: m.start()] for m in re.finditer(r": |\s{2,}| \(", comment)]
+    return any(line_matches(candidate.strip(), actual) for candidate in candidates if candidate.strip())
 
 
 def check_yaml_file(path: str) -> None:

@@ -41,8 +41,17 @@ def main() -> None:
 def handle(request: dict, page: dict) -> dict:
     if request["op"] == "exec":
         scope = page if request.get("scope", "page") == "page" else {"__name__": "__main__"}
+        shown: dict[str, str] = {}
+
+        def __shown__(line: int, *args: object, **kwargs: object) -> None:  # print, and keep what it printed
+            text = io.StringIO()
+            print(*args, **{**kwargs, "file": text})
+            sys.stdout.write(text.getvalue())
+            shown[str(line)] = text.getvalue()
+
+        scope["__shown__"] = __shown__
         exec(compile(request["code"], request["name"], "exec"), scope)
-        return {}
+        return {"shown": shown}
     if request["op"] == "plugin":
         from mmllm_sdk.plugins import register_plugin
 
