@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -592,3 +593,32 @@ def test_sft_with_adapters_continues_from_an_aligned_checkpoint_and_generates(tm
     assert isinstance(image, Image.Image) and response.files["image"] == [str(tmp_path / "out" / "image-0.png")]
     reloaded = mmllm_sdk.MMLLM.from_pretrained(tmp_path / "sft", progress=False)
     assert reloaded.generate(asked, max_new_tokens=12).token_ids == response.token_ids
+
+
+def test_align_output_under_torchrun_averages_gradients_like_one_process(tmp_path, any_spec):
+    """Its loss reaches into the model's parts, and still goes through DDP: two processes = one at the same batch."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    import yaml
+    from safetensors.torch import load_file
+
+    data = write_captions(tmp_path / "c.jsonl", CAPTIONS[:4])
+    training = {**ALIGN_SHORT, "max_steps": -1, "num_train_epochs": 2, "per_device_train_batch_size": 2}
+    recipe = align_recipe(tmp_path, any_spec(), data, training={**training, "output_dir": str(tmp_path / "ddp")})
+    (tmp_path / "align.yaml").write_text(yaml.safe_dump(recipe))
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    command = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "mmllm_sdk.cli", "train", "align.yaml"]
+    done = subprocess.run(command, cwd=tmp_path, env=dict(os.environ), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    one = {**training, "per_device_train_batch_size": 4, "output_dir": str(tmp_path / "one")}
+    mmllm_sdk.train(align_recipe(tmp_path, any_spec(), data, training=one))
+    ddp, single = (
+        load_file(tmp_path / "ddp" / "trainable.safetensors"),
+        load_file(tmp_path / "one" / "trainable.safetensors"),
+    )
+    assert sorted(ddp) == sorted(single) and any(name.startswith("output_projectors.") for name in ddp)
+    for name, tensor in single.items():
+        torch.testing.assert_close(ddp[name], tensor, rtol=1e-5, atol=1e-6)

@@ -125,6 +125,12 @@ class AlignOutputTrainer(MMTrainer):
         self.targets: dict[tuple[str, str], torch.Tensor] = {}  # (modality, caption) -> the generator's conditioning
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss = self.through_wrapper(model, self.align_loss, inputs)
+        return (loss, {"loss": loss}) if return_outputs else loss
+
+    def align_loss(self, model: MMLLM, inputs: dict[str, Any]) -> torch.Tensor:
+        """The L2 (plus the denoising and LM terms their weights ask for) of one batch, on the unwrapped model."""
+        inputs = dict(inputs)
         modalities = inputs.pop("align_modalities")
         captions = inputs.pop("align_captions")
         sources = inputs.pop("align_sources")
@@ -143,8 +149,8 @@ class AlignOutputTrainer(MMTrainer):
             count += len(rows)
         loss = torch.stack(losses).sum() / count
         if self.lm_weight:
-            loss = loss + self.lm_weight * model(**inputs, supervised_only=True).loss
-        return (loss, {"loss": loss}) if return_outputs else loss
+            loss = loss + self.lm_weight * type(model).forward(model, **inputs, supervised_only=True).loss
+        return loss
 
     def signal_states(
         self, model: MMLLM, inputs: dict[str, Any], modalities: list[str]

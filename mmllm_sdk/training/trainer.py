@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 from collections.abc import Iterator
@@ -57,6 +58,24 @@ class MMTrainer(Trainer):
             # the count covers every process and DDP averages their gradients: undo the average
             loss = loss * self.accelerator.num_processes
         return (loss, outputs) if return_outputs else loss
+
+    def through_wrapper(self, model: torch.nn.Module, loss_of: Any, *args: Any) -> Any:
+        """``loss_of(unwrapped_model, *args)``, run as the forward pass of ``model`` as the Trainer wrapped it.
+
+        A recipe whose loss is not ``MMLLM.forward`` (align-output) reaches into the model's parts;
+        under DDP (torchrun) or FSDP only a call through the wrapper's forward synchronises the
+        gradients across processes, so the loss is computed there. Without a wrapper it is a call.
+        ``loss_of`` must not call the model itself (its ``forward`` is ``loss_of`` meanwhile);
+        it calls ``type(model).forward(model, …)`` for the model's own forward.
+        """
+        unwrapped = self.accelerator.unwrap_model(model)
+        if unwrapped is model:
+            return loss_of(unwrapped, *args)
+        unwrapped.forward = functools.partial(loss_of, unwrapped)  # nn.Module.__call__ calls self.forward
+        try:
+            return model(*args)
+        finally:
+            del unwrapped.forward
 
     # batches --------------------------------------------------------------------------------
 
