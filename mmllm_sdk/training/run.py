@@ -161,11 +161,12 @@ def train(
     )
     checkpoint = _last_checkpoint(output_dir) if resume else None
     start_step = _checkpoint_step(checkpoint) if checkpoint is not None else 0
-    if checkpoint is not None and start_step >= _planned_steps(trainer):  # nothing left: say so, save nothing new
+    planned = _planned_steps(trainer) if checkpoint is not None else 0
+    if checkpoint is not None and start_step >= planned:  # nothing left: say so, save nothing new
         model.processor.use_feature_cache(None)
         _say(
-            f"--resume: {checkpoint} is step {start_step}, the last step of this run; nothing to train. Raise "
-            "training.max_steps or num_train_epochs to train further, or start a new output_dir."
+            f"--resume: {checkpoint} is at step {start_step} and this run takes {planned} steps; nothing to train. "
+            "Raise training.max_steps or num_train_epochs to train further, or start a new output_dir."
         )
         trainer._load_from_checkpoint(str(checkpoint))
         if args.should_save and not (output_dir / MANIFEST).is_file():  # killed between the last save and the end
