@@ -603,3 +603,13 @@ def test_a_batch_that_trains_nothing_says_why_instead_of_a_torch_error(tmp_path,
     data = write_jsonl(tmp_path / "text.jsonl", records)  # no image: the image projector, all that trains, is unused
     with pytest.raises(InputError, match=r"This batch trains nothing: .*input_projectors.* add such inputs"):
         train(recipe(tmp_path, tokenizer_dir, "sft", data, training={"max_steps": 1}))
+
+
+def test_training_arguments_that_transformers_refuses_stop_the_run_before_the_model_builds(
+    tmp_path, tokenizer_dir, captions
+):
+    settings = {"eval_strategy": "epoch", "save_strategy": "steps", "load_best_model_at_end": True}
+    spec = recipe(tmp_path, tokenizer_dir, "pt", captions, data={"eval": str(captions)}, training=settings)
+    with pytest.raises(SpecError, match=r"^training: .*load_best_model_at_end"):
+        train(spec)
+    assert not (tmp_path / "run-pt").exists()  # nothing was built or written

@@ -127,6 +127,10 @@ def train(
     for split, report in reports.items():
         _say(f"{split} data: {report.summary()}")
 
+    try:  # before any weight loads: transformers' own checks of the combination (strategies that must match…)
+        args = TrainingArguments(**{**TRAINING_DEFAULTS, **spec.training, **TRAINING_FORCED})
+    except (ValueError, TypeError) as exc:
+        raise SpecError(f"training: {exc}") from exc
     if not is_main_process():  # one set of progress bars (transformers' weight loading too), not one per process
         from transformers.utils import logging as hf_logging
 
@@ -141,7 +145,6 @@ def train(
         split: ExampleDataset(report.examples, [estimate_length(e, tokens_per_item) for e in report.examples])
         for split, report in reports.items()
     }
-    args = TrainingArguments(**{**TRAINING_DEFAULTS, **spec.training, **TRAINING_FORCED})
     encoded = _fill_feature_cache(model, spec, reports, args) if spec.cache.enabled else {}
     cache = model.processor.feature_cache
     output_dir = Path(args.output_dir)
