@@ -99,7 +99,7 @@ def train(
     from mmllm_sdk.model.modeling import build_model
 
     spec = parse_recipe(recipe_spec)
-    if resume and not _has_checkpoint(Path(spec.training["output_dir"])):
+    if resume and _last_checkpoint(Path(spec.training["output_dir"])) is None:
         raise SpecError(
             f"--resume: {spec.training['output_dir']!r} holds no checkpoint-N folder to resume from; "
             "run without --resume to start."
@@ -145,13 +145,7 @@ def train(
         split: ExampleDataset(report.examples, [estimate_length(e, tokens_per_item) for e in report.examples])
         for split, report in reports.items()
     }
-    encoded = _fill_feature_cache(model, spec, reports, args) if spec.cache.enabled else {}
-    cache = model.processor.feature_cache
     output_dir = Path(args.output_dir)
-    if args.should_save:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        report_data = {split: report.to_dict() for split, report in reports.items()}
-        (output_dir / DATA_REPORT).write_text(json.dumps(report_data, indent=2) + "\n", encoding="utf-8")
     trainer = recipe.trainer_class(
         model=model,
         args=args,
@@ -165,8 +159,7 @@ def train(
     checkpoint = _last_checkpoint(output_dir) if resume else None
     start_step = _checkpoint_step(checkpoint) if checkpoint is not None else 0
     planned = _planned_steps(trainer) if checkpoint is not None else 0
-    if checkpoint is not None and start_step >= planned:  # nothing left: say so, save nothing new
-        model.processor.use_feature_cache(None)
+    if checkpoint is not None and start_step >= planned:  # nothing left: say so, encode and save nothing new
         _say(
             f"--resume: {checkpoint} is at step {start_step} and this run takes {planned} steps; nothing to train. "
             "Raise training.max_steps or num_train_epochs to train further, or start a new output_dir."
@@ -175,6 +168,12 @@ def train(
         if args.should_save and not (output_dir / MANIFEST).is_file():  # killed between the last save and the end
             write_checkpoint_files(model, output_dir)
         return TrainResult(model=model, output_dir=output_dir, steps_trained=0)
+    encoded = _fill_feature_cache(model, spec, reports, args) if spec.cache.enabled else {}
+    cache = model.processor.feature_cache
+    if args.should_save:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        report_data = {split: report.to_dict() for split, report in reports.items()}
+        (output_dir / DATA_REPORT).write_text(json.dumps(report_data, indent=2) + "\n", encoding="utf-8")
     try:
         result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
     finally:
@@ -314,10 +313,6 @@ def _last_checkpoint(output_dir: Path) -> Path | None:
 
     found = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
     return Path(found) if found is not None else None
-
-
-def _has_checkpoint(output_dir: Path) -> bool:
-    return _last_checkpoint(output_dir) is not None
 
 
 def _planned_steps(trainer: Any) -> int:
