@@ -1,14 +1,16 @@
-"""Where the SDK's files are (its cache, installed packages' folders), and atomic folder writes: a folder appears
-whole or not at all, and an old one survives a failed write."""
+"""Where the SDK's files are (its cache, installed packages' folders); atomic writes of files and folders (each
+appears whole or not at all, and an old one survives a failed write); and the one file hash of the SDK."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.util
 import os
 import shutil
+import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -72,3 +74,62 @@ def _replace(staging: Path, target: Path) -> None:
         retired.rename(target)
         raise
     shutil.rmtree(retired, ignore_errors=True)
+
+
+def atomic_write(path: str | os.PathLike[str], data: bytes | str | Callable[[Path], None]) -> Path:
+    """Write a file whole or not at all: into a hidden temporary file beside ``path``, then renamed onto it.
+
+    ``data`` is the bytes (or UTF-8 text) to write, or ``write(temporary_path)`` for writers that
+    take a path (PIL's ``save``, safetensors' ``save_file``). A reader of ``path`` sees the old file
+    or the new one, never a part; a failed write leaves no temporary file behind.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    temporary = Path(name)
+    try:
+        if callable(data):
+            os.close(handle)
+            data(temporary)
+        else:
+            with os.fdopen(handle, "wb") as stream:
+                stream.write(data.encode("utf-8") if isinstance(data, str) else data)
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp's 0600 would hide the file from other users
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    return path
+
+
+# (resolved path, size, mtime_ns, ctime_ns, inode, device) -> sha256 of the bytes, for this process
+_DIGESTS: dict[tuple[str, int, int, int, int, int], str] = {}
+_BLOCK = 1 << 20  # bytes read at a time when hashing
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """The sha256 hex digest of a regular file's bytes, remembered while its size, times, inode and device stay.
+
+    Only regular files are read (a FIFO or a device such as ``/dev/zero`` would block or never end):
+    anything else raises ``OSError``.
+    """
+    path = Path(path)
+    status = path.stat()
+    if not stat.S_ISREG(status.st_mode):
+        raise OSError(f"{str(path)!r} is not a regular file")
+    memo = (
+        os.fspath(path.resolve()),
+        status.st_size,
+        status.st_mtime_ns,
+        status.st_ctime_ns,
+        status.st_ino,
+        status.st_dev,
+    )
+    digest = _DIGESTS.get(memo)
+    if digest is None:
+        hasher = hashlib.sha256()
+        with path.open("rb") as handle:
+            for block in iter(lambda: handle.read(_BLOCK), b""):
+                hasher.update(block)
+        digest = _DIGESTS[memo] = hasher.hexdigest()
+    return digest
