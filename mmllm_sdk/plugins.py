@@ -12,6 +12,7 @@ from typing import Any
 
 import pluggy
 
+import mmllm_sdk
 from mmllm_sdk import hookspecs
 from mmllm_sdk.errors import MMLLMError, PluginError
 
@@ -27,19 +28,20 @@ DEFAULT_PLUGINS = (
     "mmllm_sdk.default_plugins.generators",
     "mmllm_sdk.default_plugins.recipes",
     "mmllm_sdk.default_plugins.datasets",
+    "mmllm_sdk.default_plugins.exporters",
+    # the commands of `mmllm`, in the order `mmllm --help` lists them
+    "mmllm_sdk.default_plugins.commands.inspection",  # plugins, validate
+    "mmllm_sdk.default_plugins.commands.chat",  # chat
+    "mmllm_sdk.default_plugins.commands.training",  # train, demo
+    "mmllm_sdk.default_plugins.commands.new_plugin",  # new-plugin
+    "mmllm_sdk.default_plugins.commands.export",  # export
 )
-
-HOOK_NAMES = tuple(name for name in dir(hookspecs) if name.startswith("register_"))
 
 
 @dataclass(frozen=True)
 class Lazy:
-    """A component named by ``"package.module:attribute"``, imported the first time it is used.
-
-    Register ``Lazy("my_plugin.encoders:DepthEncoder")`` instead of the class itself and
-    ``mmllm plugins`` (or any tool that only lists components) does not import your module
-    or the heavy libraries it needs.
-    """
+    """A component named by ``"package.module:attribute"``, imported the first time it is used: ``mmllm plugins``
+    (or any tool that only lists components) then does not import the module or the heavy libraries it needs."""
 
     path: str
 
@@ -58,8 +60,6 @@ class Lazy:
 
 @dataclass(frozen=True)
 class PluginInfo:
-    """Where a loaded plugin comes from: its name, distribution and version."""
-
     name: str
     distribution: str
     version: str
@@ -73,12 +73,6 @@ _changes = 0  # plugins registered or removed by hand: registries built before a
 _loaded = False
 
 
-def _sdk_version() -> str:
-    from mmllm_sdk import __version__
-
-    return __version__
-
-
 def load_plugins() -> None:
     """Load the built-in plugins and the installed ones (once per process)."""
     global _loaded
@@ -86,14 +80,12 @@ def load_plugins() -> None:
         return
     _loaded = True
     for module_name in DEFAULT_PLUGINS:
-        module = importlib.import_module(module_name)
-        pm.register(module, name=module_name)
-        _infos[module_name] = PluginInfo(module_name, "mmllm-sdk", _sdk_version(), builtin=True)
-
-    allowed = _allowed_plugins()
-    entry_points = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+        pm.register(importlib.import_module(module_name), name=module_name)
+        _infos[module_name] = PluginInfo(module_name, "mmllm-sdk", mmllm_sdk.__version__, builtin=True)
+    value = os.environ.get(LOAD_ENV)
+    allowed = None if value is None else {name.strip() for name in value.split(",") if name.strip()}
     found = set()
-    for entry_point in entry_points:
+    for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         dist = getattr(entry_point, "dist", None)
         dist_name = dist.metadata["Name"] if dist is not None else entry_point.name
         if allowed is not None and entry_point.name not in allowed and dist_name not in allowed:
@@ -109,58 +101,53 @@ def load_plugins() -> None:
                 f"{type(exc).__name__}: {exc}. Reinstall or upgrade it, or leave it out with "
                 f"{LOAD_ENV}=<the plugins you want>."
             ) from exc
-        pm.register(plugin, name=entry_point.name)
+        _register(plugin, entry_point.name)
         version = dist.version if dist is not None else "unknown"
         _infos[entry_point.name] = PluginInfo(entry_point.name, dist_name, version, builtin=False)
-    if allowed:
-        missing = sorted(allowed - found)
-        if missing:
-            warnings.warn(
-                f"{LOAD_ENV} names {', '.join(missing)}, which no installed distribution provides "
-                f"as an {ENTRY_POINT_GROUP!r} entry point; check the spelling or pip install it.",
-                stacklevel=2,
-            )
+    missing = sorted((allowed or set()) - found)
+    if missing:
+        warnings.warn(
+            f"{LOAD_ENV} names {', '.join(missing)}, which no installed distribution provides "
+            f"as an {ENTRY_POINT_GROUP!r} entry point; check the spelling or pip install it.",
+            stacklevel=2,
+        )
 
 
-def _allowed_plugins() -> set[str] | None:
-    value = os.environ.get(LOAD_ENV)
-    if value is None:
-        return None
-    return {name.strip() for name in value.split(",") if name.strip()}
+def _register(plugin: Any, name: str) -> None:
+    try:
+        pm.register(plugin, name=name)
+    except pluggy.PluginValidationError as exc:  # e.g. a hook whose parameter is not named as in hookspecs
+        raise PluginError(f"Plugin {name!r} does not fit the SDK's hooks: {exc}. See docs/hooks.md.") from exc
 
 
 def register_plugin(plugin: Any, name: str, *, distribution: str = "", version: str = "") -> None:
     """Register a plugin object (module or instance) by hand, as tests and notebooks do."""
+    global _changes
     load_plugins()
     if pm.has_plugin(name):
         raise PluginError(f"A plugin named {name!r} is already registered; unregister it first or pick another name.")
     already = pm.get_name(plugin)
     if already is not None:
         raise PluginError(f"This plugin object is already registered as {already!r}; unregister it first to rename it.")
-    pm.register(plugin, name=name)
+    _register(plugin, name)
     _infos[name] = PluginInfo(name, distribution or name, version or "unknown", builtin=False)
-    _changed()
+    _changes += 1
 
 
 def unregister_plugin(name: str) -> None:
     """Remove a plugin registered with :func:`register_plugin` (or an installed one) from this process."""
+    global _changes
     load_plugins()
     if not pm.has_plugin(name):
         raise PluginError(f"No plugin named {name!r} is registered; loaded plugins: {', '.join(plugin_names())}.")
     pm.unregister(name=name)
     _infos.pop(name, None)
-    _changed()
-
-
-def _changed() -> None:
-    global _changes
     _changes += 1
 
 
 def registration_state() -> tuple[int, tuple[str, ...]]:
     """Changes whenever the set of loaded plugin objects changes (also when a name is reused for another object)."""
-    names = tuple(plugin_names())
-    return _changes, names
+    return _changes, tuple(plugin_names())
 
 
 def plugin_names() -> list[str]:
@@ -170,23 +157,19 @@ def plugin_names() -> list[str]:
 
 
 def plugin_info(name: str) -> PluginInfo:
-    """Distribution and version of a loaded plugin."""
     load_plugins()
     return _infos.get(name) or PluginInfo(name, name, "unknown", builtin=False)
 
 
-def call_register_hook(hook_name: str, make_callback: Callable[[str], Callable[..., None]]) -> None:
-    """Call one ``register_*`` hook plugin by plugin, giving each its own ``register`` callback.
-
-    ``make_callback(plugin_name)`` returns the callback handed to that plugin, so that
-    what a plugin registers is attributed to it. An exception inside a plugin becomes a
-    :class:`PluginError` that names the plugin and the hook.
-    """
+def call_register_hook(hook_name: str, make_callback: Callable[[str], Any]) -> None:
+    """Call one ``register_*`` hook plugin by plugin, each with its own ``make_callback(plugin_name)`` (``register``,
+    or ``cli``), so that what a plugin registers is attributed to it; an exception inside it becomes a PluginError."""
     load_plugins()
     hook = getattr(pm.hook, hook_name)
+    (argument,) = hook.spec.argnames
     for impl in hook.get_hookimpls():  # registration order: built-ins first, then installed plugins
         try:
-            impl.function(register=make_callback(impl.plugin_name))
+            impl.function(**{argument: make_callback(impl.plugin_name)})
         except MMLLMError:
             raise
         except Exception as exc:

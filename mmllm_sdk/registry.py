@@ -6,6 +6,7 @@ import dataclasses
 import difflib
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from mmllm_sdk import plugins
@@ -16,8 +17,6 @@ from mmllm_sdk.errors import DuplicateComponentError, MMLLMError, PluginError, U
 
 @dataclass(frozen=True)
 class Kind:
-    """One kind of component: its hook, how it is keyed and what it is called in messages."""
-
     name: str  # "encoders"
     hook: str  # "register_encoders"
     noun: str  # "encoder"
@@ -36,18 +35,33 @@ KINDS = {
         Kind("generators", "register_generators", "generator", True),
         Kind("recipes", "register_recipes", "recipe", False),
         Kind("datasets", "register_datasets", "dataset", False),
+        Kind("exporters", "register_exporters", "exporter", False),
     )
 }
 
 
 @dataclass(frozen=True)
-class Registration:
-    """One registered component and the plugin that registered it."""
+class Exporter:
+    """An export format (``register_exporters``): the function that writes it and what ``mmllm export`` says of it.
+    A plugin may register the function alone, or a Lazy naming it: the registry wraps it without description or usage.
+    """
 
+    export: Callable[[Any, Path], Any] | plugins.Lazy  # export(model, output_dir) -> the folder (or file) written
+    description: str = ""  # completes "NAME …" in `mmllm export --help`: "writes a folder that X loads (…)."
+    usage: str = ""  # shown after "Wrote PATH": "load it with X.from_pretrained"
+
+    def __call__(self, model: Any, output_dir: str | Path) -> Path:
+        function = self.export.resolve() if isinstance(self.export, plugins.Lazy) else self.export
+        return Path(function(model, Path(output_dir)))
+
+
+@dataclass(frozen=True)
+class Registration:
     kind: str
     name: str
     modality: str | None
-    registered: Any  # what the plugin passed: a factory, a ModalitySpec, a SignalVocabulary, a Recipe or a Lazy
+    # what the plugin passed: a factory, a ModalitySpec, a SignalVocabulary, a Recipe, a Lazy or an Exporter
+    registered: Any
     plugin: str
 
     @property
@@ -112,8 +126,12 @@ class Registry:
             raise PluginError(f"{where} with {args!r}; it takes {shape} with non-empty string names.")
         if kind.name != "recipes" and not callable(args[-1]) and not isinstance(args[-1], plugins.Lazy):
             raise PluginError(f"{where} for {args[-2]!r} with a factory that is not callable: {args[-1]!r}.")
-        modality = args[0] if kind.per_modality else None
-        return modality, args[-2], args[-1]
+        modality, value = (args[0] if kind.per_modality else None), args[-1]
+        if kind.name == "exporters":
+            if isinstance(value, Exporter) and not (callable(value.export) or isinstance(value.export, plugins.Lazy)):
+                raise PluginError(f"{where} for {args[-2]!r} with an Exporter whose export is not callable.")
+            value = value if isinstance(value, Exporter) else Exporter(value)
+        return modality, args[-2], value
 
     def _add(self, entry: Registration) -> None:
         key = (entry.modality, entry.name)
@@ -147,21 +165,18 @@ class Registry:
                 )
             owners[entry.value.prefix] = entry
 
-    # lookup ---------------------------------------------------------------------------------
-
     def get(self, kind: str, name: str, modality: str | None = None, where: str = "") -> Registration:
         """The registration of ``name`` (for ``modality`` where the kind is per modality), or a helpful error."""
         entry = self._entries[kind].get((modality, name))
         if entry is not None:
             return entry
-        noun = KINDS[kind].noun
         candidates = sorted(n for (m, n) in self._entries[kind] if m == modality)
         near = difflib.get_close_matches(name, candidates, n=1)
         hint = f" Did you mean {near[0]!r}?" if near else ""
         scope = f" for modality {modality!r}" if modality else ""
         prefix = f"{where}: " if where else ""
         raise UnknownComponentError(
-            f"{prefix}{name!r} is not a registered {noun}{scope}.{hint} Registered: "
+            f"{prefix}{name!r} is not a registered {KINDS[kind].noun}{scope}.{hint} Registered: "
             f"{', '.join(candidates) or 'none'}. Run 'mmllm plugins' to see what each installed plugin provides."
         )
 
@@ -178,8 +193,7 @@ class Registry:
                 f"taught to produce it; install the plugin that adds {modality!r} as an output, or register a "
                 "SignalVocabulary with register_signal_tokens."
             )
-        vocabulary = entry.value
-        return vocabulary if num_tokens is None else dataclasses.replace(vocabulary, num_tokens=num_tokens)
+        return entry.value if num_tokens is None else dataclasses.replace(entry.value, num_tokens=num_tokens)
 
     def entries(self, kind: str) -> list[Registration]:
         return list(self._entries[kind].values())

@@ -5,15 +5,81 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import Field, model_validator
+from pydantic import Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
 from mmllm_sdk.errors import SpecError
 from mmllm_sdk.registry import Registry, get_registry
-from mmllm_sdk.training.peft import PeftSpec
 from mmllm_sdk.validation import StrictModel, validate
+
+
+class PeftSpec(StrictModel):
+    """``llm.peft``: the peft method that trains the LLM backbone, and its settings (each method's own only)."""
+
+    method: Literal["lora", "prefix", "ln-tuning"]
+    # lora: a low-rank update B·A beside each targeted linear layer (B starts at zero)
+    r: int = Field(default=8, gt=0)  # rank of the update
+    alpha: int = Field(default=16, gt=0)  # the update is scaled by alpha / r
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)  # dropout on the input of the update
+    # lora: layer names, or "all-linear" (every linear layer except the LM head);
+    # ln-tuning: norm layer names, or None for peft's default norms of the architecture
+    target_modules: list[str] | Literal["all-linear"] | None = None
+    # prefix: trainable key/value vectors prepended to every attention layer
+    num_virtual_tokens: int = Field(default=16, gt=0)
+
+    FIELDS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "lora": ("r", "alpha", "dropout", "target_modules"),
+        "prefix": ("num_virtual_tokens",),
+        "ln-tuning": ("target_modules",),
+    }
+
+    @model_validator(mode="after")
+    def _fields_of_the_method(self) -> PeftSpec:
+        own = self.FIELDS[self.method]
+        for name in sorted(self.model_fields_set - {"method"} - set(own)):
+            users = [method for method, fields in self.FIELDS.items() if name in fields]
+            raise ValueError(
+                f"'{name}' is a setting of method {' and '.join(map(repr, users))}, not of method {self.method!r}; "
+                f"method {self.method!r} takes {', '.join(own)}: remove '{name}' or change 'method'"
+            )
+        if self.target_modules == []:
+            raise ValueError("'target_modules' is empty; name at least one layer or leave it out for the default")
+        if self.method == "ln-tuning" and self.target_modules == "all-linear":
+            raise ValueError(
+                "'target_modules: all-linear' is for method 'lora'; for 'ln-tuning' name the norm layers "
+                "(for example [input_layernorm, post_attention_layernorm]) or leave it out for peft's default"
+            )
+        if self.method == "lora" and self.target_modules is None:
+            self.target_modules = "all-linear"
+        return self
+
+    @model_serializer(mode="wrap")
+    def _dump_own_fields(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """Only the chosen method's fields, so a dumped spec validates again (checkpoints store it)."""
+        data = handler(self)
+        return {name: value for name, value in data.items() if name == "method" or name in self.FIELDS[self.method]}
+
+    def peft_config(self) -> Any:
+        """The peft config for a causal LM (``LoraConfig``, ``PrefixTuningConfig`` or ``LNTuningConfig``)."""
+        from peft import LNTuningConfig, LoraConfig, PrefixTuningConfig
+
+        if self.method == "lora":
+            lora = {"r": self.r, "lora_alpha": self.alpha, "lora_dropout": self.dropout}
+            return LoraConfig(task_type="CAUSAL_LM", target_modules=self.target_modules, **lora)
+        if self.method == "prefix":
+            return PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=self.num_virtual_tokens)
+        return LNTuningConfig(task_type="CAUSAL_LM", target_modules=self.target_modules)
+
+
+# where each component sits in a spec, by modality: how errors, trainable: patterns and checkpoints name it
+LLM, ENCODER, PROJECTOR = "llm", "inputs.{}.encoder", "inputs.{}.projector"
+OUTPUT_PROJECTOR, SIGNAL_TOKENS, GENERATOR = (
+    "outputs.{}.output_projector",
+    "outputs.{}.signal_tokens",
+    "outputs.{}.generator",
+)
 
 
 class ComponentSpec(StrictModel):
@@ -84,10 +150,7 @@ def load_spec(path: str | os.PathLike[str]) -> ModelSpec:
 
 
 class SpecLoader(yaml.SafeLoader):
-    """YAML's safe loader, reading ``1e-3`` and ``2E5`` as numbers (YAML 1.2), where YAML 1.1 reads them as strings.
-
-    ``learning_rate: 1e-3`` is how everyone writes it; PyYAML alone would hand the Trainer the string ``"1e-3"``.
-    """
+    """YAML's safe loader, reading ``1e-3`` as a number (YAML 1.2) where PyYAML (YAML 1.1) reads a string."""
 
 
 SpecLoader.add_implicit_resolver(
@@ -114,10 +177,7 @@ def read_yaml_mapping(path: str | os.PathLike[str], what: str, keys: str) -> dic
 
 
 def resolve_relative_paths(data: Any, base: Path) -> Any:
-    """Strings starting with ``./`` or ``../`` become absolute paths relative to ``base`` (the spec's folder).
-
-    So a spec file can name weights beside it, and a checkpoint made from it loads from anywhere.
-    """
+    """Strings starting with ``./`` or ``../`` become absolute paths relative to ``base`` (the spec's folder)."""
     if isinstance(data, dict):
         return {key: resolve_relative_paths(value, base) for key, value in data.items()}
     if isinstance(data, list):
@@ -128,10 +188,7 @@ def resolve_relative_paths(data: Any, base: Path) -> Any:
 
 
 def parse_spec(data: ModelSpec | dict[str, Any], source: str = "") -> ModelSpec:
-    """Validate a spec's structure, then check every name and params block against the loaded plugins.
-
-    Nothing is built and no weight is read: this is the check that runs first.
-    """
+    """Validate a spec's structure, then every name and params block against the loaded plugins (nothing is built)."""
     spec = data if isinstance(data, ModelSpec) else validate(ModelSpec, data, source=source)
     check_components(spec, get_registry(), source)
     return spec
@@ -140,36 +197,21 @@ def parse_spec(data: ModelSpec | dict[str, Any], source: str = "") -> ModelSpec:
 def check_components(spec: ModelSpec, registry: Registry, source: str = "") -> None:
     """Every component is registered, every modality exists and every params block fits its component."""
     where = f" in {source}" if source else ""
-    _check_params(
-        registry.get("llms", spec.llm.name, where=f"llm.name{where}").value, spec.llm.params, "llm.params", source
-    )
+
+    def check(kind: str, component: ComponentSpec, path: str, modality: str | None = None) -> None:
+        factory = registry.get(kind, component.name, modality=modality, where=f"{path}.name{where}").value
+        schema = getattr(factory, "Params", None)
+        if schema is not None:
+            validate(schema, component.params, where=f"{path}.params", source=source)
+
+    check("llms", spec.llm, "llm")
     for modality, inputs in spec.inputs.items():
         registry.modality(modality, where=f"inputs.{modality}{where}")
-        encoder = registry.get(
-            "encoders", inputs.encoder.name, modality=modality, where=f"inputs.{modality}.encoder.name{where}"
-        )
-        _check_params(encoder.value, inputs.encoder.params, f"inputs.{modality}.encoder.params", source)
-        projector = registry.get("projectors", inputs.projector.name, where=f"inputs.{modality}.projector.name{where}")
-        _check_params(projector.value, inputs.projector.params, f"inputs.{modality}.projector.params", source)
+        check("encoders", inputs.encoder, ENCODER.format(modality), modality)
+        check("projectors", inputs.projector, PROJECTOR.format(modality))
     for modality, outputs in spec.outputs.items():
         registry.modality(modality, where=f"outputs.{modality}{where}")
-        generator = registry.get(
-            "generators", outputs.generator.name, modality=modality, where=f"outputs.{modality}.generator.name{where}"
-        )
-        _check_params(generator.value, outputs.generator.params, f"outputs.{modality}.generator.params", source)
+        check("generators", outputs.generator, GENERATOR.format(modality), modality)
         if outputs.output_projector is not None:
-            projector = registry.get(
-                "output_projectors",
-                outputs.output_projector.name,
-                where=f"outputs.{modality}.output_projector.name{where}",
-            )
-            _check_params(
-                projector.value, outputs.output_projector.params, f"outputs.{modality}.output_projector.params", source
-            )
+            check("output_projectors", outputs.output_projector, OUTPUT_PROJECTOR.format(modality))
         registry.signal_vocabulary(modality, where=f"outputs.{modality}{where}")
-
-
-def _check_params(factory: Any, params: dict[str, Any], where: str, source: str) -> None:
-    schema = getattr(factory, "Params", None)
-    if schema is not None:
-        validate(schema, params, where=where, source=source)

@@ -34,7 +34,11 @@ def describe_validation_error(error: ValidationError, model: type[BaseModel], wh
         path = ".".join(str(part) for part in (where, *item["loc"]) if part != "")
         message = item["msg"]
         if item["type"] == "extra_forbidden":
-            allowed = _fields_at(model, item["loc"][:-1])
+            current: Any = model
+            for part in item["loc"][:-1]:
+                current = _step(current, part)  # None once the path leaves the models: no fields
+            found = _model_in(current)
+            allowed = ", ".join(found.model_fields) if found is not None else ""
             message = "is not a known field" + (f"; the fields here are: {allowed}" if allowed else "")
         elif item["type"] == "missing":
             message = "is required but missing"
@@ -47,16 +51,6 @@ def describe_validation_error(error: ValidationError, model: type[BaseModel], wh
     return f"The spec{origin} is not valid:\n" + "\n".join(lines)
 
 
-def _fields_at(root: type[BaseModel], loc: tuple[Any, ...]) -> str:
-    current: Any = root
-    for part in loc:
-        current = _step(current, part)
-        if current is None:
-            return ""
-    found = _model_in(current)
-    return ", ".join(found.model_fields) if found is not None else ""
-
-
 def _step(annotation: Any, part: Any) -> Any:
     found = _model_in(annotation)
     if found is not None and isinstance(part, str) and part in found.model_fields:
@@ -66,11 +60,7 @@ def _step(annotation: Any, part: Any) -> Any:
         return args[1]
     if origin in (list, tuple) and args:
         return args[0]
-    for arg in args:  # Optional[...] and other unions
-        stepped = _step(arg, part)
-        if stepped is not None:
-            return stepped
-    return None
+    return next((stepped for arg in args if (stepped := _step(arg, part)) is not None), None)  # unions
 
 
 def _model_in(annotation: Any) -> type[BaseModel] | None:
@@ -78,8 +68,4 @@ def _model_in(annotation: Any) -> type[BaseModel] | None:
         return annotation
     if typing.get_origin(annotation) in (dict, Mapping, list, tuple):
         return None
-    for arg in typing.get_args(annotation):
-        found = _model_in(arg)
-        if found is not None:
-            return found
-    return None
+    return next((found for arg in typing.get_args(annotation) if (found := _model_in(arg)) is not None), None)

@@ -10,6 +10,22 @@ from mmllm_sdk.testing import configure_test_environment
 configure_test_environment()
 
 
+@pytest.fixture
+def plugin():
+    """``plugin(obj, name)`` registers a plugin object for one test; it is always removed afterwards."""
+    from mmllm_sdk.plugins import register_plugin, unregister_plugin
+
+    names = []
+
+    def add(obj, name):
+        register_plugin(obj, name)
+        names.append(name)
+
+    yield add
+    for name in names:
+        unregister_plugin(name)
+
+
 @pytest.fixture(scope="session")
 def tokenizer_dir(tmp_path_factory):
     from mmllm_sdk.testing import tiny_tokenizer

@@ -13,7 +13,7 @@ import mmllm_sdk
 from mmllm_sdk.components import AudioClip, SignalVocabulary
 from mmllm_sdk.errors import InputError, PluginError, SpecError
 from mmllm_sdk.hookspecs import hookimpl
-from mmllm_sdk.model.modeling import SignalForcing
+from mmllm_sdk.model.generation import SignalForcing
 from mmllm_sdk.plugins import register_plugin, unregister_plugin
 from mmllm_sdk.testing import tiny_spec
 from mmllm_sdk.testing.tiny_generators import tiny_audioldm_config, tiny_sd_config
@@ -234,14 +234,14 @@ def align_recipe(tmp_path, spec, data, **overrides):
 
 def projected(model, captions):
     """H_X of each caption as the align-output batch computes it, and the generator's targets."""
-    from mmllm_sdk.training.align import AlignCollator, signal_positions
+    from mmllm_sdk.default_plugins.recipes.align import AlignCollator
 
     batch = AlignCollator(model, None)([{"messages": draw(c)} for c in captions])
-    ids = batch["input_ids"]
     with torch.no_grad():
-        states = model.signal_states(ids, model.embed_inputs(ids, {}), batch["attention_mask"])
-        signal = torch.stack([states[r, signal_positions(ids[r], model.signal_ids["image"])] for r in range(len(ids))])
-        return model.output_projectors["image"](signal), model.generators["image"].condition_targets(list(captions))
+        runs, states = model.signal_states(batch["input_ids"], batch["attention_mask"])["image"]  # one run per row
+        assert [row for row, _ in runs] == list(range(len(captions)))
+        generator = model.output_heads["image"].generator
+        return model.project_signals("image", states), generator.condition_targets(list(captions))
 
 
 COLOURS = ["red", "blue", "green", "yellow", "purple", "orange"]
@@ -351,8 +351,8 @@ def test_the_checkpoint_keeps_the_signal_rows_and_answers_the_same(sft_model):
 
 
 def test_an_any_to_any_model_is_not_exported_as_llava(image_model, tmp_path):
+    from mmllm_sdk.default_plugins.exporters.hf_llava import export_hf_llava
     from mmllm_sdk.errors import ExportError
-    from mmllm_sdk.model.export import export_hf_llava
 
     with pytest.raises(ExportError, match=r"it generates image \(an outputs section\), and LLaVA has no output side"):
         export_hf_llava(image_model, tmp_path / "out")
@@ -551,16 +551,18 @@ def test_signal_states_of_a_left_padded_row_equal_those_of_the_row_alone(image_m
     padded = torch.cat([torch.full((1, 3), pad), ids], dim=1)
     mask = torch.cat([torch.zeros(1, 3, dtype=torch.long), torch.ones_like(ids)], dim=1)
     with torch.no_grad():
-        alone = image_model.signal_states(ids, image_model.embed_inputs(ids, {}), torch.ones_like(ids))
-        shifted = image_model.signal_states(padded, image_model.embed_inputs(padded, {}), mask)
-    torch.testing.assert_close(shifted[:, 3:], alone, atol=1e-5, rtol=1e-4)
+        ((alone_runs, alone),) = image_model.signal_states(ids, torch.ones_like(ids)).values()
+        ((shifted_runs, shifted),) = image_model.signal_states(padded, mask).values()
+    assert [(row, start + 3) for row, start in alone_runs] == shifted_runs
+    torch.testing.assert_close(shifted, alone, atol=1e-5, rtol=1e-4)
 
 
 def test_generator_kwargs_can_be_given_per_output_modality(image_model):
-    assert image_model.generator_kwargs_for("image", {"image": {"num_inference_steps": 3}}) == {
-        "num_inference_steps": 3
-    }
-    assert image_model.generator_kwargs_for("image", {"seed": 1}) == {"seed": 1}
+    from mmllm_sdk.model.generation import generator_kwargs_for
+
+    per_modality = {"image": {"num_inference_steps": 3}}
+    assert generator_kwargs_for(image_model, "image", per_modality) == {"num_inference_steps": 3}
+    assert generator_kwargs_for(image_model, "image", {"seed": 1}) == {"seed": 1}
 
 
 @pytest.mark.parametrize("method", ["lora", "prefix"])

@@ -8,7 +8,7 @@ import json
 import pytest
 import yaml
 
-from mmllm_sdk.cli import build_parser, main
+from mmllm_sdk.cli import build_parser, command_plugins, main
 
 
 def test_plugins_lists_each_plugin_and_what_it_registers(capsys):
@@ -82,7 +82,10 @@ def test_chat_rejects_a_malformed_input_flag(image_model, tmp_path, capsys):
     assert "must look like MODALITY=PATH" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command", ["plugins", "validate", "chat", "export"])
+COMMANDS = ["plugins", "validate", "chat", "train", "demo", "new-plugin", "export"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
 def test_every_command_has_help(command, capsys):
     with pytest.raises(SystemExit) as exited:
         main([command, "--help"])
@@ -92,8 +95,26 @@ def test_every_command_has_help(command, capsys):
 
 def test_the_top_level_help_lists_the_commands():
     help_text = build_parser().format_help()
-    for command in ("plugins", "validate", "chat", "export"):
+    for command in COMMANDS:
         assert command in help_text
+
+
+def test_every_builtin_command_comes_from_a_builtin_plugin():
+    assert {name: plugin.rsplit(".", 1)[-1] for name, plugin in command_plugins().items()} == {
+        "plugins": "inspection",
+        "validate": "inspection",
+        "chat": "chat",
+        "train": "training",
+        "demo": "training",
+        "new-plugin": "new_plugin",
+        "export": "export",
+    }
+    assert all(plugin.startswith("mmllm_sdk.default_plugins.commands.") for plugin in command_plugins().values())
+
+
+def test_without_a_command_the_help_is_printed_with_status_2(capsys):
+    assert main([]) == 2
+    assert capsys.readouterr().out.startswith("usage: mmllm [-h] COMMAND ...")
 
 
 def test_output_into_a_pipe_that_closes_early_ends_quietly():

@@ -7,8 +7,9 @@ import re
 
 import pytest
 
-from mmllm_sdk.data.formats import DataReport, estimate_length, read_examples
-from mmllm_sdk.data.messages import normalize_conversation
+from mmllm_sdk.data.examples import Conversation, MediaPart, Message, OutputPart, PreferencePair, TextPart
+from mmllm_sdk.data.formats import DataReport, as_example, caption_example, caption_report, estimate_length
+from mmllm_sdk.default_plugins.datasets.files import read_examples
 from mmllm_sdk.default_plugins.modalities import AUDIO, IMAGE, VIDEO
 from mmllm_sdk.errors import DataError, InputError
 
@@ -33,6 +34,15 @@ def user(*parts):
 
 def assistant(value):
     return {"role": "assistant", "content": [text(value)]}
+
+
+# what the records are read into: typed messages
+def said(role, *parts):
+    return Message(role, tuple(TextPart(p) if isinstance(p, str) else p for p in parts))
+
+
+def image(path):
+    return MediaPart("image", path)
 
 
 @pytest.fixture
@@ -67,15 +77,14 @@ def test_messages_records_keep_turns_and_parts_with_absolute_paths(tmp_path, med
     report = read_examples(write_jsonl(tmp_path / "train.jsonl", record))
     assert report.kind == "conversation" and report.formats == {"messages": 1}
     (example,) = report.examples
-    assert example["source"] == f"{tmp_path / 'train.jsonl'}:1"
-    image = {"type": "image", "path": media["image"]}
-    assert example["messages"] == [
-        {"role": "system", "content": [text("Be brief.")]},
-        user(image, image, text("Same picture twice?")),
-        assistant("Yes."),
-        user({"type": "audio", "path": media["audio"]}, text("And this?")),
-        assistant("A tone."),
-    ]
+    assert isinstance(example, Conversation) and example.source == f"{tmp_path / 'train.jsonl'}:1"
+    assert example.messages == (
+        said("system", "Be brief."),
+        said("user", image(media["image"]), image(media["image"]), "Same picture twice?"),
+        said("assistant", "Yes."),
+        said("user", MediaPart("audio", media["audio"]), "And this?"),
+        said("assistant", "A tone."),
+    )
 
 
 def test_image_and_audio_in_one_message(tmp_path, media):
@@ -89,7 +98,7 @@ def test_image_and_audio_in_one_message(tmp_path, media):
         ]
     }
     (example,) = read_examples(write_jsonl(tmp_path / "a.jsonl", record)).examples
-    assert [part["type"] for part in example["messages"][0]["content"]] == ["image", "audio"]
+    assert [part.modality for part in example.messages[0].parts] == ["image", "audio"]
 
 
 def test_a_llava_json_list_becomes_messages_with_parts_where_the_placeholders_were(tmp_path, media):
@@ -111,14 +120,14 @@ def test_a_llava_json_list_becomes_messages_with_parts_where_the_placeholders_we
     report = read_examples(path)
     assert report.formats == {"llava": 2}
     first, second = report.examples
-    assert first["source"] == f"{path}[0]" and second["source"] == f"{path}[1]"
-    assert first["messages"] == [
-        user({"type": "image", "path": media["image"]}, text("What colours are there?")),
-        assistant("Red and green."),
-        user(text("Which is brighter?")),
-        assistant("Green."),
-    ]
-    assert second["messages"] == [user(text("Hi")), assistant("Hello.")]
+    assert first.source == f"{path}[0]" and second.source == f"{path}[1]"
+    assert first.messages == (
+        said("user", image(media["image"]), "What colours are there?"),
+        said("assistant", "Red and green."),
+        said("user", "Which is brighter?"),
+        said("assistant", "Green."),
+    )
+    assert second.messages == (said("user", "Hi"), said("assistant", "Hello."))
 
 
 def test_llava_items_of_several_modalities_fill_their_placeholders_in_order(tmp_path, media):
@@ -132,14 +141,15 @@ def test_llava_items_of_several_modalities_fill_their_placeholders_in_order(tmp_
         ],
     }
     (example,) = read_examples(write_jsonl(tmp_path / "a.jsonl", record)).examples
-    assert example["messages"][0]["content"] == [
-        text("Compare "),
-        {"type": "image", "path": media["image"]},
-        text(" with "),
-        {"type": "image", "path": str(tmp_path / "other.png")},
-        text("and listen: "),
-        {"type": "audio", "path": media["audio"]},
-    ]
+    assert example.messages[0] == said(
+        "user",
+        "Compare ",
+        image(media["image"]),
+        " with ",
+        image(str(tmp_path / "other.png")),
+        "and listen: ",
+        MediaPart("audio", media["audio"]),
+    )
 
 
 def test_a_converted_llava_turn_renders_back_to_the_llava_text(tmp_path, media):
@@ -149,9 +159,9 @@ def test_a_converted_llava_turn_renders_back_to_the_llava_text(tmp_path, media):
         "conversations": [{"from": "human", "value": value}, {"from": "gpt", "value": "A."}],
     }
     (example,) = read_examples(write_jsonl(tmp_path / "a.jsonl", record)).examples
-    rendered = normalize_conversation(example["messages"], PLACEHOLDERS)
-    assert rendered.messages[0]["content"] == value
-    assert [item.source for item in rendered.items] == [media["image"]]
+    parts = example.messages[0].parts  # the processor joins parts with newlines, an item as its placeholder
+    assert "\n".join(PLACEHOLDERS[p.modality] if isinstance(p, MediaPart) else p.text for p in parts) == value
+    assert [p.source for p in parts if isinstance(p, MediaPart)] == [media["image"]]
 
 
 def test_caption_pairs_become_a_media_only_user_turn_and_the_caption_as_the_answer(tmp_path, media):
@@ -162,9 +172,9 @@ def test_caption_pairs_become_a_media_only_user_turn_and_the_caption_as_the_answ
     )
     report = read_examples(path, format="captions")
     assert report.formats == {"captions": 2}
-    assert [e["messages"] for e in report.examples] == [
-        [user({"type": "image", "path": media["image"]}), assistant("A colour gradient.")],
-        [user({"type": "audio", "path": media["audio"]}), assistant("A 440 Hz tone.")],
+    assert [e.messages for e in report.examples] == [
+        (said("user", image(media["image"])), said("assistant", "A colour gradient.")),
+        (said("user", MediaPart("audio", media["audio"])), said("assistant", "A 440 Hz tone.")),
     ]
 
 
@@ -182,11 +192,10 @@ def test_preference_pairs_in_each_accepted_shape(tmp_path, media):
     report = read_examples(path)
     assert report.kind == "preference" and report.formats == {"preference": 3}
     plain, parts, llava_style = report.examples
-    assert plain["prompt"] == [user(text("Capital of France?"))]
-    assert plain["chosen"] == [assistant("Paris.")] and plain["rejected"] == [assistant("Lyon.")]
-    image = {"type": "image", "path": media["image"]}
-    assert parts["prompt"] == llava_style["prompt"] == [user(image, text("Colours?"))]
-    assert parts["chosen"] == [assistant("Red and green.")] and parts["rejected"] == [assistant("Blue.")]
+    assert isinstance(plain, PreferencePair) and plain.prompt == (said("user", "Capital of France?"),)
+    assert plain.chosen == (said("assistant", "Paris."),) and plain.rejected == (said("assistant", "Lyon."),)
+    assert parts.prompt == llava_style.prompt == (said("user", image(media["image"]), "Colours?"),)
+    assert parts.chosen == (said("assistant", "Red and green."),) and parts.rejected == (said("assistant", "Blue."),)
 
 
 def test_auto_reads_a_file_that_mixes_conversation_formats(tmp_path, media):
@@ -231,7 +240,7 @@ def test_relative_media_paths_are_read_from_the_data_files_folder_not_the_workin
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
     (example,) = read_examples(path).examples
-    assert example["messages"][0]["content"][0]["path"] == media["image"]
+    assert example.messages[0].parts[0].source == media["image"]
 
 
 def test_base_dir_is_where_relative_media_paths_start(tmp_path, media):
@@ -239,7 +248,7 @@ def test_base_dir_is_where_relative_media_paths_start(tmp_path, media):
     with pytest.raises(DataError, match=r"image file 'gradient.png' does not exist .*Pass base_dir="):
         read_examples(path)
     (example,) = read_examples(path, base_dir=tmp_path).examples
-    assert example["messages"][0]["content"][0]["path"] == media["image"]
+    assert example.messages[0].parts[0].source == media["image"]
     with pytest.raises(InputError, match=r"base_dir='.*nowhere' is not a folder"):
         read_examples(path, base_dir=tmp_path / "nowhere")
 
@@ -247,13 +256,13 @@ def test_base_dir_is_where_relative_media_paths_start(tmp_path, media):
 def test_absolute_media_paths_are_kept(tmp_path, media):
     path = write_jsonl(tmp_path / "sub" / "train.jsonl", {"image": media["image"], "text": "A gradient."})
     (example,) = read_examples(path).examples
-    assert example["messages"][0]["content"][0]["path"] == media["image"]
+    assert example.messages[0].parts[0].source == media["image"]
 
 
 def test_a_folder_is_media_only_for_modalities_that_read_folders(tmp_path, media):
     video = {"messages": [user({"type": "video", "path": "frames"}), assistant("Frames.")]}
     (example,) = read_examples(write_jsonl(tmp_path / "v.jsonl", video)).examples
-    assert example["messages"][0]["content"][0] == {"type": "video", "path": media["folder"]}
+    assert example.messages[0].parts[0] == MediaPart("video", media["folder"])
     image = {"messages": [user({"type": "image", "path": "frames"}), assistant("Frames.")]}
     with pytest.raises(DataError, match=r"frames' is a folder; image inputs are files \(.bmp, .gif"):
         read_examples(write_jsonl(tmp_path / "i.jsonl", image))
@@ -272,208 +281,37 @@ def test_several_files_are_read_in_order_with_their_own_sources(tmp_path, media)
     second = tmp_path / "b.json"
     second.write_text(json.dumps([GOOD, GOOD]))
     report = read_examples([first, str(second)])
-    assert [e["source"] for e in report.examples] == [f"{first}:1", f"{second}[0]", f"{second}[1]"]
+    assert [e.source for e in report.examples] == [f"{first}:1", f"{second}[0]", f"{second}[1]"]
     assert report.summary() == f"read 3 conversation examples from {first}, {second}"
 
 
 def test_blank_lines_are_not_records_but_still_count_for_line_numbers(tmp_path):
     path = write_jsonl(tmp_path / "a.jsonl", "", GOOD, "   ", GOOD)
     report = read_examples(path)
-    assert [e["source"] for e in report.examples] == [f"{path}:2", f"{path}:4"]
+    assert [e.source for e in report.examples] == [f"{path}:2", f"{path}:4"]
 
 
-# malformed records -------------------------------------------------------------------------------
-
-MALFORMED = {
-    "invalid JSON": ('{"messages": [', r"The line is not valid JSON \(Expecting value at column 15\)"),
-    "not UTF-8": (b'{"messages": "\xff"}', r"The line is not UTF-8 text"),
-    "not an object": ("[1, 2]", r"The record is a JSON array, not an object"),
-    "a string record": ('"hello"', r"The record is a JSON string, not an object"),
-    "unknown keys": (
-        {"dialog": []},
-        r"keys \['dialog'\], which fit no data format. The formats are messages: .*; llava: .*; captions: .*; "
-        r"preference: ",
-    ),
-    "keys of two formats": ({**GOOD, "conversations": []}, r"has the keys of several formats \(messages and llava"),
-    "empty messages": ({"messages": []}, r"The conversation 'messages' is empty"),
-    "empty LLaVA conversation": ({"conversations": []}, r"The conversation 'conversations' is empty"),
-    "messages not a list": ({"messages": "Hi"}, r"'messages' must be a list of messages .*got a JSON string"),
-    "message without role": ({"messages": [{"content": "Hi"}]}, r"messages\[0\] has no 'role'"),
-    "message without content": ({"messages": [{"role": "user"}]}, r"messages\[0\] has no 'content'"),
-    "unknown role": (
-        {"messages": [{"role": "bot", "content": "Hi"}]},
-        r"messages\[0\] has role 'bot'; expected one of: 'user', 'assistant', 'system'",
-    ),
-    "unknown LLaVA speaker": (
-        {"conversations": [{"from": "robot", "value": "Hi"}]},
-        r"conversations\[0\] comes 'from' 'robot'; expected one of human, user, gpt, assistant, system",
-    ),
-    "LLaVA turn without value": ({"conversations": [{"from": "human"}]}, r"conversations\[0\] must be an object"),
-    "unknown part type": (
-        {"messages": [user({"type": "smell", "path": "x"}), assistant("A.")]},
-        r"messages\[0\]\.content\[0\] has type 'smell'; a content part's type is one of: text, image, audio, video",
-    ),
-    "part that is not an object": (
-        {"messages": [user("Hi"), assistant("A.")]},
-        r"messages\[0\]\.content\[0\] is a JSON string, not a part",
-    ),
-    "media part without a path": (
-        {"messages": [user({"type": "image"}), assistant("A.")]},
-        r"messages\[0\]\.content\[0\] has no path; give the image part one: \{'type': 'image', 'path': 'file'\}",
-    ),
-    "missing media file": (
-        {"messages": [user({"type": "image", "path": "nowhere.png"}), assistant("A.")]},
-        r"the image file 'nowhere.png' does not exist \(looked for '.*nowhere.png'; relative paths are read from",
-    ),
-    "media URL": (
-        {"messages": [user({"type": "image", "url": "https://example.com/a.png"}), assistant("A.")]},
-        r"the image 'https://example.com/a.png' is a URL; training data reads local files",
-    ),
-    "media suffix without a loader": (
-        {"messages": [user({"type": "image", "path": "notes.txt"}), assistant("A.")]},
-        r"the image file 'notes.txt' has suffix '.txt', which no loader reads; supported: .bmp",
-    ),
-    "more LLaVA placeholders than images": (
-        {"image": "gradient.png", "conversations": [{"from": "human", "value": "<image> <image>"}]},
-        r"The text of 'conversations' holds 2 <image> placeholder\(s\) but the record gives 1 image file\(s\) "
-        r"under 'image'",
-    ),
-    "LLaVA image without placeholder": (
-        {"image": "gradient.png", "conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "A."}]},
-        r"holds 0 <image> placeholder\(s\) but the record gives 1 image file\(s\)",
-    ),
-    "LLaVA placeholder without image": (
-        {"conversations": [{"from": "human", "value": "<audio>"}, {"from": "gpt", "value": "A."}]},
-        r"holds 1 <audio> placeholder\(s\) but the record gives 0 audio file\(s\)",
-    ),
-    "placeholder typed into a messages record": (
-        {"messages": [user(text("<image>\nWhat?")), assistant("A.")]},
-        r"The text of 'messages' holds 1 <image> placeholder\(s\) but the record gives 0 image file\(s\) .*"
-        r"\{'type': 'image', 'path': \.\.\.\} parts",
-    ),
-    "no assistant message": (
-        {"messages": [{"role": "user", "content": "Hi"}]},
-        r"The conversation has no assistant message, so training has nothing to learn from it",
-    ),
-    "caption without a modality key": (
-        {"text": "A cat."},
-        r"A caption record pairs 'text' with exactly one modality key \(image, audio, video[^)]*\).* this one has none",
-    ),
-    "caption with several modality keys": (
-        {"image": "gradient.png", "audio": "tone.wav", "text": "A cat."},
-        r"this one has several \(image, audio\). Write one record per item",
-    ),
-    "empty caption": ({"image": "gradient.png", "text": "  "}, r"The caption 'text' must be non-empty text; got '  '"),
-    "caption with a placeholder": ({"image": "gradient.png", "text": "<image> A cat."}, r"The caption holds <image>"),
-    "preference without chosen": (
-        {"prompt": "Q?", "rejected": "B."},
-        r"The preference record has no 'chosen'; it needs 'prompt', 'chosen' and 'rejected'",
-    ),
-    "preference without rejected": ({"prompt": "Q?", "chosen": "A."}, r"The preference record has no 'rejected'"),
-    "chosen equals rejected": (
-        {"prompt": "Q?", "chosen": "A.", "rejected": {"role": "assistant", "content": "A."}},
-        r"'chosen' and 'rejected' are the same; a preference pair needs two different answers",
-    ),
-    "empty answer": ({"prompt": "Q?", "chosen": "", "rejected": "B."}, r"'chosen' is empty"),
-    "answer from the user": (
-        {"prompt": "Q?", "chosen": "A.", "rejected": [{"role": "user", "content": "B."}]},
-        r"rejected\[0\] has role 'user'; expected 'assistant'",
-    ),
-    "placeholder in an answer": (
-        {"prompt": "Q?", "chosen": "<image>", "rejected": "B."},
-        r"The text of 'chosen' holds <image>; placeholders belong in the prompt",
-    ),
-}
+def test_an_assistant_part_of_a_modality_is_an_output_with_its_caption_and_file(tmp_path, media):
+    answer = [text("Here."), {"type": "image", "caption": "a gradient"}, {"type": "image", "path": "gradient.png"}]
+    record = {"messages": [user(text("Draw it.")), {"role": "assistant", "content": answer}]}
+    (example,) = read_examples(write_jsonl(tmp_path / "a.jsonl", record)).examples
+    outputs = (OutputPart("image", "a gradient"), OutputPart("image", None, media["image"]))
+    assert example.messages[1] == said("assistant", "Here.", *outputs)
+    only_a_caption = {"messages": [user({"type": "image", "caption": "a gradient"}), assistant("A.")]}
+    with pytest.raises(DataError, match=r"content\[0\] has no path; give the image part one"):
+        read_examples(write_jsonl(tmp_path / "b.jsonl", only_a_caption))  # a user turn's item is an input
 
 
-def write_lines(path, lines):
-    path.write_bytes(b"".join((line if isinstance(line, bytes) else line.encode()) + b"\n" for line in lines))
-    return path
-
-
-def as_line(record):
-    return record if isinstance(record, (str, bytes)) else json.dumps(record)
-
-
-@pytest.mark.parametrize("case", sorted(MALFORMED))
-def test_a_malformed_record_raises_a_data_error_naming_file_line_and_reason(case, tmp_path, media):
-    record, reason = MALFORMED[case]
-    path = write_lines(tmp_path / "train.jsonl", [as_line(GOOD), "", as_line(record), as_line(GOOD)])
-    with pytest.raises(DataError) as caught:
-        read_examples(path)
-    message = str(caught.value)
-    assert message.startswith(f"{path}:3: "), message
-    assert re.search(reason, message), message
-
-
-def test_skip_invalid_skips_and_reports_each_malformed_record_and_keeps_every_good_one(tmp_path, media):
-    lines = [as_line(GOOD)]
-    for case in sorted(MALFORMED):
-        lines += [as_line(MALFORMED[case][0]), as_line(GOOD)]
-    path = write_lines(tmp_path / "train.jsonl", lines)
-    report = read_examples(path, skip_invalid=True)
-    assert len(report.examples) == len(MALFORMED) + 1
-    assert [e["source"] for e in report.examples] == [f"{path}:{n}" for n in range(1, len(lines) + 1, 2)]
-    assert [source for source, _ in report.skipped] == [f"{path}:{n}" for n in range(2, len(lines) + 1, 2)]
-    for case, (_, reason) in zip(sorted(MALFORMED), report.skipped, strict=True):
-        assert re.search(MALFORMED[case][1], reason), (case, reason)
-
-
-def test_a_json_list_names_a_bad_record_by_its_index(tmp_path, media):
-    path = tmp_path / "llava.json"
-    path.write_text(json.dumps([GOOD, {"conversations": []}]))
-    with pytest.raises(DataError, match=rf"^{re.escape(str(path))}\[1\]: The conversation 'conversations' is empty"):
-        read_examples(path)
-    report = read_examples(path, skip_invalid=True)
-    assert report.skipped == [(f"{path}[1]", report.skipped[0][1])] and len(report.examples) == 1
-
-
-def test_no_usable_record_at_all_is_an_error_quoting_the_first_reasons(tmp_path):
-    path = write_jsonl(tmp_path / "a.jsonl", {"messages": []}, "[]")
-    with pytest.raises(
-        DataError, match=rf"No record of .*could be used \(2 malformed records\).*{re.escape(str(path))}:1"
-    ):
-        read_examples(path, skip_invalid=True)
-
-
-# bad files ---------------------------------------------------------------------------------------
-
-
-def test_a_missing_data_file(tmp_path):
-    with pytest.raises(DataError, match=r"nowhere.jsonl: The data file does not exist; check the path"):
-        read_examples(tmp_path / "nowhere.jsonl")
-
-
-def test_an_empty_data_file(tmp_path):
-    (tmp_path / "empty.jsonl").write_text("")
-    with pytest.raises(DataError, match=r"empty.jsonl: The data file is empty \(0 bytes\)"):
-        read_examples(tmp_path / "empty.jsonl")
-
-
-def test_a_data_file_of_blank_lines_or_an_empty_list_holds_no_records(tmp_path):
-    (tmp_path / "blank.jsonl").write_text("\n  \n")
-    with pytest.raises(DataError, match=r"blank.jsonl: The data file holds no records"):
-        read_examples(tmp_path / "blank.jsonl")
-    (tmp_path / "empty.json").write_text("[]")
-    with pytest.raises(DataError, match=r"empty.json: The data file holds no records"):
-        read_examples(tmp_path / "empty.json")
-
-
-def test_a_data_file_of_another_kind(tmp_path):
-    (tmp_path / "train.csv").write_text("image,text\n")
-    with pytest.raises(DataError, match=r"train.csv: A data file must be .jsonl .* or .json .*; got suffix '.csv'"):
-        read_examples(tmp_path / "train.csv")
-
-
-def test_a_json_data_file_that_is_not_a_list_or_not_json(tmp_path):
-    (tmp_path / "one.json").write_text(json.dumps(GOOD))
-    with pytest.raises(
-        DataError, match=r"one.json: The data file holds a JSON object; a .json data file holds a JSON list"
-    ):
-        read_examples(tmp_path / "one.json")
-    (tmp_path / "broken.json").write_text('[\n{"messages": \n')
-    with pytest.raises(DataError, match=r"broken.json:3: The data file is not valid JSON"):
-        read_examples(tmp_path / "broken.json")
+def test_a_data_sources_example_dicts_go_through_the_same_parser(tmp_path, media):
+    report = caption_report([caption_example("image", media["image"], "A gradient.", "src:0")], tmp_path)
+    assert report.media_counts() == {"image": 1} and estimate_length(report.examples[0], {"image": 4}) == 4 + 3
+    example = as_example(report.examples[0])
+    assert example == Conversation((said("user", image(media["image"])), said("assistant", "A gradient.")), "src:0")
+    assert as_example(example) is example
+    with pytest.raises(DataError, match=r"^src:1: messages\[0\]\.content\[0\] has type 'image'; .*: text, audio "):
+        as_example(caption_example("image", media["image"], "A.", "src:1"), {"audio": AUDIO})
+    with pytest.raises(DataError, match=r"^src:2: .*the image file .*gone.png' does not exist"):
+        as_example(caption_example("image", tmp_path / "gone.png", "A.", "src:2"), {"image": IMAGE})
 
 
 # the report --------------------------------------------------------------------------------------
@@ -537,5 +375,5 @@ def test_the_processor_takes_the_examples_of_every_conversation_format(image_mod
         {"image": "gradient.png", "text": "A gradient."},
     )
     report = read_examples(path, modalities={"image": IMAGE})
-    batch = image_model.processor([example["messages"] for example in report.examples])
+    batch = image_model.processor(report.examples)
     assert batch["input_ids"].shape[0] == 3 and (batch["labels"] != -100).any(dim=1).all()

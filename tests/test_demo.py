@@ -7,7 +7,7 @@ import importlib.util
 import pytest
 
 from mmllm_sdk import MMLLM
-from mmllm_sdk.demo import DemoResult, StageResult, format_table, locate_weights, run_demo
+from mmllm_sdk.default_plugins.demo import DemoResult, StageResult, format_table, locate_weights, run_demo
 from mmllm_sdk.errors import MissingPluginError
 
 # held-out accuracy after SFT, in points over the untrained baseline (the quick run on this machine: colour 0 -> 65 %,

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from mmllm_sdk.components import AudioClip, VideoClip
-from mmllm_sdk.data.synthetic import PALETTE
+from mmllm_sdk.default_plugins.datasets.shapes import PALETTE
 from mmllm_sdk.registry import get_registry
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -76,8 +76,8 @@ def test_the_gif_loads_as_a_video_of_eight_frames():
 
 def test_patient_npy_loads_through_the_docs_ecg_plugin(tmp_path, monkeypatch):
     """The plugin of docs/writing-plugins.md (`mmllm new-plugin ecg --set channels=12`), registered by hand."""
+    from mmllm_sdk.default_plugins.scaffold import new_plugin
     from mmllm_sdk.plugins import register_plugin, unregister_plugin
-    from mmllm_sdk.scaffold import new_plugin
 
     folder = new_plugin("ecg", tmp_path, no_input=True, context={"channels": "12"})
     monkeypatch.syspath_prepend(str(folder))

@@ -8,8 +8,8 @@ from transformers import LlavaForConditionalGeneration
 
 from mmllm_sdk import build_model
 from mmllm_sdk.cli import main
+from mmllm_sdk.default_plugins.exporters.hf_llava import export_hf_llava
 from mmllm_sdk.errors import ExportError
-from mmllm_sdk.model.export import export_hf_llava
 from mmllm_sdk.testing import tiny_spec
 
 

@@ -1,30 +1,25 @@
-"""The feature cache: encoder fingerprints, item keys, safe reads and writes, and skipping the encoder on a hit."""
+"""The feature cache: item keys, safe reads and writes, and skipping the encoder on a hit (fingerprints: test_fingerprint.py)."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
-import subprocess
-import sys
+import threading
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file, save_file
 
-import mmllm_sdk
 from mmllm_sdk.data.feature_cache import (
     FeatureCache,
     encoder_fingerprint,
-    encoder_identity,
     fill_cache,
 )
-from mmllm_sdk.default_plugins.encoders import CLIPVisionEncoder, VideoFramesEncoder
+from mmllm_sdk.default_plugins.encoders import CLIPVisionEncoder
 from mmllm_sdk.default_plugins.modalities import IMAGE
-from mmllm_sdk.errors import InputError, SpecError
+from mmllm_sdk.errors import InputError
 from mmllm_sdk.testing import tiny_clip_vision_config
 
 CLIP = "hf-clip-vision"
@@ -35,31 +30,10 @@ def clip_entry(**params) -> dict:
     return {"name": CLIP, "params": {"config": tiny_clip_vision_config(), **params}}
 
 
-def clip_fingerprint(seed: int = 0, **params) -> str:
-    entry = clip_entry(**params)
-    return encoder_fingerprint(CLIPVisionEncoder(entry["params"]), entry, seed)
-
-
 def write_image(path, seed: int, size: tuple[int, int] = (40, 48)):
     rng = np.random.default_rng(seed)
     Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(path)
     return path
-
-
-@pytest.fixture
-def saved_clip(tmp_path):
-    """A tiny CLIP saved with save_pretrained (weights and image processor), as a ``model:`` folder."""
-    torch.manual_seed(0)
-    built = CLIPVisionEncoder({"config": tiny_clip_vision_config()})
-    folder = tmp_path / "clip"
-    built.model.save_pretrained(folder)
-    built.image_processor.save_pretrained(folder)
-    return folder
-
-
-def model_fingerprint(folder, seed: int = 0) -> str:
-    entry = {"name": CLIP, "params": {"model": str(folder)}}
-    return encoder_fingerprint(CLIPVisionEncoder(entry["params"]), entry, seed)
 
 
 @pytest.fixture
@@ -70,109 +44,6 @@ def cache(tmp_path):
 @pytest.fixture
 def key(tmp_path, cache):
     return cache.item_key(FP_A, write_image(tmp_path / "item.png", 0))
-
-
-# fingerprints -------------------------------------------------------------------------------------
-
-
-def test_fingerprint_is_stable_across_builds_of_the_same_spec():
-    first, second = clip_fingerprint(), clip_fingerprint()
-    assert first == second
-    assert len(first) == 64 and int(first, 16) >= 0
-
-
-def test_fingerprint_is_the_same_in_another_process():
-    code = (
-        "from mmllm_sdk.data.feature_cache import encoder_fingerprint\n"
-        "from mmllm_sdk.default_plugins.encoders import CLIPVisionEncoder\n"
-        "from mmllm_sdk.testing import tiny_clip_vision_config\n"
-        "entry = {'name': 'hf-clip-vision', 'params': {'config': tiny_clip_vision_config()}}\n"
-        "print(encoder_fingerprint(CLIPVisionEncoder(entry['params']), entry, 0))\n"
-    )
-    env = {**os.environ, "PYTHONHASHSEED": "123"}
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
-    assert result.stdout.strip() == clip_fingerprint()
-
-
-def test_fingerprint_changes_with_params():
-    base = clip_fingerprint()
-    assert clip_fingerprint(feature_layer=-1) != base
-    assert clip_fingerprint(select="cls_patch") != base
-    assert clip_fingerprint(dtype="bfloat16") != base
-
-
-def test_fingerprint_changes_with_the_seed_of_random_weights_only(saved_clip):
-    assert clip_fingerprint(seed=0) != clip_fingerprint(seed=1)
-    assert model_fingerprint(saved_clip, seed=0) == model_fingerprint(saved_clip, seed=1)
-
-
-def test_fingerprint_changes_when_local_weights_change(saved_clip):
-    before = model_fingerprint(saved_clip)
-    assert model_fingerprint(saved_clip) == before
-    weights = saved_clip / "model.safetensors"
-    tensors = load_file(weights)
-    name = next(n for n in sorted(tensors) if n.endswith("weight"))
-    tensors[name] = tensors[name] + 0.01
-    save_file(tensors, weights, metadata={"format": "pt"})
-    assert model_fingerprint(saved_clip) != before
-
-
-def test_fingerprint_changes_when_the_image_processor_config_changes(saved_clip):
-    before = model_fingerprint(saved_clip)
-    config_path = saved_clip / "preprocessor_config.json"
-    config = json.loads(config_path.read_text())
-    config["image_mean"] = [0.5, 0.5, 0.5]
-    config_path.write_text(json.dumps(config))
-    assert model_fingerprint(saved_clip) != before
-
-
-def test_fingerprint_changes_with_the_sdk_version(monkeypatch):
-    before = clip_fingerprint()
-    monkeypatch.setattr(mmllm_sdk, "__version__", "999.0.0")
-    assert clip_fingerprint() != before
-
-
-def test_fingerprint_of_video_frames_follows_its_frame_encoder():
-    def fingerprint(num_frames: int = 2, **frame_params) -> str:
-        frame_encoder = {"name": CLIP, "params": {"config": tiny_clip_vision_config(), **frame_params}}
-        entry = {"name": "video-frames", "params": {"frame_encoder": frame_encoder, "num_frames": num_frames}}
-        return encoder_fingerprint(VideoFramesEncoder(entry["params"]), entry, 0)
-
-    base = fingerprint()
-    assert fingerprint() == base
-    assert fingerprint(num_frames=3) != base
-    assert fingerprint(feature_layer=-1) != base
-    identity = encoder_identity(
-        VideoFramesEncoder({"frame_encoder": {"name": CLIP, "params": {"config": tiny_clip_vision_config()}}}),
-        {"name": "video-frames", "params": {}},
-        0,
-    )
-    assert "image_processor" in identity["encoder"]["frame_encoder"]["preprocessing"]
-    assert identity["seed"] == 0  # the frame encoder's weights are random
-
-
-class CroppingEncoder(CLIPVisionEncoder):
-    """A plugin-style encoder whose features also depend on a setting kept outside its params."""
-
-    crop = 4
-
-    def cache_identity(self) -> dict:
-        return {"crop": self.crop}
-
-
-def test_cache_identity_of_an_encoder_enters_the_fingerprint():
-    entry = clip_entry()
-    encoder = CroppingEncoder(entry["params"])
-    before = encoder_fingerprint(encoder, entry, 0)
-    encoder.crop = 8
-    assert encoder_fingerprint(encoder, entry, 0) != before
-    assert encoder_identity(encoder, entry, 0)["encoder"]["cache_identity"] == {"crop": 8}
-
-
-def test_trainable_encoder_cannot_be_cached():
-    entry = {**clip_entry(), "trainable": True}
-    with pytest.raises(SpecError, match="trainable"):
-        encoder_fingerprint(CLIPVisionEncoder(entry["params"]), entry, 0)
 
 
 # item keys --------------------------------------------------------------------------------------------
@@ -218,6 +89,27 @@ def test_in_memory_items_urls_and_missing_files_are_not_cacheable(tmp_path, cach
     assert cache.item_key(FP_A, np.zeros((8, 8, 3), dtype=np.uint8)) is None
     assert cache.item_key(FP_A, "https://example.com/cat.png") is None
     assert cache.item_key(FP_A, tmp_path / "absent.png") is None
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="FIFOs are POSIX")
+def test_paths_that_are_not_regular_files_get_no_key_and_do_not_hang(tmp_path, cache):
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)  # opening it for reading would block until a writer comes
+    zero = tmp_path / "zero.png"
+    zero.symlink_to("/dev/zero")  # reading it would never end
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    write_image(folder / "0.png", 0)
+    keys = {}
+    worker = threading.Thread(
+        target=lambda: keys.update({p: cache.item_key(FP_A, p) for p in (fifo, zero, folder)}), daemon=True
+    )
+    worker.start()
+    worker.join(timeout=30)
+    assert not worker.is_alive(), "item_key() blocked on a FIFO or a device"
+    assert keys[fifo] is None and keys[zero] is None
+    os.mkfifo(folder / "1.png")  # in a folder only the regular files count
+    assert keys[folder] is not None and cache.item_key(FP_A, folder) == keys[folder]
 
 
 def test_bad_fingerprints_and_keys_are_refused(cache, tmp_path):

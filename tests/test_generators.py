@@ -13,8 +13,10 @@ from mmllm_sdk.components import AudioClip
 from mmllm_sdk.components.hf import skeleton_mode
 from mmllm_sdk.components.output_projector import ConditionSpec
 from mmllm_sdk.default_plugins.generators import AudioLDMGenerator, StableDiffusionGenerator
+from mmllm_sdk.default_plugins.generators import diffusers as diffusers_generators
 from mmllm_sdk.errors import DimensionError, InputError, SpecError
 from mmllm_sdk.registry import get_registry
+from mmllm_sdk.testing import tiny_generators
 from mmllm_sdk.testing.conformance import check_generator
 from mmllm_sdk.testing.tiny_generators import tiny_audioldm_config, tiny_sd_config
 
@@ -160,6 +162,14 @@ def test_model_folder_gives_the_same_condition_targets(generators, saved, cls):
     assert loaded.condition_spec == generators[cls].condition_spec
     expected = generators[cls].condition_targets(CAPTIONS)
     torch.testing.assert_close(loaded.condition_targets(CAPTIONS), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_the_tiny_configs_hold_the_byte_level_tokenizers_of_the_generators(generators):
+    # mmllm_sdk.testing keeps its own copy of the sizes (it does not import default_plugins)
+    clip, roberta = generators[StableDiffusionGenerator].tokenizer, generators[AudioLDMGenerator].tokenizer
+    assert len(clip) == tiny_generators.BYTE_CLIP_VOCAB_SIZE == diffusers_generators.BYTE_CLIP_VOCAB_SIZE
+    assert len(roberta) == tiny_generators.BYTE_ROBERTA_VOCAB_SIZE == diffusers_generators.BYTE_ROBERTA_VOCAB_SIZE
+    assert roberta.pad_token_id == tiny_generators.BYTE_ROBERTA_PAD_ID == diffusers_generators.BYTE_ROBERTA_PAD_ID
 
 
 @pytest.mark.parametrize("cls", CLASSES, ids=lambda c: c.name)

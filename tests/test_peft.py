@@ -12,8 +12,7 @@ import torch
 from mmllm_sdk.components.hf import skeleton_mode
 from mmllm_sdk.default_plugins.llms import build_hf_causal_lm
 from mmllm_sdk.errors import SpecError
-from mmllm_sdk.testing import tiny_llm_config
-from mmllm_sdk.training.peft import (
+from mmllm_sdk.model.peft import (
     PeftCausalLM,
     PeftSpec,
     adapter_parameter_names,
@@ -21,6 +20,7 @@ from mmllm_sdk.training.peft import (
     apply_peft,
     has_adapters,
 )
+from mmllm_sdk.testing import tiny_llm_config
 from mmllm_sdk.validation import validate
 
 # peft hands prefix caches to the model as `past_key_values`, which transformers 5 renamed `cache`
@@ -236,5 +236,5 @@ def test_the_wrapped_llm_deep_copies(tokenizer_dir):
 
 
 def test_importing_the_module_does_not_import_peft():
-    code = "import sys, mmllm_sdk.training.peft, mmllm_sdk.spec; assert 'peft' not in sys.modules, 'peft was imported'"
+    code = "import sys, mmllm_sdk.model.peft, mmllm_sdk.spec; assert 'peft' not in sys.modules, 'peft was imported'"
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -18,20 +18,6 @@ from mmllm_sdk.plugins import register_plugin, unregister_plugin
 from mmllm_sdk.registry import get_registry
 
 
-@pytest.fixture
-def plugin():
-    """Register a plugin object for one test and always remove it afterwards."""
-    names = []
-
-    def add(obj, name):
-        register_plugin(obj, name)
-        names.append(name)
-
-    yield add
-    for name in names:
-        unregister_plugin(name)
-
-
 class ScaledLinear(LinearProjector):
     name = "scaled-linear"
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 from mmllm_sdk import build_model
+from mmllm_sdk.data.examples import Conversation, MediaPart, TextPart
+from mmllm_sdk.data.feature_cache import FEATURES_KEY
 from mmllm_sdk.model.processor import IGNORE_INDEX
 from mmllm_sdk.testing import tiny_spec
 
@@ -165,3 +169,23 @@ def test_train_on_last_assistant_supervises_only_the_final_answer(image_model, i
     ]
     labels = image_model.processor([conversation], train_on="last_assistant")["labels"][0]
     assert image_model.processor.tokenizer.decode(labels[labels != IGNORE_INDEX]) == "No.<|im_end|>\n"
+
+
+def test_a_typed_conversation_gives_the_same_batch_as_its_messages(image_model, image_file):
+    typed = image_model.processor.parse(ask(image_file))
+    assert isinstance(typed, Conversation) and [type(p) for p in typed.messages[0].parts] == [MediaPart, TextPart]
+    from_typed, from_messages = image_model.processor([typed]), image_model.processor([ask(image_file)])
+    assert torch.equal(from_typed["input_ids"], from_messages["input_ids"])
+    assert torch.equal(from_typed["labels"], from_messages["labels"])
+
+
+def test_items_that_carry_features_are_neither_loaded_nor_encoded(image_model, image_file):
+    encoder = image_model.encoders["image"]
+    features = torch.randn(encoder.num_tokens, encoder.output_dim)
+    plain = image_model.processor.parse(ask(image_file))
+    cached = plain.with_media(lambda item: dataclasses.replace(item, features=features))
+    batch = image_model.processor([cached, cached])
+    assert set(batch["image"]) == {FEATURES_KEY} and torch.equal(batch["image"][FEATURES_KEY][1], features)
+    mixed = image_model.processor([cached, plain])["image"]  # an item without features: every item is loaded
+    assert FEATURES_KEY not in mixed and mixed["pixel_values"].shape[0] == 2
+    assert not hasattr(image_model.processor, "feature_cache")  # the processor holds no cache state

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
+from mmllm_sdk.default_plugins.scaffold import modality_name, new_plugin
 from mmllm_sdk.errors import SpecError
-from mmllm_sdk.scaffold import modality_name, new_plugin
 
 
 def run(*args, cwd=None, env=None):

@@ -175,9 +175,9 @@ def preferences(tmp_path, images):
 
 def preference_margin(model, data_path):
     """Mean over pairs of (log π(chosen) - log π(rejected)), on the final answers."""
-    from mmllm_sdk.data.formats import read_examples
+    from mmllm_sdk.default_plugins.datasets.files import read_examples
+    from mmllm_sdk.default_plugins.recipes.dpo import sequence_logprobs
     from mmllm_sdk.training.recipes import PreferenceCollator
-    from mmllm_sdk.training.trainer import sequence_logprobs
 
     examples = read_examples(data_path).examples
     batch = PreferenceCollator(model, None)(examples)
@@ -262,8 +262,12 @@ def test_cached_features_give_the_same_loss_as_running_the_encoder(image_model, 
         [str(image_file)],
         image_model.processor.inputs["image"].spec.load,
     )
-    image_model.processor.use_feature_cache(cache, {"image": fingerprint})
-    batch = image_model.processor([conversation])
+    from mmllm_sdk.training.run import CachedFeatures, ExampleDataset
+
+    encoder = image_model.encoders["image"]
+    features = CachedFeatures(cache, {"image": (fingerprint, (encoder.num_tokens, encoder.output_dim))})
+    example = ExampleDataset([image_model.processor.parse(conversation)], [0], features)[0]  # items carry features
+    batch = image_model.processor([example])
     assert "encoder_features" in batch["image"] and "pixel_values" not in batch["image"]
     with torch.no_grad():
         assert torch.allclose(image_model(**batch, supervised_only=True).loss, direct, atol=1e-6)
@@ -360,13 +364,14 @@ def test_a_save_cut_short_leaves_the_previous_checkpoint_to_resume_from(tmp_path
 RECORDING_PLUGIN = """
 import dataclasses, os
 from mmllm_sdk import hookimpl
-from mmllm_sdk.training.recipes import PT, ConversationCollator, Recipe
+from mmllm_sdk.default_plugins.recipes import PT
+from mmllm_sdk.training.recipes import ConversationCollator, Recipe
 
 
 class RecordingCollator(ConversationCollator):
     def __call__(self, examples):
         with open(os.path.join(os.environ["SEEN_DIR"], f"rank{os.environ.get('RANK', '0')}"), "a") as seen:
-            seen.write(" ".join(example["source"] for example in examples) + "\\n")
+            seen.write(" ".join(example.source for example in examples) + "\\n")
         return super().__call__(examples)
 
 

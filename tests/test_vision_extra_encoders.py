@@ -1,4 +1,5 @@
-"""timm-vision and open-clip-vision: shapes, weight files, real EfficientNet-Lite0 weights, skeletons and errors."""
+"""timm-vision (and what it shares with open-clip-vision): shapes, weight files, real EfficientNet-Lite0 weights,
+skeletons and errors. open-clip-vision alone: test_open_clip_vision_encoder.py."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ open_clip = pytest.importorskip("open_clip")
 from mmllm_sdk import MMLLM, build_model  # noqa: E402
 from mmllm_sdk.components.hf import content_hash, skeleton_mode  # noqa: E402
 from mmllm_sdk.data.feature_cache import encoder_fingerprint  # noqa: E402
-from mmllm_sdk.default_plugins.encoders.vision_extra import OpenClipVisionEncoder, TimmVisionEncoder  # noqa: E402
+from mmllm_sdk.default_plugins.encoders.open_clip_vision import OpenClipVisionEncoder  # noqa: E402
+from mmllm_sdk.default_plugins.encoders.timm_vision import TimmVisionEncoder  # noqa: E402
 from mmllm_sdk.errors import InputError, SpecError  # noqa: E402
 from mmllm_sdk.testing import tiny_spec  # noqa: E402
 
@@ -293,60 +295,6 @@ def test_skeleton_reads_no_weights(tmp_path):
         TimmVisionEncoder(params)
 
 
-# open_clip ---------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(("features", "expected"), [("spatial", (4, 384)), ("pooled", (1, 256))])
-def test_open_clip_random_init_maps_two_images_to_features(features, expected):
-    encoder = OpenClipVisionEncoder({**CLIP, "features": features})
-    batch = encoder.preprocess(images())
-    assert batch["pixel_values"].shape == (2, 3, 64, 64)
-    with torch.no_grad():
-        out = encoder(**batch)
-    assert (encoder.modality, encoder.num_tokens, encoder.output_dim) == ("image", *expected)
-    assert out.shape == (2, *expected) and torch.isfinite(out).all()
-    assert encoder.reference() == {"open_clip": "ViT-S-32-alt", "config": "random"}
-    assert not hasattr(encoder, "transformer")  # the text tower is dropped
-
-
-def test_open_clip_pooled_feature_is_the_image_embedding():
-    encoder = OpenClipVisionEncoder({**CLIP, "features": "pooled"})
-    torch.manual_seed(0)
-    clip, _, _ = open_clip.create_model_and_transforms("ViT-S-32-alt", force_image_size=64)
-    pixels = encoder.preprocess(images())["pixel_values"]
-    with torch.no_grad():
-        assert torch.allclose(encoder(pixel_values=pixels)[:, 0], clip.encode_image(pixels), atol=1e-6)
-
-
-@pytest.mark.parametrize("prefix", ["visual.", ""], ids=["whole-clip", "vision-tower"])
-def test_open_clip_checkpoint_round_trip(prefix, tmp_path):
-    source = OpenClipVisionEncoder(CLIP)
-    save_file({prefix + k: v.contiguous() for k, v in source.model.state_dict().items()}, tmp_path / "clip.safetensors")
-    torch.manual_seed(1)
-    loaded = OpenClipVisionEncoder({**CLIP, "checkpoint": str(tmp_path / "clip.safetensors")})
-    batch = source.preprocess(images())
-    with torch.no_grad():
-        assert torch.equal(loaded(**batch), source(**batch))
-    assert loaded.reference()["sha256"] == content_hash(tmp_path / "clip.safetensors")
-
-
-def test_open_clip_skeleton_has_meta_weights_and_the_real_sizes():
-    with skeleton_mode():
-        spatial = OpenClipVisionEncoder(CLIP)
-        pretrained = OpenClipVisionEncoder({"model_name": "ViT-B-32", "pretrained": "openai", "features": "pooled"})
-    assert {p.device.type for p in spatial.parameters()} == {"meta"}
-    assert (spatial.num_tokens, spatial.output_dim) == (4, 384)
-    assert (pretrained.num_tokens, pretrained.output_dim) == (1, 512)
-    assert pretrained.reference() == {"open_clip": "ViT-B-32", "pretrained": "openai"}
-
-
-def test_open_clip_cache_identity_holds_the_preprocessing():
-    identity = OpenClipVisionEncoder(CLIP).cache_identity()
-    assert identity["open_clip"] == open_clip.__version__
-    assert tuple(identity["preprocess_cfg"]["size"]) == (64, 64)
-    assert "Resize(size=64" in identity["transform"]
-
-
 # in a model ---------------------------------------------------------------------------------------
 
 
@@ -380,13 +328,6 @@ def test_unknown_timm_model_lists_close_names():
         TimmVisionEncoder({"model_name": "efficientnet_lite9"})
 
 
-def test_unknown_open_clip_model_and_tag_are_named():
-    with pytest.raises(SpecError, match=r"no model config 'ViT-B-33'.*ViT-B-32"):
-        OpenClipVisionEncoder({"model_name": "ViT-B-33"})
-    with pytest.raises(SpecError, match=r"no pretrained tag 'opneai' for 'ViT-B-32'; its tags are: openai"):
-        OpenClipVisionEncoder({"model_name": "ViT-B-32", "pretrained": "opneai"})
-
-
 @pytest.mark.parametrize("cls", [TimmVisionEncoder, OpenClipVisionEncoder])
 def test_missing_checkpoint_file_is_a_spec_error(cls, tmp_path):
     name = "efficientnet_lite0" if cls is TimmVisionEncoder else "ViT-S-32-alt"
@@ -417,11 +358,6 @@ def test_bad_params_are_spec_errors(cls, params, message):
         cls(params)
 
 
-def test_open_clip_spatial_needs_a_tower_that_returns_tokens():
-    with pytest.raises(SpecError, match=r"ModifiedResNet\) does not return its patch tokens.*features: pooled"):
-        OpenClipVisionEncoder({"model_name": "RN50", "image_size": 64})
-
-
 @pytest.mark.parametrize(("cls", "module"), [(TimmVisionEncoder, "timm"), (OpenClipVisionEncoder, "open_clip")])
 def test_missing_library_says_what_to_install(cls, module, monkeypatch):
     monkeypatch.setitem(sys.modules, module, None)  # as if not installed
@@ -429,9 +365,10 @@ def test_missing_library_says_what_to_install(cls, module, monkeypatch):
         cls({"model_name": "anything"})
 
 
-def test_importing_the_module_imports_no_vision_library():
+def test_importing_the_modules_imports_no_vision_library():
     code = (
-        "import sys, mmllm_sdk.default_plugins.encoders.vision_extra; "
+        "import sys\n"
+        "from mmllm_sdk.default_plugins.encoders import open_clip_vision, timm_vision, vision_library\n"
         "print(sorted({'timm', 'open_clip', 'torchvision'} & set(sys.modules)))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

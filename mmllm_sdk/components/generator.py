@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import nn
@@ -12,16 +12,10 @@ from mmllm_sdk.components.output_projector import ConditionSpec
 
 
 class ModalityGenerator(nn.Module, ABC):
-    """The contract of a modality generator, e.g. a diffusion pipeline.
-
-    Subclasses set ``modality`` and ``condition_spec`` (the conditioning they take) and
-    implement :meth:`generate` and :meth:`condition_targets` (the generator's own text
-    conditioning of a caption, the target of output-side alignment).
-    """
+    """The contract of a modality generator conditioned on H_X from an output projector, e.g. a diffusion pipeline."""
 
     modality: str
     condition_spec: ConditionSpec
-    conditioned_on: ClassVar[str] = "embeddings"  # H_X from an output projector
 
     @abstractmethod
     def generate(self, conditioning: torch.Tensor, **kwargs: Any) -> list[Any]:
@@ -32,26 +26,14 @@ class ModalityGenerator(nn.Module, ABC):
         """Captions -> the generator's own conditioning (B, num_tokens, dim)."""
 
     def denoising_loss(self, conditioning: torch.Tensor, items: list[Any]) -> torch.Tensor:
-        """The generator's own training loss on ``items`` under ``conditioning`` (B, num_tokens, dim).
-
-        Its weights stay frozen; the gradient reaches the conditioning, hence the output
-        projector. ``align-output`` adds it with ``options: {denoising_weight: w}``. Optional:
-        a generator without one raises ``NotImplementedError``.
-        """
+        """Optional: the frozen generator's own loss on ``items``; its gradient reaches the output projector."""
         raise NotImplementedError(f"{type(self).__name__} has no denoising loss.")
 
 
 class TextConditionedGenerator(nn.Module, ABC):
-    """The contract of a generator conditioned on text: a TTS, a renderer, an external tool.
-
-    Its output modality has two signal tokens, an opening and a closing one
-    (``<aud_0>`` … ``<aud_1>``); the text the LLM writes between them is the condition, and
-    no output projector is involved. Subclasses set ``modality`` and implement
-    :meth:`generate_from_text`. Nothing trains in it.
-    """
+    """The contract of a generator conditioned on the text the LLM writes between two signal tokens (a TTS, say)."""
 
     modality: str
-    conditioned_on: ClassVar[str] = "text"
 
     @abstractmethod
     def generate_from_text(self, texts: list[str], **kwargs: Any) -> list[Any]:

@@ -7,7 +7,6 @@ import contextvars
 import copy
 import hashlib
 import logging
-import os
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +17,7 @@ from pydantic import model_validator
 
 from mmllm_sdk.dtypes import DtypeName, resolve_dtype
 from mmllm_sdk.errors import SpecError
+from mmllm_sdk.files import file_sha256
 from mmllm_sdk.validation import StrictModel
 
 _SKELETON = contextvars.ContextVar("mmllm_skeleton", default=False)
@@ -26,51 +26,39 @@ _WEIGHT_SUFFIXES = (".safetensors", ".gguf", ".bin", ".pt", ".pth", ".ckpt", ".o
 
 
 @contextlib.contextmanager
-def skeleton_mode() -> Iterator[None]:
-    """Build components from configs only, with weights on the ``meta`` device (nothing loads).
-
-    ``mmllm validate`` builds the whole model this way to check dimensions and count
-    parameters before any weight is read.
-    """
-    token = _SKELETON.set(True)
+def _set(var: contextvars.ContextVar[Any], value: Any) -> Iterator[None]:
+    token = var.set(value)
     try:
-        with torch.device("meta"):
-            yield
+        yield
     finally:
-        _SKELETON.reset(token)
+        var.reset(token)
+
+
+@contextlib.contextmanager
+def skeleton_mode() -> Iterator[None]:
+    """Build components from configs only, weights on the ``meta`` device: ``mmllm validate`` checks shapes so."""
+    with _set(_SKELETON, True), torch.device("meta"):
+        yield
 
 
 def is_skeleton() -> bool:
-    """True while :func:`skeleton_mode` is active."""
     return _SKELETON.get()
 
 
 @contextlib.contextmanager
 def reuse_loaded_files() -> Iterator[None]:
-    """Within this block, configs, tokenizers and processors read by :func:`cached_call` are read once.
-
-    ``build_model`` builds a skeleton, then the real model: both read the same configs and
-    tokenizers (a GGUF file takes seconds to parse for each).
-    """
-    token = _FILE_CACHE.set({})
-    try:
+    """Within this block, what :func:`cached_call` reads is read once (by a skeleton build, then the real one)."""
+    with _set(_FILE_CACHE, {}):
         yield
-    finally:
-        _FILE_CACHE.reset(token)
 
 
 def cached_call(what: str, function: Any, *args: Any, **kwargs: Any) -> Any:
-    """:func:`hf_call` for loaders of small objects (configs, tokenizers, processors), memoised in
-    :func:`reuse_loaded_files`; each caller gets its own deep copy, since callers change them."""
+    """:func:`hf_call` for configs, tokenizers and processors, memoised in :func:`reuse_loaded_files` (deep copies)."""
     cache = _FILE_CACHE.get()
     if cache is None:
         return hf_call(what, function, *args, **kwargs)
-    key = (
-        getattr(function, "__qualname__", repr(function)),
-        getattr(function, "__self__", None),
-        repr(args),
-        repr(sorted(kwargs.items())),
-    )
+    name = getattr(function, "__qualname__", repr(function))
+    key = (name, getattr(function, "__self__", None), repr(args), repr(sorted(kwargs.items())))
     if key not in cache:
         cache[key] = hf_call(what, function, *args, **kwargs)
     return copy.deepcopy(cache[key])
@@ -106,16 +94,11 @@ class HFSource(StrictModel):
         return resolve_dtype(self.dtype)
 
     def pretrained_kwargs(self) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {"trust_remote_code": self.trust_remote_code}
-        if self.revision:
-            kwargs["revision"] = self.revision
-        if self.gguf_file:
-            kwargs["gguf_file"] = self.gguf_file
-        return kwargs
+        optional = {"revision": self.revision, "gguf_file": self.gguf_file}
+        return {"trust_remote_code": self.trust_remote_code, **{key: value for key, value in optional.items() if value}}
 
 
 def load_config(config_cls: Any, source: HFSource, what: str) -> Any:
-    """The component's config, from ``source.config`` or from the model folder / hub id."""
     if source.config is not None:
         fields = dict(source.config)
         if hasattr(config_cls, "for_model"):  # AutoConfig: the dict names its model_type
@@ -130,30 +113,19 @@ def load_config(config_cls: Any, source: HFSource, what: str) -> Any:
 
 
 def load_model(model_cls: Any, config_cls: Any, source: HFSource, what: str) -> Any:
-    """A Hugging Face model: pretrained from ``source.model`` or random from ``source.config``.
-
-    In :func:`skeleton_mode` only the config is read and the weights stay on ``meta``.
-    """
+    """A Hugging Face model: pretrained from ``source.model`` or random from ``source.config`` (or a skeleton)."""
     config = load_config(config_cls, source, what)
     if is_skeleton() or source.config is not None:
         builder = getattr(model_cls, "from_config", None) or model_cls._from_config
         return hf_call(what, builder, config, dtype=source.torch_dtype)
+    kwargs = {"config": config, "dtype": source.torch_dtype, "output_loading_info": True, **source.pretrained_kwargs()}
     report = logging.getLogger("transformers.modeling_utils")  # its load report: a table of every key, said below
     report.addFilter(_no_load_report)
     try:
-        model, info = hf_call(
-            what,
-            model_cls.from_pretrained,
-            source.model,
-            config=config,
-            dtype=source.torch_dtype,
-            output_loading_info=True,
-            **source.pretrained_kwargs(),
-        )
+        model, info = hf_call(what, model_cls.from_pretrained, source.model, **kwargs)
     finally:
         report.removeFilter(_no_load_report)
-    # Weights the checkpoint has and this model does not are expected (a CLIP vision tower read from a whole CLIP
-    # repository leaves its text tower); weights the model needs and the checkpoint lacks start random: say so.
+    # extra weights in the checkpoint are expected (CLIP's text tower); weights it lacks start random: say so
     missing = sorted(info.get("missing_keys") or ())
     if missing:
         warnings.warn(
@@ -188,35 +160,20 @@ def reference(source: HFSource) -> dict[str, Any]:
     """What a checkpoint records of a frozen base: the id or path, the revision, and a content hash for local files."""
     if source.config is not None:
         return {"config": source.config}
-    ref: dict[str, Any] = {"model": source.model}
-    if source.revision:
-        ref["revision"] = source.revision
-    if source.gguf_file:
-        ref["gguf_file"] = source.gguf_file
+    ref = {"model": source.model, **source.pretrained_kwargs()}
+    del ref["trust_remote_code"]
     path = Path(source.model)
     if path.exists():
         ref["sha256"] = content_hash(path / source.gguf_file if source.gguf_file else path)
     return ref
 
 
-_HASHES: dict[tuple[str, int, float], str] = {}
-
-
 def content_hash(path: Path) -> str:
-    """SHA-256 over the weight files under ``path`` (names and bytes), cached by size and mtime."""
+    """SHA-256 over the weight files under ``path`` (each file's name and the sha256 of its bytes), or of one file."""
     files = (
         [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in _WEIGHT_SUFFIXES)
     )
     digest = hashlib.sha256()
     for file in files:
-        stat = file.stat()
-        key = (os.fspath(file.resolve()), stat.st_size, stat.st_mtime)
-        if key not in _HASHES:
-            file_digest = hashlib.sha256()
-            with file.open("rb") as handle:
-                for block in iter(lambda: handle.read(1 << 20), b""):
-                    file_digest.update(block)
-            _HASHES[key] = file_digest.hexdigest()
-        digest.update(file.name.encode())
-        digest.update(_HASHES[key].encode())
+        digest.update(file.name.encode() + file_sha256(file).encode())
     return digest.hexdigest()

@@ -13,12 +13,8 @@ from mmllm_sdk.errors import SpecError
 
 
 class LLMBackbone(nn.Module):
-    """The contract of the LLM backbone (frozen by default).
-
-    ``model`` is any ``transformers`` causal LM that accepts ``inputs_embeds``;
-    ``tokenizer`` is a fast tokenizer with a chat template. A plugin's factory returns
-    an instance of this class (or a subclass that overrides how it is called).
-    """
+    """The contract of the LLM backbone (frozen by default): a ``transformers`` causal LM that accepts
+    ``inputs_embeds`` and a fast tokenizer with a chat template."""
 
     def __init__(self, model: Any, tokenizer: Any, reference: dict[str, Any] | None = None) -> None:
         super().__init__()
@@ -49,11 +45,7 @@ class LLMBackbone(nn.Module):
         return self.model.get_input_embeddings()
 
     def add_special_tokens(self, tokens: list[str]) -> list[int]:
-        """Add tokens that must stay whole (placeholders, signal tokens); return their ids.
-
-        New embedding rows (input and output) start at the mean of the existing rows,
-        so the result is deterministic for given base weights.
-        """
+        """Add tokens that must stay whole (placeholders, signal tokens), new rows at the mean; return their ids."""
         new = [t for t in tokens if t not in self.tokenizer.get_vocab()]
         if new:
             self.tokenizer.add_tokens([AddedToken(t, special=True, normalized=False) for t in new], special_tokens=True)
@@ -72,7 +64,6 @@ class LLMBackbone(nn.Module):
         return ids
 
     def render_chat(self, messages: list[dict[str, Any]], add_generation_prompt: bool = False) -> str:
-        """The conversation as text through the tokenizer's chat template."""
         return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
     def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any) -> Any:
@@ -86,17 +77,9 @@ class LLMBackbone(nn.Module):
         shared_prefix: int = 0,
         **kwargs: Any,
     ) -> torch.Tensor:
-        """Logits ``(B, K, V)`` at sequence ``positions`` (K,) only: the LM head skips every other position.
-
-        Uses the model's ``logits_to_keep`` where its forward takes it (transformers' decoder
-        LMs do); otherwise computes all logits and picks the positions.
-
-        ``shared_prefix``: the first ``shared_prefix`` positions are the same in every row
-        (a chat template's system prompt, say) and every ``positions`` lies after them. They
-        are computed once, for one row, and their key/value cache is shared by the batch:
-        the same logits, for ``shared_prefix * (B - 1)`` fewer token computations. Gradients
-        flow through the shared cache (into LoRA adapters, say). Ignored where
-        :meth:`can_share_prefix` is False.
+        """Logits ``(B, K, V)`` at sequence ``positions`` (K,) only (``logits_to_keep`` where the model takes it).
+        ``shared_prefix``: the first positions are the same in every row and precede every position: they are
+        computed once and their key/value cache is shared by the batch (where :meth:`can_share_prefix`).
         """
         if shared_prefix > 0 and inputs_embeds.shape[0] > 1 and self.can_share_prefix() and not kwargs:
             head = inputs_embeds[:1, :shared_prefix]  # (1, P, D)
@@ -110,38 +93,28 @@ class LLMBackbone(nn.Module):
                 logits_to_keep=positions - shared_prefix,
                 **{name: past},
             ).logits
-        if self._takes_logits_to_keep():
-            return self.model(
-                inputs_embeds=inputs_embeds, attention_mask=attention_mask, logits_to_keep=positions, **kwargs
-            ).logits
-        logits = self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs).logits
-        return logits[:, positions]
+        keep = {"logits_to_keep": positions} if "logits_to_keep" in self._forward_parameters() else {}
+        logits = self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **keep, **kwargs).logits
+        return logits if keep else logits[:, positions]
 
     def can_share_prefix(self) -> bool:
-        """Whether :meth:`logits_at` can share a prefix's key/value cache: a transformers decoder LM
-        that takes a cache argument and ``logits_to_keep``, without prompt-learning adapters
-        (prefix tuning brings its own key/value cache)."""
+        """A decoder LM taking a cache and ``logits_to_keep``, without prompt-learning adapters (their own cache)."""
         peft_config = getattr(self.model, "active_peft_config", None)
         if peft_config is not None and peft_config.is_prompt_learning:
             return False
-        return self._cache_argument() is not None and self._takes_logits_to_keep()
+        return self._cache_argument() is not None and "logits_to_keep" in self._forward_parameters()
 
     def _forward_parameters(self) -> Any:
-        """The parameters of the (base) model's forward, under any peft wrapper."""
         base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
         return inspect.signature(base.forward).parameters
 
     def _cache_argument(self) -> str | None:
-        """What the model's forward calls its key/value cache: ``cache`` (transformers 5.2x) or
-        ``past_key_values`` (earlier releases); the output field has the same name."""
+        """The forward's key/value cache argument (and output field): ``cache`` or, before 5.2x, ``past_key_values``."""
         parameters = self._forward_parameters()
         return next((name for name in ("cache", "past_key_values") if name in parameters), None)
 
-    def _takes_logits_to_keep(self) -> bool:
-        return "logits_to_keep" in self._forward_parameters()
-
     def end_token_ids(self) -> set[int]:
-        """The token ids that end generation: the generation config's ``eos_token_id`` and the tokenizer's."""
+        """The generation config's ``eos_token_id`` and the tokenizer's."""
         configured = getattr(getattr(self.model, "generation_config", None), "eos_token_id", None)
         ends = set(configured) if isinstance(configured, list) else {configured}
         ends.add(self.tokenizer.eos_token_id)

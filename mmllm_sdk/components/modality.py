@@ -18,7 +18,6 @@ from mmllm_sdk.errors import InputError
 
 _NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
 DIRECTORY = "/"  # the loaders key of a loader that reads folders
-URL_TIMEOUT_S = 60  # seconds to wait for a URL download
 
 
 @dataclass(frozen=True)
@@ -43,18 +42,14 @@ class VideoClip:
 
 @dataclass(frozen=True)
 class ModalitySpec:
-    """What the SDK needs to know of a modality before any encoder sees it.
-
-    ``loaders`` maps a lower-case file suffix (``".png"``) to ``loader(path) -> item``
-    (the key ``"/"`` reads a folder, e.g. a folder of video frames);
-    ``normalize(obj) -> item`` turns an object a user passes in memory (a PIL image,
-    an array) into the same kind of item, or raises :class:`InputError`.
-    """
+    """What the SDK needs to know of a modality before any encoder sees it."""
 
     name: str  # "image"; the ``type`` of a message content part
     placeholder: str  # "<image>"; one tokenizer token, expanded to the projector's token count
-    loaders: Mapping[str, Callable[[Path], Any]] = field(default_factory=dict)
-    normalize: Callable[[Any], Any] | None = None
+    loaders: Mapping[str, Callable[[Path], Any]] = field(default_factory=dict)  # ".png" -> loader(path); "/": folders
+    normalize: Callable[[Any], Any] | None = None  # an in-memory object -> an item, or raise InputError
+    # an output modality: (suffix, save(item, path)), how a generated item is written (".png", PIL's save)
+    saver: tuple[str, Callable[[Any, Path], None]] | None = None
     description: str = ""
 
     def __post_init__(self) -> None:
@@ -81,19 +76,18 @@ class ModalitySpec:
             return self.load_file(Path(urllib.parse.unquote(urllib.parse.urlparse(source).path)))
         if isinstance(source, (str, os.PathLike)):
             return self.load_file(Path(source))
-        if self.normalize is None:
-            return source
-        return self.normalize(source)
+        return source if self.normalize is None else self.normalize(source)
 
     def load_url(self, url: str) -> Any:
         """Download ``url`` to a temporary file (keeping its suffix) and read it like a local file."""
         suffix = Path(urllib.parse.urlparse(url).path).suffix.lower()
         try:
-            with urllib.request.urlopen(url, timeout=URL_TIMEOUT_S) as response:
+            with urllib.request.urlopen(url, timeout=60) as response:
                 data = response.read()
         except (OSError, ValueError) as exc:
             raise InputError(
-                f"The {self.name} URL {url!r} could not be downloaded ({exc}); check it, or download the file and pass its path."
+                f"The {self.name} URL {url!r} could not be downloaded ({exc}); "
+                "check it, or download the file and pass its path."
             ) from exc
         with tempfile.TemporaryDirectory(prefix="mmllm-url-") as folder:
             path = Path(folder) / f"download{suffix}"
@@ -104,10 +98,10 @@ class ModalitySpec:
                 raise InputError(str(exc).replace(repr(str(path)), repr(url))) from exc
 
     def load_file(self, path: Path) -> Any:
-        suffix = path.suffix.lower() if path.is_file() else ""
         if not path.exists():
             raise InputError(
-                f"The {self.name} file {str(path)!r} does not exist; check the path (relative paths are read from {os.getcwd()!r})."
+                f"The {self.name} file {str(path)!r} does not exist; "
+                f"check the path (relative paths are read from {os.getcwd()!r})."
             )
         if path.is_dir():
             loader = self.loaders.get(DIRECTORY)
@@ -118,6 +112,7 @@ class ModalitySpec:
             return loader(path)
         if path.stat().st_size == 0:
             raise InputError(f"The {self.name} file {str(path)!r} is empty (0 bytes); re-export or re-download it.")
+        suffix = path.suffix.lower()
         loader = self.loaders.get(suffix)
         if loader is None:
             raise InputError(

@@ -181,11 +181,31 @@ def to_video_clip(item: Any) -> VideoClip:
     )
 
 
+def save_png(image: Any, path: Path) -> None:
+    """A generated image as PNG."""
+    if not (hasattr(image, "save") and hasattr(image, "mode")):
+        raise InputError(f"A generated image must be a PIL image to be saved as PNG; got a {type(image).__name__}.")
+    image.save(path, format="PNG")
+
+
+def write_wav(clip: AudioClip, path: Path) -> None:
+    """A generated clip as mono 16-bit PCM at its rate; samples are clipped to [-1, 1]."""
+    if not isinstance(clip, AudioClip):
+        raise InputError(f"Generated audio must be an AudioClip to be saved as WAV; got a {type(clip).__name__}.")
+    samples = np.clip(np.asarray(clip.samples, dtype=np.float32), -1.0, 1.0)
+    with wave.open(str(path), "wb") as handle:
+        handle.setnchannels(1)
+        handle.setsampwidth(2)
+        handle.setframerate(int(clip.sampling_rate))
+        handle.writeframes((samples * 32767).round().astype("<i2").tobytes())
+
+
 IMAGE = ModalitySpec(
     name="image",
     placeholder="<image>",
     loaders={suffix: load_image for suffix in IMAGE_SUFFIXES},
     normalize=to_rgb,
+    saver=(".png", save_png),
     description="Still images; any PIL mode is converted to RGB.",
 )
 AUDIO = ModalitySpec(
@@ -193,6 +213,7 @@ AUDIO = ModalitySpec(
     placeholder="<audio>",
     loaders={".wav": load_wav, **{suffix: load_soundfile for suffix in AUDIO_SUFFIXES_SOUNDFILE}},
     normalize=to_audio_clip,
+    saver=(".wav", write_wav),
     description="Mono audio clips; multi-channel audio is mixed down.",
 )
 VIDEO = ModalitySpec(

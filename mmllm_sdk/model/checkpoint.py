@@ -1,13 +1,14 @@
-"""SDK checkpoints: mmllm.json (spec, versions, base references) and trainable.safetensors, written atomically."""
+"""SDK checkpoint files: mmllm.json (spec, versions, base references) and trainable.safetensors, written atomically.
+
+File I/O only: the model is built elsewhere (``build.open_checkpoint``, ``MMLLM.from_pretrained``)."""
 
 from __future__ import annotations
 
 import json
 import os
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -15,34 +16,23 @@ from safetensors.torch import load_file, save_file
 
 from mmllm_sdk import __version__
 from mmllm_sdk.errors import CheckpointError, MissingPluginError, UnknownComponentError
-from mmllm_sdk.files import atomic_directory
+from mmllm_sdk.files import atomic_directory, atomic_write
+from mmllm_sdk.model.trainable import set_trainable, spec_patterns
 from mmllm_sdk.plugins import plugin_info
 from mmllm_sdk.registry import get_registry
-from mmllm_sdk.spec import ModelSpec
-from mmllm_sdk.validation import validate
-
-if TYPE_CHECKING:
-    from mmllm_sdk.model.modeling import MMLLM
 
 MANIFEST = "mmllm.json"
 WEIGHTS = "trainable.safetensors"
 FORMAT = "mmllm-checkpoint"
 FORMAT_VERSION = 1
-
-
 WRAPPER_SEGMENTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")  # added by FSDP / activation checkpointing
 
 
-def trainable_state_dict(model: MMLLM, values: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-    """Only what was trained: parameters with ``requires_grad``, and those an earlier stage trained
-    (loaded from a checkpoint and frozen now), detached, on the CPU.
-
-    ``values`` is a full state dict gathered by the training engine (FSDP, DeepSpeed), whose
-    tensors replace the (sharded) parameters; names lose the wrappers' segments.
-    """
+def trainable_state_dict(model: Any, values: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """Only what was trained (parameters with ``requires_grad``, and those an earlier stage trained), on the CPU.
+    ``values``: a full state dict gathered by FSDP or DeepSpeed, whose tensors replace the (sharded) parameters."""
     state = {}
-    for wrapped_name, param in model.named_parameters():
-        name = wrapped_name
+    for name, param in model.named_parameters():
         for segment in WRAPPER_SEGMENTS:
             name = name.replace(segment, "")
         if not param.requires_grad and name not in model.carried_parameters:
@@ -61,7 +51,7 @@ def trainable_state_dict(model: MMLLM, values: Mapping[str, torch.Tensor] | None
     return state
 
 
-def manifest(model: MMLLM, state: dict[str, torch.Tensor]) -> dict[str, Any]:
+def manifest(model: Any, state: dict[str, torch.Tensor]) -> dict[str, Any]:
     components = {}
     for path, module in model.components().items():
         entry = model.sources[path]
@@ -81,34 +71,25 @@ def manifest(model: MMLLM, state: dict[str, torch.Tensor]) -> dict[str, Any]:
         "sdk_version": __version__,
         "spec": model.spec.model_dump(mode="json"),
         "components": components,
-        "added_tokens": {
-            modality: model.processor.inputs[modality].spec.placeholder for modality in model.placeholder_ids
-        },
+        "added_tokens": {m: model.processor.inputs[m].spec.placeholder for m in model.placeholder_ids},
         "trainable": {name: list(tensor.shape) for name, tensor in state.items()},
     }
 
 
-def save_checkpoint(model: MMLLM, directory: str | os.PathLike[str]) -> Path:
+def save_checkpoint(model: Any, directory: str | os.PathLike[str]) -> Path:
     """Write the checkpoint to a staging folder beside ``directory``, then rename it into place."""
     with atomic_directory(directory) as staging:
         write_checkpoint_files(model, staging)
     return Path(directory).resolve()
 
 
-def write_checkpoint_files(model: MMLLM, folder: Path, values: Mapping[str, torch.Tensor] | None = None) -> None:
-    """Write the weights, then the manifest, into an existing folder, each file replaced atomically.
-
-    A reader never sees a half-written file; the manifest goes last, so a folder whose
-    manifest is present has its weights. (The Trainer's checkpoint-N folders are staged
-    whole; the final model at the root of an output folder is written this way.)
-    """
+def write_checkpoint_files(model: Any, folder: Path, values: Mapping[str, torch.Tensor] | None = None) -> None:
+    """Write the weights, then the manifest (so a folder with a manifest has its weights), each replaced atomically.
+    Used for the final model at the root of an output folder; the Trainer's checkpoint-N folders are staged whole."""
     state = trainable_state_dict(model, values)
     data = manifest(model, state)
-    weights_tmp, manifest_tmp = folder / f".{WEIGHTS}.tmp", folder / f".{MANIFEST}.tmp"
-    save_file(state, str(weights_tmp), metadata={"format": FORMAT})
-    os.replace(weights_tmp, folder / WEIGHTS)
-    manifest_tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(manifest_tmp, folder / MANIFEST)
+    atomic_write(folder / WEIGHTS, lambda path: save_file(state, str(path), metadata={"format": FORMAT}))
+    atomic_write(folder / MANIFEST, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def read_manifest(directory: Path) -> dict[str, Any]:
@@ -157,27 +138,12 @@ def check_plugins(data: dict[str, Any]) -> None:
         )
 
 
-def load_checkpoint(directory: str | os.PathLike[str], **build_kwargs: Any) -> MMLLM:
-    """Rebuild the model through the installed plugins, then load the trained tensors (safetensors only)."""
-    from mmllm_sdk.model.modeling import build_model
-
-    directory = Path(directory)
-    data = read_manifest(directory)
-    check_plugins(data)
-    spec = validate(ModelSpec, data["spec"], source=str(directory / MANIFEST))
-    model = build_model(spec, **build_kwargs)
-    _warn_on_changed_bases(model, data)
-    load_trained(model, read_trained(directory), str(directory / WEIGHTS))
-    return model
-
-
-def load_trained(model: MMLLM, state: dict[str, torch.Tensor], origin: str, *, complete: bool = True) -> None:
+def load_trained(model: Any, state: dict[str, torch.Tensor], origin: str, *, complete: bool = True) -> None:
     """Copy saved tensors into the model; every name must be a parameter of the same shape.
 
-    With ``complete`` (loading a checkpoint as it was saved) every trainable parameter must
-    be in ``state``; without it (continuing training in a new stage, e.g. SFT after PT) new
-    trainable parameters such as LoRA adapters start from their own initialisation. Saved
-    tensors of parameters that are frozen now are remembered, so the next checkpoint keeps them.
+    With ``complete`` (loading a checkpoint as it was saved) every trainable parameter must be in ``state``; without
+    it (a new stage, e.g. SFT after PT) new trainable parameters such as LoRA adapters keep their own initialisation.
+    Saved tensors of parameters that are frozen now are remembered, so the next checkpoint keeps them.
     """
     params = dict(model.named_parameters())
     aliases = adapter_free_names(model)
@@ -199,15 +165,15 @@ def load_trained(model: MMLLM, state: dict[str, torch.Tensor], origin: str, *, c
     with torch.no_grad():
         for name, tensor in state.items():
             params[name].copy_(tensor)
-    model.carried_parameters |= set(state) - trainable
+    set_trainable(model, spec_patterns(model.spec), carried=state)  # frozen now, and saved with the next checkpoint
 
 
-def adapter_free_names(model: MMLLM) -> dict[str, str]:
+def adapter_free_names(model: Any) -> dict[str, str]:
     """The name each LLM parameter has without peft's wrapper -> its name in ``model``, where the two differ.
 
-    Adapters wrap the LLM (``llm.model.base_model.model.…`` for LoRA, ``llm.model.base_model.…`` for prompt
-    learning), so a checkpoint saved before they were added (signal rows after ``align-output``, a fully
-    tuned LLM) names its tensors as the unwrapped LLM does; loading it into a model with adapters maps them.
+    Adapters wrap the LLM (``llm.model.base_model.model.…`` for LoRA, ``llm.model.base_model.…`` for prompt learning),
+    so a checkpoint saved before they were added (signal rows after ``align-output``, a fully tuned LLM) names its
+    tensors as the unwrapped LLM does; loading it into a model with adapters maps them.
     """
     llm = getattr(model.llm, "model", None)
     base = llm.get_base_model() if callable(getattr(llm, "get_base_model", None)) else None
@@ -236,15 +202,3 @@ def read_trained(directory: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
         raise CheckpointError(
             f"{str(weights)!r} cannot be read ({exc}); the checkpoint is corrupt: save it again."
         ) from exc
-
-
-def _warn_on_changed_bases(model: MMLLM, data: dict[str, Any]) -> None:
-    for path, module in model.components().items():
-        saved = data.get("components", {}).get(path, {}).get("base", {})
-        now = module.reference() if hasattr(module, "reference") else {}
-        if saved.get("sha256") and now.get("sha256") and saved["sha256"] != now["sha256"]:
-            warnings.warn(
-                f"The frozen base of {path} ({now.get('model')}) has changed since the checkpoint was saved "
-                f"(sha256 {saved['sha256'][:12]}… then, {now['sha256'][:12]}… now); outputs may differ.",
-                stacklevel=3,
-            )

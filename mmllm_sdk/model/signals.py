@@ -1,10 +1,8 @@
 """Signal tokens inside the LLM: trainable embedding and LM-head rows for them, the rest of both tables frozen.
 
-The LLM's input embedding and LM head are replaced by :class:`SignalEmbedding` and
-:class:`SignalHead`. Both share the original weight tensor (frozen, never copied) and hold
-their own small ``signal_rows`` parameter for the signal tokens only. So alignment trains
-``n_signal x D`` numbers per table, never the full vocabulary, and a checkpoint stores
-just those rows. Neither module is an ``nn.Linear``: LoRA's ``all-linear`` leaves the LM
+:class:`SignalEmbedding` and :class:`SignalHead` replace the LLM's input embedding and LM head. Both share the original
+weight (frozen, never copied) and hold a small ``signal_rows`` parameter, so alignment trains ``n_signal x D`` numbers
+per table and a checkpoint stores just those rows. Neither is an ``nn.Linear``: LoRA's ``all-linear`` leaves the LM
 head alone, as it does for a plain model.
 """
 
@@ -36,9 +34,8 @@ class SignalEmbedding(nn.Module):
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         embeds = F.embedding(input_ids, self.weight, self.padding_idx)  # (B, T, D)
         slot = self.slots[input_ids]  # (B, T)
-        hit = slot >= 0
         signal = self.signal_rows[slot.clamp(min=0)].to(embeds.dtype)  # (B, T, D)
-        return torch.where(hit.unsqueeze(-1), signal, embeds)
+        return torch.where((slot >= 0).unsqueeze(-1), signal, embeds)
 
 
 class SignalHead(nn.Module):
@@ -78,10 +75,7 @@ def install_signal_rows(model: nn.Module, token_ids: Sequence[int]) -> tuple[Sig
 
 def signal_row_parameters(model: nn.Module) -> list[nn.Parameter]:
     """The trainable signal rows of a model with :func:`install_signal_rows` (empty without)."""
+    modules = [module for module in model.modules() if isinstance(module, (SignalEmbedding, SignalHead))]
     return [
-        parameter
-        for module in model.modules()
-        if isinstance(module, (SignalEmbedding, SignalHead))
-        for parameter in (module.signal_rows, getattr(module, "signal_bias", None))
-        if parameter is not None
+        p for module in modules for p in (module.signal_rows, getattr(module, "signal_bias", None)) if p is not None
     ]

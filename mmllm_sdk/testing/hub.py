@@ -32,10 +32,10 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from mmllm_sdk.files import atomic_directory
+from mmllm_sdk.files import atomic_directory, atomic_write, file_sha256
 from mmllm_sdk.testing import hub_models
 
-STANDIN_VERSION = 1  # bump when a stand-in's files change: the new files get a new commit folder
+STANDIN_VERSION = 2  # bump when a stand-in's files change: the new files get a new commit folder
 SEED = 0  # every stand-in's weights are drawn from this seed
 
 # hub id -> writes that repository's files into an empty folder
@@ -103,7 +103,7 @@ def _write_repo(cache: Path, repo_id: str) -> None:
         files = sorted(path for path in work.rglob("*") if path.is_file())
         with atomic_directory(repo / "snapshots" / commit) as snapshot:
             for file in files:
-                blob = blobs / _sha256(file)
+                blob = blobs / file_sha256(file)
                 os.replace(file, blob)  # the same bytes if the blob is there already
                 link = snapshot / file.relative_to(work)
                 link.parent.mkdir(parents=True, exist_ok=True)
@@ -111,20 +111,9 @@ def _write_repo(cache: Path, repo_id: str) -> None:
                     link.symlink_to(os.path.relpath(blob, link.parent))  # the same depth under snapshots/<commit>
                 except OSError:  # no symlinks here (Windows without developer mode): a copy, as huggingface_hub does
                     shutil.copyfile(blob, link)
-        (repo / "refs").mkdir(exist_ok=True)
-        staged_ref = repo / "refs" / f".main-{os.getpid()}"
-        staged_ref.write_text(commit)
-        os.replace(staged_ref, repo / "refs" / "main")
+        atomic_write(repo / "refs" / "main", commit)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @contextlib.contextmanager

@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import gzip
 import json
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -295,12 +294,12 @@ def write_audioldm_s_full_v2(folder: Path) -> None:
     No RoBERTa tokenizer is available offline: the stand-in has the byte-level one (261 tokens,
     captions padded to the real 512) and a CLAP text tower of that vocabulary (real: 50265).
     The component arguments are :func:`~mmllm_sdk.testing.tiny_generators.tiny_audioldm_config`'s,
-    widened to the real interface.
+    widened to the real interface; the pipeline is the one the registered ``diffusers-audioldm``
+    generator builds from them (its byte-level tokenizer included), with the real scheduler.
     """
     import diffusers
-    from transformers import ClapTextConfig, ClapTextModelWithProjection, SpeechT5HifiGan, SpeechT5HifiGanConfig
 
-    from mmllm_sdk.default_plugins.generators.diffusers import BYTE_ROBERTA_PAD_ID, byte_level_roberta_tokenizer
+    from mmllm_sdk.registry import get_registry
 
     config = tiny_audioldm_config()
     unet = {
@@ -343,18 +342,10 @@ def write_audioldm_s_full_v2(folder: Path) -> None:
         steps_offset=1,
         clip_sample=False,
     )
-    deprecation = logging.getLogger("diffusers.pipelines.pipeline_utils")  # "AudioLDMPipeline is deprecated"
-    level = deprecation.level
-    deprecation.setLevel(logging.ERROR)
-    try:
-        pipeline = diffusers.AudioLDMPipeline(
-            vae=_half(diffusers.AutoencoderKL(**vae)),
-            text_encoder=_half(ClapTextModelWithProjection(ClapTextConfig(**text))),
-            tokenizer=byte_level_roberta_tokenizer(text["max_position_embeddings"] - BYTE_ROBERTA_PAD_ID - 1),
-            unet=_half(diffusers.UNet2DConditionModel(**unet)),
-            scheduler=scheduler,
-            vocoder=_half(SpeechT5HifiGan(SpeechT5HifiGanConfig(**vocoder))),
-        )
-    finally:
-        deprecation.setLevel(level)
+    components = {"unet": unet, "vae": vae, "text_encoder": text, "vocoder": vocoder}
+    entry = get_registry().get("generators", "diffusers-audioldm", modality="audio")
+    pipeline = entry.build({"config": components, "dtype": "float32"}).pipeline  # an AudioLDMPipeline
+    pipeline.scheduler = scheduler
+    for part in components:
+        _half(getattr(pipeline, part))
     pipeline.save_pretrained(folder, safe_serialization=True)

@@ -4,18 +4,19 @@
 making 32x32 images from (B, 16, 16) conditioning; ``tiny_audioldm_config()`` a
 ``diffusers-audioldm`` one making 64-sample clips at 16 kHz from (B, 1, 8) conditioning.
 Both generate in a few hundredths of a second on a CPU. Without a ``tokenizer`` folder the
-generators build a byte-level tokenizer in memory (every byte a token), deterministic and offline.
+generators build a byte-level tokenizer in memory (every byte a token), deterministic and offline;
+its sizes below are what the text encoders' configs must hold (the generators check them when
+they are built).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from mmllm_sdk.default_plugins.generators.diffusers import (
-    BYTE_CLIP_VOCAB_SIZE,
-    BYTE_ROBERTA_PAD_ID,
-    BYTE_ROBERTA_VOCAB_SIZE,
-)
+# The byte-level tokenizers of the built-in generators (no merges: every byte is one token):
+BYTE_CLIP_VOCAB_SIZE = 514  # diffusers-sd: 256 bytes, 256 bytes ending a word ("</w>"), <|startoftext|>, <|endoftext|>
+BYTE_ROBERTA_VOCAB_SIZE = 261  # diffusers-audioldm: <s>, <pad>, </s>, <unk>, 256 bytes, <mask>
+BYTE_ROBERTA_PAD_ID = 1  # RoBERTa's <pad>; the CLAP text config's pad_token_id must match it
 
 TINY_TEXT_TOKENS = 16  # captions are padded to 16 tokens (num_tokens of the SD conditioning)
 TINY_SD_TEXT_DIM = 16  # CLIP hidden size: the SD conditioning's dim and the UNet's cross-attention width

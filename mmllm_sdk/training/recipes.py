@@ -7,8 +7,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field
-
 from mmllm_sdk.validation import StrictModel
 
 if TYPE_CHECKING:
@@ -40,7 +38,6 @@ class Recipe:
         return getattr(importlib.import_module(module), name)
 
     def collator(self, model: MMLLM, max_length: int | None) -> Callable[[Sequence[dict[str, Any]]], dict[str, Any]]:
-        """Examples -> a batch for ``trainer_class``."""
         if self.collator_class is not None:
             module, _, name = self.collator_class.partition(":")
             return getattr(importlib.import_module(module), name)(model, max_length)
@@ -57,70 +54,25 @@ class ConversationCollator:
     max_length: int | None
     train_on: str = "assistant"
 
-    def __call__(self, examples: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        return self.model.processor(
-            [example["messages"] for example in examples], max_length=self.max_length, train_on=self.train_on
-        )
+    def __call__(self, examples: Sequence[Any]) -> dict[str, Any]:
+        """``examples``: :class:`Conversation` objects (or dicts in the message format, parsed here)."""
+        from mmllm_sdk.data.formats import as_example
+
+        conversations = [as_example(example) for example in examples]
+        return self.model.processor(conversations, max_length=self.max_length, train_on=self.train_on)
 
 
 @dataclass
 class PreferenceCollator:
-    """Preference pairs -> one batch of 2B rows: the B chosen conversations, then the B rejected ones.
-
-    One forward pass scores both (what data-parallel training needs); labels cover only
-    the final answer, the one the pair compares.
-    """
+    """Preference pairs -> one batch of 2B rows: the B chosen conversations, then the B rejected ones. One forward
+    pass scores both (what data-parallel training needs); labels cover only the final answer, the one compared."""
 
     model: MMLLM
     max_length: int | None
 
-    def __call__(self, examples: Sequence[dict[str, Any]]) -> dict[str, Any]:
-        chosen = [[*example["prompt"], *example["chosen"]] for example in examples]
-        rejected = [[*example["prompt"], *example["rejected"]] for example in examples]
-        return self.model.processor(chosen + rejected, max_length=self.max_length, train_on="last_assistant")
+    def __call__(self, examples: Sequence[Any]) -> dict[str, Any]:
+        """``examples``: :class:`PreferencePair` objects (or dicts with 'prompt', 'chosen' and 'rejected')."""
+        from mmllm_sdk.data.formats import as_example
 
-
-class AlignOptions(StrictModel):
-    """Options of ``align-output``."""
-
-    lm_weight: float = Field(0.0, ge=0)  # adds this times the LM loss on the signal tokens (teaches emitting them)
-    # adds this times the generator's own denoising loss on each caption's item (caption records with files)
-    denoising_weight: float = Field(0.0, ge=0)
-
-
-class DPOOptions(StrictModel):
-    beta: float = Field(0.1, gt=0)  # strength of the KL constraint to the reference policy (the DPO paper's β)
-
-
-PT = Recipe(
-    description="Multimodal pre-training: X-text pairs, caption loss, trains the input projectors.",
-    kind="conversation",
-    default_trainable=("inputs.*.projector",),
-)
-SFT = Recipe(
-    description="Instruction tuning: conversations, loss on assistant turns, projectors plus PEFT adapters "
-    "(and, for any-to-any models, the signal tokens' rows, so that the LLM learns when to emit them).",
-    kind="conversation",
-    default_trainable=("inputs.*.projector", "outputs.*.signal_tokens"),  # adapters train whenever `peft:` is set
-)
-DPO = Recipe(
-    description="Preference tuning with DPO: trains the adapters; the reference policy is the model as DPO starts.",
-    kind="preference",
-    default_trainable=(),
-    trainer="mmllm_sdk.training.trainer:DPOTrainer",
-    options=DPOOptions,
-    train_on="last_assistant",
-    requires_peft=True,
-)
-
-
-ALIGN_OUTPUT = Recipe(
-    description="Decoding-side alignment (NExT-GPT): captions -> signal states -> output projector, L2 to the "
-    "generator's own conditioning; trains the output projectors and the signal tokens' rows.",
-    kind="conversation",
-    default_trainable=("outputs.*.output_projector", "outputs.*.signal_tokens"),
-    trainer="mmllm_sdk.training.align:AlignOutputTrainer",
-    collator_class="mmllm_sdk.training.align:AlignCollator",
-    caches_signal_states=True,
-    options=AlignOptions,
-)
+        chosen, rejected = zip(*(as_example(example).conversations() for example in examples), strict=True)
+        return self.model.processor([*chosen, *rejected], max_length=self.max_length, train_on="last_assistant")

@@ -5,18 +5,21 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import Dataset
 
-from mmllm_sdk.data.formats import DataReport, content_parts, estimate_length, read_examples
+from mmllm_sdk.data.examples import Example, MediaPart
+from mmllm_sdk.data.formats import DataReport, as_example, estimate_length
 from mmllm_sdk.errors import PluginError, SpecError
+from mmllm_sdk.files import atomic_write
+from mmllm_sdk.model.trainable import select, spec_patterns, with_trainable
 from mmllm_sdk.registry import get_registry
-from mmllm_sdk.spec import ModelSpec, load_spec
-from mmllm_sdk.training.spec import DatasetSource, RecipeSpec, parse_recipe, with_training_overrides
+from mmllm_sdk.spec import ENCODER, LLM, ModelSpec, load_spec
+from mmllm_sdk.training.spec import DatasetSource, RecipeSpec, parse_recipe
 from mmllm_sdk.validation import validate
 
 if TYPE_CHECKING:
@@ -28,33 +31,45 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "prediction_loss_only": True,  # evaluation reports the loss; logits over the vocabulary are not kept
     "dataloader_pin_memory": torch.cuda.is_available(),  # pinning helps only when batches go to a GPU
     "train_sampling_strategy": "group_by_length",  # batches of similar length: less padding (estimated lengths)
-    # without a GPU the Trainer must be told it runs on the CPU: only then does a torchrun or accelerate
-    # launch become data-parallel (gloo) instead of one full copy of the run per process
-    "use_cpu": not torch.accelerator.is_available(),
+    "use_cpu": not torch.accelerator.is_available(),  # so a CPU torchrun is data-parallel (gloo), not N full copies
 }
-TRAINING_FORCED: dict[str, Any] = {
-    "remove_unused_columns": False,  # examples are raw conversations; the collator builds the tensors
-}
+TRAINING_FORCED: dict[str, Any] = {"remove_unused_columns": False}  # examples are typed; the collator makes tensors
 
 
+@dataclass(frozen=True)
+class CachedFeatures:
+    """Frozen encoders' features in a feature cache: per modality, the encoder's fingerprint and feature shape."""
+
+    cache: Any  # a mmllm_sdk.data.feature_cache.FeatureCache
+    encoders: dict[str, tuple[str, tuple[int, int]]]
+
+    def attach(self, item: MediaPart) -> MediaPart:
+        """``item`` carrying its cached features, or as it is when the cache has none for it."""
+        if item.modality not in self.encoders:
+            return item
+        fingerprint, shape = self.encoders[item.modality]
+        (features,) = self.cache.get_many([self.cache.item_key(fingerprint, item.source)], shape=shape)
+        return item if features is None else replace(item, features=features)
+
+
+@dataclass(eq=False)
 class ExampleDataset(Dataset):
-    """Examples read by ``mmllm_sdk.data.formats`` (dicts), with a length estimate each for grouping."""
+    """Typed examples with a length estimate each, their input items carrying cached ``features`` once filled."""
 
-    def __init__(self, examples: list[dict[str, Any]], lengths: list[int]) -> None:
-        self.examples = examples
-        self.lengths = lengths
+    examples: list[Example]
+    lengths: list[int]
+    features: CachedFeatures | None = None
 
     def __len__(self) -> int:
         return len(self.examples)
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        return self.examples[index]
+    def __getitem__(self, index: int) -> Example:
+        example = self.examples[index]
+        return example if self.features is None else example.with_media(self.features.attach)
 
 
 @dataclass
 class TrainResult:
-    """What ``train`` returns: the trained model, where it was saved, and the Trainer's metrics."""
-
     model: MMLLM
     output_dir: Path
     metrics: dict[str, float] = field(default_factory=dict)
@@ -87,13 +102,10 @@ def train(
     resume: bool = False,
     callbacks: list[Any] | None = None,
 ) -> TrainResult:
-    """Run one recipe: the spec and the data are checked before any weight loads.
-
-    ``resume=True`` continues from the newest ``checkpoint-N`` in ``training.output_dir``
-    (weights, optimizer, scheduler, RNG and data position), as ``mmllm train --resume`` does.
-    ``callbacks`` are ``transformers.TrainerCallback`` objects handed to the Trainer.
-    """
+    """Run one recipe, the spec and the data checked before any weight loads. ``resume=True`` continues from the
+    newest ``checkpoint-N`` in ``training.output_dir``; ``callbacks`` are handed to the Trainer (TrainerCallback)."""
     from transformers import TrainingArguments
+    from transformers.utils import logging as hf_logging
 
     from mmllm_sdk.model.checkpoint import MANIFEST, load_trained, write_checkpoint_files
     from mmllm_sdk.model.modeling import build_model
@@ -110,20 +122,21 @@ def train(
     base_spec, init_state, init_origin = resolve_model(spec.model)
     trainable = spec.trainable if spec.trainable is not None else list(recipe.default_trainable)
     if spec.trainable is None and init_state is None:  # a model spec (not a checkpoint) that opts components in
-        trainable += opted_in(base_spec)
-    peft = spec.peft if spec.peft is not None else _peft_of(base_spec)
+        trainable += [path for path in spec_patterns(base_spec) if path == LLM or path.endswith(".encoder")]
+    peft = spec.peft
+    if peft is None and base_spec.llm.peft is not None:
+        peft = base_spec.llm.peft.model_dump()
     if recipe.requires_peft and peft is None:
         raise SpecError(
             f"recipe {spec.recipe!r} needs adapters on the LLM (it trains them); add "
             "peft: {method: lora, r: 8} to the recipe, or continue from a checkpoint that has them."
         )
-    model_spec = with_training_overrides(base_spec, trainable, peft, strict=spec.trainable is not None)
+    model_spec = with_trainable(base_spec, select(base_spec, trainable, strict=spec.trainable is not None), peft)
 
     # the modalities examples may hold: inputs in user turns, outputs (signal tokens) in assistant turns
     modalities = {name: registry.modality(name) for name in [*model_spec.inputs, *model_spec.outputs]}
-    reports = {"train": _read(spec, spec.data.train, modalities, recipe.kind)}
-    if spec.data.eval is not None:
-        reports["eval"] = _read(spec, spec.data.eval, modalities, recipe.kind)
+    splits = {"train": spec.data.train, "eval": spec.data.eval}
+    reports = {split: _read(spec, data, modalities, recipe.kind) for split, data in splits.items() if data is not None}
     for split, report in reports.items():
         _say(f"{split} data: {report.summary()}")
 
@@ -132,8 +145,6 @@ def train(
     except (ValueError, TypeError) as exc:
         raise SpecError(f"training: {exc}") from exc
     if not is_main_process():  # one set of progress bars (transformers' weight loading too), not one per process
-        from transformers.utils import logging as hf_logging
-
         hf_logging.disable_progress_bar()
     model = build_model(model_spec, progress=is_main_process())
     if init_state is not None:
@@ -141,11 +152,13 @@ def train(
     tokens_per_item = {m: len(ids) for m, ids in model.signal_ids.items()}  # an output part: its k signal tokens
     for m, projector in model.input_projectors.items():  # an input part: the projector's tokens (the larger count)
         tokens_per_item[m] = max(projector.num_tokens, tokens_per_item.get(m, 0))
+    typed = {split: [as_example(e, modalities) for e in report.examples] for split, report in reports.items()}
     datasets = {
-        split: ExampleDataset(report.examples, [estimate_length(e, tokens_per_item) for e in report.examples])
-        for split, report in reports.items()
+        split: ExampleDataset(examples, [estimate_length(e, tokens_per_item) for e in examples])
+        for split, examples in typed.items()
     }
     output_dir = Path(args.output_dir)
+    state_cache_dir = str(Path(spec.cache.dir).parent / "signal-states") if spec.cache.enabled else None  # align-output
     trainer = recipe.trainer_class(
         model=model,
         args=args,
@@ -154,11 +167,12 @@ def train(
         data_collator=recipe.collator(model, spec.data.max_length),
         callbacks=callbacks,
         **options.model_dump(),
-        **({"state_cache_dir": _state_cache_dir(spec)} if recipe.caches_signal_states else {}),
+        **({"state_cache_dir": state_cache_dir} if recipe.caches_signal_states else {}),
     )
     checkpoint = _last_checkpoint(output_dir) if resume else None
     start_step = _checkpoint_step(checkpoint) if checkpoint is not None else 0
-    planned = _planned_steps(trainer) if checkpoint is not None else 0
+    # the optimizer steps the whole run takes (max_steps, or the epochs over this data), as the Trainer counts them
+    planned = trainer.set_initial_training_values(trainer.args, trainer.get_train_dataloader())[-1] if checkpoint else 0
     if checkpoint is not None and start_step >= planned:  # nothing left: say so, encode and save nothing new
         _say(
             f"--resume: {checkpoint} is at step {start_step} and this run takes {planned} steps; nothing to train. "
@@ -168,71 +182,48 @@ def train(
         if args.should_save and not (output_dir / MANIFEST).is_file():  # killed between the last save and the end
             write_checkpoint_files(model, output_dir)
         return TrainResult(model=model, output_dir=output_dir, steps_trained=0)
-    encoded = _fill_feature_cache(model, spec, reports, args) if spec.cache.enabled else {}
-    cache = model.processor.feature_cache
+    encoded, features = _fill_feature_cache(model, spec, typed, args) if spec.cache.enabled else ({}, None)
+    for dataset in datasets.values():
+        dataset.features = features
     if args.should_save:
-        output_dir.mkdir(parents=True, exist_ok=True)
         report_data = {split: report.to_dict() for split, report in reports.items()}
-        (output_dir / DATA_REPORT).write_text(json.dumps(report_data, indent=2) + "\n", encoding="utf-8")
-    try:
-        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
-    finally:
-        model.processor.use_feature_cache(None)
+        atomic_write(output_dir / DATA_REPORT, json.dumps(report_data, indent=2) + "\n")
+    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
     if args.should_save:
         write_checkpoint_files(model, output_dir)
-    if cache is not None:
-        _say(f"feature cache: {cache.stats}")
-    return TrainResult(
-        model=model,
-        output_dir=output_dir,
-        metrics=dict(result.metrics),
-        encoded_for_cache=encoded,
-        cache_stats=cache.stats if cache is not None else None,
-        steps_trained=trainer.state.global_step - start_step,
-    )
+    stats = features.cache.stats if features is not None else None
+    if stats is not None:
+        _say(f"feature cache: {stats}")
+    return TrainResult(model, output_dir, dict(result.metrics), encoded, stats, trainer.state.global_step - start_step)
 
 
-def _fill_feature_cache(model: MMLLM, spec: RecipeSpec, reports: dict[str, DataReport], args: Any) -> dict[str, int]:
-    """Encode every media file of the data once with each frozen encoder, and read features from disk after.
-
-    Runs on the main process first (the others then find everything cached); items already
-    cached by an earlier run with the same encoder, preprocessing and file content are not
-    encoded again. Returns how many items were encoded now, per modality.
-    """
+def _fill_feature_cache(
+    model: MMLLM, spec: RecipeSpec, examples: dict[str, list[Example]], args: Any
+) -> tuple[dict[str, int], CachedFeatures | None]:
+    """Encode the data's media files with each frozen encoder into the feature cache: (items encoded now, features)."""
     from mmllm_sdk.data.feature_cache import FeatureCache, encoder_fingerprint, fill_cache
 
     cache = FeatureCache(spec.cache.dir)
-    fingerprints, encoded = {}, {}
+    encoders, encoded = {}, {}
+    media = [part for split in examples.values() for e in split for part in e.parts() if isinstance(part, MediaPart)]
     for modality, encoder in model.encoders.items():
-        if not model.is_frozen(f"inputs.{modality}.encoder"):
+        if not model.is_frozen(ENCODER.format(modality)):
             continue  # a trained encoder's features change every step
         fingerprint = encoder_fingerprint(encoder, model.spec.inputs[modality].encoder, model.spec.seed)
-        sources = [
-            source for report in reports.values() for e in report.examples for source in _media_sources(e, modality)
-        ]
+        sources = [part.source for part in media if part.modality == modality]
         if not sources:
             continue  # the data hold no file of this modality: nothing to cache, nothing to say
         with args.main_process_first(desc=f"{modality} feature cache"):
+            load = get_registry().modality(modality).load
             encoded[modality] = fill_cache(
-                encoder,
-                cache,
-                fingerprint,
-                sources,
-                get_registry().modality(modality).load,
-                batch_size=args.per_device_train_batch_size,
+                encoder, cache, fingerprint, sources, load, batch_size=args.per_device_train_batch_size
             )
-        fingerprints[modality] = fingerprint
+        encoders[modality] = (fingerprint, (encoder.num_tokens, encoder.output_dim))
         _say(
             f"{modality} feature cache ({spec.cache.dir}): {encoded[modality]} item(s) encoded now, "
             f"{len(set(sources)) - encoded[modality]} already cached"
         )
-    if fingerprints:
-        model.processor.use_feature_cache(cache, fingerprints)
-    return encoded
-
-
-def _media_sources(example: dict[str, Any], modality: str) -> list[Any]:
-    return [part["path"] for part in content_parts(example) if part.get("type") == modality and "path" in part]
+    return encoded, CachedFeatures(cache, encoders) if encoders else None
 
 
 def is_main_process() -> bool:
@@ -241,43 +232,23 @@ def is_main_process() -> bool:
 
 
 def _say(line: str) -> None:
-    """A line for the person running the job: on standard error, once (not once per torchrun process)."""
+    """A line for the person running the job, on standard error, once per torchrun launch."""
     if is_main_process():
         print(line, file=sys.stderr, flush=True)
-
-
-def _peft_of(spec: ModelSpec) -> dict[str, Any] | None:
-    return spec.llm.peft.model_dump() if spec.llm.peft is not None else None
 
 
 def _read(
     spec: RecipeSpec, paths: str | list[str] | DatasetSource, modalities: dict[str, Any], kind: str
 ) -> DataReport:
-    if isinstance(paths, DatasetSource):
-        report = _from_dataset(paths, modalities)
-    else:
-        report = read_examples(
-            paths,
-            format=spec.data.format,
-            modalities=modalities,
-            base_dir=spec.data.base_dir,
-            skip_invalid=spec.data.skip_invalid,
-        )
-    if report.kind != kind:
-        raise SpecError(
-            f"recipe {spec.recipe!r} trains on {kind} examples, but {paths} holds {report.kind} examples; "
-            "pick the recipe that fits the data (pt/sft: conversations or captions; dpo: preference pairs)."
-        )
-    return report
-
-
-def _from_dataset(source: DatasetSource, modalities: dict[str, Any]) -> DataReport:
-    """Examples from a registered data source, checked against the model's input modalities."""
+    """Examples from a registered data source, checked against the recipe's kind and the model's modalities."""
+    source = paths
+    if not isinstance(source, DatasetSource):  # data files: the built-in ``files`` data source reads them
+        data = spec.data.model_dump(include={"format", "base_dir", "skip_invalid"})
+        source = DatasetSource(dataset="files", params={"paths": paths, **data, "modalities": list(modalities)})
     entry = get_registry().get("datasets", source.dataset, where="data: dataset")
-    schema = getattr(entry.value, "Params", None)
-    params = (
-        validate(schema, source.params, where=f"data.{source.dataset}.params").model_dump() if schema else source.params
-    )
+    params = source.params
+    if (schema := getattr(entry.value, "Params", None)) is not None:
+        params = validate(schema, params, where=f"data.{source.dataset}.params").model_dump()
     report = entry.build(params)
     if not isinstance(report, DataReport):
         raise PluginError(
@@ -289,23 +260,12 @@ def _from_dataset(source: DatasetSource, modalities: dict[str, Any]) -> DataRepo
                 f"data: dataset {source.dataset!r} gives {modality} inputs, but the model takes only "
                 f"{', '.join(modalities) or 'text'}; add an inputs.{modality} entry or pick another data source."
             )
+    if report.kind != kind:
+        raise SpecError(
+            f"recipe {spec.recipe!r} trains on {kind} examples, but {paths} holds {report.kind} examples; "
+            "pick the recipe that fits the data (pt/sft: conversations or captions; dpo: preference pairs)."
+        )
     return report
-
-
-def opted_in(spec: ModelSpec) -> list[str]:
-    """Components a model spec marks ``trainable: true`` against their default: encoders and the LLM.
-
-    A recipe without ``trainable:`` trains its defaults plus these, so an encoder that starts
-    from random weights (``trainable: true`` in the spec) trains without repeating it in every
-    recipe. A checkpoint's flags are the previous stage's choice and are not carried over.
-    """
-    paths = ["llm"] if spec.llm.trainable else []
-    return paths + [f"inputs.{m}.encoder" for m, inputs in spec.inputs.items() if inputs.encoder.trainable]
-
-
-def _state_cache_dir(spec: RecipeSpec) -> str | None:
-    """Where align-output keeps the LLM's signal states: beside the feature cache (None: caching off)."""
-    return str(Path(spec.cache.dir).parent / "signal-states") if spec.cache.enabled else None
 
 
 def _last_checkpoint(output_dir: Path) -> Path | None:
@@ -313,11 +273,6 @@ def _last_checkpoint(output_dir: Path) -> Path | None:
 
     found = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
     return Path(found) if found is not None else None
-
-
-def _planned_steps(trainer: Any) -> int:
-    """The optimizer steps the whole run takes (``max_steps``, or the epochs over this data), as the Trainer counts."""
-    return trainer.set_initial_training_values(trainer.args, trainer.get_train_dataloader())[-1]
 
 
 def _checkpoint_step(checkpoint: Path) -> int:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import fnmatch
 import functools
 import os
 import typing
@@ -12,22 +11,17 @@ from typing import Any, Literal
 
 from pydantic import Field, TypeAdapter, ValidationError, ValidationInfo, field_validator
 
-from mmllm_sdk.errors import SpecError
 from mmllm_sdk.files import cache_root
-from mmllm_sdk.spec import ModelSpec, read_yaml_mapping
+from mmllm_sdk.spec import read_yaml_mapping
 from mmllm_sdk.validation import StrictModel, validate
 
 
 class DatasetSource(StrictModel):
-    """Examples from a registered data source (``register_datasets``) instead of files."""
-
-    dataset: str  # a registered name, e.g. synthetic-shapes
+    dataset: str  # a data source registered with register_datasets, e.g. synthetic-shapes
     params: dict[str, Any] = Field(default_factory=dict)  # the data source's params
 
 
 class DataSpec(StrictModel):
-    """Where the examples are and how to read them."""
-
     train: str | list[str] | DatasetSource  # .jsonl or .json files, or {dataset: name, params: {…}}
     eval: str | list[str] | DatasetSource | None = None
     format: Literal["auto", "messages", "llava", "captions", "preference"] = "auto"
@@ -37,11 +31,8 @@ class DataSpec(StrictModel):
 
 
 class CacheSpec(StrictModel):
-    """The on-disk cache of frozen encoder outputs."""
-
     enabled: bool = True
-    # default: $MMLLM_CACHE/features (~/.cache/mmllm-sdk/features), read when the spec is parsed
-    dir: str = Field(default_factory=lambda: str(cache_root() / "features"))
+    dir: str = Field(default_factory=lambda: str(cache_root() / "features"))  # $MMLLM_CACHE/features at parse time
 
 
 class RecipeSpec(StrictModel):
@@ -53,7 +44,7 @@ class RecipeSpec(StrictModel):
     trainable: list[str] | None = None  # component paths (globs): llm, inputs.*.encoder, inputs.*.projector
     peft: dict[str, Any] | None = None  # applied to the LLM: {method: lora | prefix | ln-tuning, …}
     training: dict[str, Any] = Field(default_factory=dict)  # transformers.TrainingArguments fields
-    cache: CacheSpec = Field(default_factory=CacheSpec)
+    cache: CacheSpec = Field(default_factory=CacheSpec)  # the on-disk cache of frozen encoder outputs
     options: dict[str, Any] = Field(default_factory=dict)  # the recipe's own options (dpo: beta)
 
     @field_validator("training")
@@ -83,12 +74,11 @@ def _scalar_fields() -> dict[str, Any]:
     """TrainingArguments' number and yes/no fields, by name: their type (``float``, ``int | None`` …)."""
     from transformers import TrainingArguments
 
-    scalars = {int, float, bool}
     hints = typing.get_type_hints(TrainingArguments)
     fields = {}
     for field in dataclasses.fields(TrainingArguments):
         kinds = set(typing.get_args(hints[field.name])) - {type(None)} or {hints[field.name]}
-        if field.init and len(kinds) == 1 and kinds <= scalars:
+        if field.init and len(kinds) == 1 and kinds <= {int, float, bool}:
             fields[field.name] = hints[field.name]
     return fields
 
@@ -117,52 +107,6 @@ def load_recipe(path: str | os.PathLike[str]) -> RecipeSpec:
 
 
 def parse_recipe(data: RecipeSpec | dict[str, Any] | str | os.PathLike[str]) -> RecipeSpec:
-    """A RecipeSpec from a spec, a dict or a YAML path."""
     if isinstance(data, RecipeSpec):
         return data
-    if isinstance(data, dict):
-        return validate(RecipeSpec, data)
-    return load_recipe(data)
-
-
-def component_paths(spec: ModelSpec) -> list[str]:
-    """What a recipe's ``trainable:`` can name: ``llm``, each input's encoder and projector, each output's
-    output projector and signal tokens (their embedding and LM-head rows)."""
-    paths = ["llm"]
-    for modality in spec.inputs:
-        paths += [f"inputs.{modality}.encoder", f"inputs.{modality}.projector"]
-    for modality, outputs in spec.outputs.items():
-        if outputs.output_projector is not None:
-            paths.append(f"outputs.{modality}.output_projector")
-        paths.append(f"outputs.{modality}.signal_tokens")
-    return paths
-
-
-def with_training_overrides(
-    spec: ModelSpec, trainable: list[str], peft: dict[str, Any] | None, strict: bool = True
-) -> ModelSpec:
-    """The model spec with each component's ``trainable`` flag set from glob patterns, and PEFT on the LLM.
-
-    The result is what the run's checkpoints record, so they rebuild with the same trainable set.
-    With ``strict`` (patterns the user wrote) a pattern that matches nothing is an error; a
-    recipe's defaults may name components a model does not have (``outputs.*``).
-    """
-    paths = component_paths(spec)
-    for pattern in trainable if strict else ():
-        if not any(fnmatch.fnmatchcase(path, pattern) for path in paths):
-            raise SpecError(
-                f"trainable: {pattern!r} matches no component of this model; its components are {', '.join(paths)}."
-            )
-    data = spec.model_dump()
-    chosen = {path for path in paths if any(fnmatch.fnmatchcase(path, pattern) for pattern in trainable)}
-    data["llm"]["trainable"] = "llm" in chosen
-    for modality, inputs in data["inputs"].items():
-        inputs["encoder"]["trainable"] = f"inputs.{modality}.encoder" in chosen
-        inputs["projector"]["trainable"] = f"inputs.{modality}.projector" in chosen
-    for modality, outputs in data["outputs"].items():
-        if outputs["output_projector"] is not None:
-            outputs["output_projector"]["trainable"] = f"outputs.{modality}.output_projector" in chosen
-        outputs["train_signal_tokens"] = f"outputs.{modality}.signal_tokens" in chosen
-    if peft is not None:
-        data["llm"]["peft"] = peft
-    return validate(ModelSpec, data, where="model")
+    return validate(RecipeSpec, data) if isinstance(data, dict) else load_recipe(data)

@@ -2,40 +2,29 @@
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from transformers import Trainer
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
 from mmllm_sdk.errors import CheckpointError, InputError
 from mmllm_sdk.model.checkpoint import MANIFEST, load_trained, read_trained, write_checkpoint_files
-from mmllm_sdk.model.processor import IGNORE_INDEX
 
 STAGING = ".saving"  # checkpoints are written here, then renamed to checkpoint-N: a kill never leaves half of one
 
 
 class MMTrainer(Trainer):
-    """``transformers.Trainer`` for an MMLLM.
+    """``transformers.Trainer`` for an MMLLM: the LM loss on supervised positions only; ``checkpoint-N`` folders are
+    SDK checkpoints plus the Trainer's state, staged in a hidden folder and renamed into place whole."""
 
-    The loss is the LM loss on supervised positions only (captions, assistant turns), the
-    LM head running on those positions alone. ``checkpoint-N`` folders are SDK checkpoints
-    (``mmllm.json`` + ``trainable.safetensors``) plus the Trainer's optimizer, scheduler,
-    RNG and data position, staged in a hidden folder and renamed into place whole.
-    """
-
-    # The LM loss is a mean over the supervised tokens of the whole optimizer step: all its
-    # gradient-accumulation micro-batches on all processes (the Trainer counts them, as for
-    # transformers' own causal LMs). Recipes with a loss per example or pair (DPO, align-output)
-    # set this to False and return a per-batch mean, which the Trainer divides by the accumulation steps.
+    # True: the loss is a mean over the supervised tokens of the whole optimizer step (all micro-batches and
+    # processes); recipes with a per-example loss (DPO, align-output) set False and return a per-batch mean.
     token_weighted_loss = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -50,7 +39,8 @@ class MMTrainer(Trainer):
             unwrapped = self.accelerator.unwrap_model(model)
             trained = sorted({name.split(".")[0] for name, p in unwrapped.named_parameters() if p.requires_grad})
             raise InputError(
-                f"This batch trains nothing: the loss does not depend on any trained tensor ({', '.join(trained) or 'none'})."
+                "This batch trains nothing: the loss does not depend on any trained tensor "
+                f"({', '.join(trained) or 'none'})."
                 " The examples may not use what trains (an input projector, with no file of its modality in the data);"
                 " add such inputs, or train the LLM's adapters (peft: {method: lora, r: 8})."
             )
@@ -60,13 +50,8 @@ class MMTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
     def through_wrapper(self, model: torch.nn.Module, loss_of: Any, *args: Any) -> Any:
-        """``loss_of(unwrapped_model, *args)``, run as the forward pass of ``model`` as the Trainer wrapped it.
-
-        A recipe whose loss is not ``MMLLM.forward`` (align-output) reaches into the model's parts;
-        under DDP (torchrun) or FSDP only a call through the wrapper's forward synchronises the
-        gradients across processes, so the loss is computed there. Without a wrapper it is a call.
-        ``loss_of`` must not call the model itself (its ``forward`` is ``loss_of`` meanwhile);
-        it calls ``type(model).forward(model, …)`` for the model's own forward.
+        """``loss_of(unwrapped_model, *args)`` run as the forward of the wrapped ``model``, so DDP/FSDP sync gradients.
+        Meanwhile the model's ``forward`` is ``loss_of``: it calls ``type(model).forward(model, …)`` for the real one.
         """
         unwrapped = self.accelerator.unwrap_model(model)
         if unwrapped is model:
@@ -77,11 +62,7 @@ class MMTrainer(Trainer):
         finally:
             del unwrapped.forward
 
-    # batches --------------------------------------------------------------------------------
-
-    # Datasets of examples carry a length estimate per example (``lengths``): the Trainer's own
-    # length grouping would tokenize every example to measure it.
-
+    # group by the datasets' estimated ``lengths``: the Trainer's own grouping would tokenize every example
     def _get_train_sampler(self, train_dataset=None):
         lengths = getattr(train_dataset if train_dataset is not None else self.train_dataset, "lengths", None)
         if self.args.train_sampling_strategy == "group_by_length" and lengths is not None:
@@ -96,8 +77,6 @@ class MMTrainer(Trainer):
             return EpochSeededLengthGroupedSampler(self.args.eval_batch_size, lengths=lengths, seed=self.args.seed)
         return super()._get_eval_sampler(eval_dataset)
 
-    # checkpoints ----------------------------------------------------------------------------
-
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         if not self.args.should_save:
             return
@@ -106,9 +85,7 @@ class MMTrainer(Trainer):
         write_checkpoint_files(self.accelerator.unwrap_model(self.model), folder, values=state_dict)
 
     def _get_output_dir(self, trial) -> str:
-        if self._staging_root is not None:
-            return str(self._staging_root)
-        return super()._get_output_dir(trial)
+        return str(self._staging_root) if self._staging_root is not None else super()._get_output_dir(trial)
 
     def _save_checkpoint(self, model, trial) -> None:
         run_dir = Path(super()._get_output_dir(trial))
@@ -131,14 +108,9 @@ class MMTrainer(Trainer):
             os.replace(staging_root / name, final)
             best = self.state.best_model_checkpoint
             if best is not None and Path(best).parent == staging_root:
-                self.state.best_model_checkpoint = str(run_dir / Path(best).name)
+                self.state.best_model_checkpoint = best = str(run_dir / Path(best).name)
             shutil.rmtree(staging_root, ignore_errors=True)
-            rotate_checkpoints(
-                output_dir=str(run_dir),
-                save_total_limit=self.args.save_total_limit,
-                best_model_checkpoint=self.state.best_model_checkpoint,
-                use_mtime=True,
-            )
+            rotate_checkpoints(str(run_dir), self.args.save_total_limit, best_model_checkpoint=best, use_mtime=True)
         self.accelerator.wait_for_everyone()
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
@@ -162,79 +134,3 @@ class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
 
     def set_epoch(self, epoch: int) -> None:
         self.generator = torch.Generator().manual_seed(self.seed + epoch)
-
-
-def sequence_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Sum of the log-probabilities of each row's supervised target tokens: (B, K, V), (B, K) -> (B,)."""
-    logprobs = F.log_softmax(logits.float(), dim=-1)  # (B, K, V)
-    supervised = targets != IGNORE_INDEX  # (B, K)
-    picked = logprobs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # (B, K)
-    return (picked * supervised).sum(dim=-1)
-
-
-class DPOTrainer(MMTrainer):
-    """Direct Preference Optimization (Rafailov et al., 2023).
-
-    ``loss = -log σ(β [(log π(y_w|x) - log π_ref(y_w|x)) - (log π(y_l|x) - log π_ref(y_l|x))])``.
-
-    The reference π_ref is the model as DPO starts (the SFT model, as in the paper): the
-    starting values of the trained tensors (the adapters, and a projector if it trains) are
-    copied once, megabytes rather than a second LLM, and put in place, in eval mode, for the
-    reference pass of each step. So a DPO stage that continues from an SFT checkpoint with
-    trained adapters stays close to that checkpoint, not to the model without its adapters.
-    """
-
-    token_weighted_loss = False  # a mean over the batch's pairs
-
-    def __init__(self, *args: Any, beta: float = 0.1, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.beta = beta
-        self._metrics: dict[str, list[float]] = {}
-        self._reference = {  # name -> starting value, of every tensor this run trains
-            name: param.detach().clone() for name, param in self.model.named_parameters() if param.requires_grad
-        }
-
-    @contextlib.contextmanager
-    def reference_policy(self, model: torch.nn.Module) -> Iterator[None]:
-        """Within this block ``model`` computes π_ref: the trained tensors hold their starting values, eval mode."""
-        params = dict(model.named_parameters())
-        current = {name: params[name].detach().clone() for name in self._reference}
-        training = model.training
-        with torch.no_grad():
-            for name, start in self._reference.items():
-                params[name].copy_(start)
-        model.eval()
-        try:
-            yield
-        finally:
-            model.train(training)
-            with torch.no_grad():
-                for name, value in current.items():
-                    params[name].copy_(value)
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        unwrapped = self.accelerator.unwrap_model(model)
-        with torch.no_grad(), self.reference_policy(unwrapped):  # first: the policy pass's graph needs its weights
-            reference_out = unwrapped(**inputs, supervised_only=True)
-            reference = sequence_logprobs(reference_out.logits, reference_out.targets)  # (2B,)
-        outputs = model(**inputs, supervised_only=True)
-        policy = sequence_logprobs(outputs.logits, outputs.targets)  # (2B,)
-        pairs = policy.shape[0] // 2
-        chosen_reward = self.beta * (policy[:pairs] - reference[:pairs]).detach()
-        rejected_reward = self.beta * (policy[pairs:] - reference[pairs:]).detach()
-        margin = (policy[:pairs] - reference[:pairs]) - (policy[pairs:] - reference[pairs:])
-        loss = -F.logsigmoid(self.beta * margin).mean()
-        for key, value in (
-            ("rewards/chosen", chosen_reward.mean()),
-            ("rewards/rejected", rejected_reward.mean()),
-            ("rewards/margin", (chosen_reward - rejected_reward).mean()),
-            ("rewards/accuracy", (chosen_reward > rejected_reward).float().mean()),
-        ):
-            self._metrics.setdefault(key, []).append(value.item())
-        return (loss, outputs) if return_outputs else loss
-
-    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
-        for key, values in self._metrics.items():
-            logs[key] = sum(values) / len(values)
-        self._metrics.clear()
-        super().log(logs, *args, **kwargs)

@@ -1,7 +1,8 @@
-"""Built-in modality encoders: CLIP and SigLIP vision towers, timm and open_clip models, Whisper, video frames.
+"""Built-in modality encoders: CLIP and SigLIP vision towers, Whisper, video frames, timm and open_clip models.
 
-The classes live in :mod:`.builtin`; they are registered lazily, so listing plugins does
-not import torch or transformers.
+One module per family: :mod:`.builtin` (the Hugging Face towers and Whisper), :mod:`.video_frames`,
+:mod:`.timm_vision` and :mod:`.open_clip_vision` (the ``vision`` extra, sharing :mod:`.vision_library`).
+They are registered lazily, so listing plugins does not import torch or transformers.
 """
 
 from __future__ import annotations
@@ -12,24 +13,28 @@ from typing import Any
 from mmllm_sdk.hookspecs import hookimpl
 from mmllm_sdk.plugins import Lazy
 
-REGISTERED = {  # (modality, registered name) -> class in .builtin
-    ("image", "hf-clip-vision"): "CLIPVisionEncoder",
-    ("image", "hf-siglip-vision"): "SiglipVisionEncoder",
-    ("audio", "hf-whisper-encoder"): "WhisperAudioEncoder",
-    ("video", "video-frames"): "VideoFramesEncoder",
+REGISTERED = {  # (modality, registered name) -> "module:Class" in this package
+    ("image", "hf-clip-vision"): "builtin:CLIPVisionEncoder",
+    ("image", "hf-siglip-vision"): "builtin:SiglipVisionEncoder",
+    ("audio", "hf-whisper-encoder"): "builtin:WhisperAudioEncoder",
+    ("video", "video-frames"): "video_frames:VideoFramesEncoder",
+    # timm and open_clip models: the `vision` extra (pip install 'mmllm-sdk[vision]')
+    ("image", "timm-vision"): "timm_vision:TimmVisionEncoder",
+    ("image", "open-clip-vision"): "open_clip_vision:OpenClipVisionEncoder",
 }
+_MODULES = ("builtin", "video_frames", "timm_vision", "open_clip_vision", "vision_library")
 
 
 @hookimpl
 def register_encoders(register):
-    for (modality, name), attribute in REGISTERED.items():
-        register(modality, name, Lazy(f"{__name__}.builtin:{attribute}"))
-    # timm and open_clip models: the `vision` extra (pip install 'mmllm-sdk[vision]')
-    register("image", "timm-vision", Lazy(f"{__name__}.vision_extra:TimmVisionEncoder"))
-    register("image", "open-clip-vision", Lazy(f"{__name__}.vision_extra:OpenClipVisionEncoder"))
+    for (modality, name), target in REGISTERED.items():
+        register(modality, name, Lazy(f"{__name__}.{target}"))
 
 
 def __getattr__(name: str) -> Any:
-    # ``from mmllm_sdk.default_plugins.X import SomeClass`` keeps working: the classes load on first use
-    module = "vision_extra" if name in ("TimmVisionEncoder", "OpenClipVisionEncoder") else "builtin"
-    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    # ``from mmllm_sdk.default_plugins.encoders import SomeClass`` keeps working: the modules load on first use
+    for module in () if name.startswith("__") else _MODULES:
+        found = getattr(importlib.import_module(f"{__name__}.{module}"), name, None)
+        if found is not None:
+            return found
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

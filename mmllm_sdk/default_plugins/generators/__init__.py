@@ -1,7 +1,8 @@
 """Built-in modality generators: ``diffusers-sd`` (images) and ``diffusers-audioldm`` (audio), through diffusers.
 
-The classes live in :mod:`.diffusers`; they are registered lazily, so listing plugins
-imports neither torch nor diffusers.
+The classes live in the package :mod:`.diffusers` (``base``: what both share,
+``stable_diffusion``, ``audioldm``, ``byte_tokenizers``); they are registered lazily, so
+listing plugins imports neither torch nor diffusers.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ _MODALITY = re.compile(r"^[a-z][a-z0-9_-]*$")
 
 def template_path() -> Path:
     """The cookiecutter template's folder: packaged with the SDK, or ``templates/`` of a source checkout."""
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parent.parent  # the mmllm_sdk package
     for candidate in (here / "templates" / TEMPLATE, here.parent / "templates" / TEMPLATE):
         if (candidate / "cookiecutter.json").is_file():
             return candidate

@@ -142,8 +142,8 @@ def _dataset(task: str, num_examples: int, data_dir: Path, seed: int, split: str
 
 
 def evaluate(model: Any, heldout: list[Any], batch_size: int = 40) -> dict[str, float]:
-    """Share of right greedy answers per question type (:func:`~mmllm_sdk.data.synthetic.score_answer`)."""
-    from mmllm_sdk.data.synthetic import score_answer
+    """Share of right greedy answers per question type (:func:`~.datasets.synthetic.score_answer`)."""
+    from mmllm_sdk.default_plugins.datasets.synthetic import score_answer
 
     model.eval()
     right = dict.fromkeys(QUESTION_TYPES, 0)
@@ -161,9 +161,8 @@ def evaluate(model: Any, heldout: list[Any], batch_size: int = 40) -> dict[str, 
 
 def run_demo(output_dir: str | Path, *, quick: bool = False, seed: int = 0) -> DemoResult:
     """Run the demo into ``output_dir`` (data, one folder per stage, the final checkpoint) and print its table."""
-    from mmllm_sdk.data.synthetic import generate_examples
-    from mmllm_sdk.model.modeling import build_model
-    from mmllm_sdk.training.run import train
+    import mmllm_sdk
+    from mmllm_sdk.default_plugins.datasets.synthetic import generate_examples
 
     plan = QUICK if quick else FULL
     output_dir = Path(output_dir)
@@ -182,7 +181,7 @@ def run_demo(output_dir: str | Path, *, quick: bool = False, seed: int = 0) -> D
     }
 
     print(f"[demo] {'quick' if quick else 'full'} run into {output_dir}", flush=True)
-    model = build_model(spec)
+    model = mmllm_sdk.build_model(spec)
     result.stages.append(StageResult("untrained", evaluate(model, heldout), 0.0))
     _print_row(result.stages[-1])
     del model
@@ -207,7 +206,7 @@ def run_demo(output_dir: str | Path, *, quick: bool = False, seed: int = 0) -> D
             recipe_spec["peft"] = peft
         print(f"\n[demo] {label}: {count} {task} examples", flush=True)
         started = time.perf_counter()
-        trained = train(recipe_spec)
+        trained = mmllm_sdk.train(recipe_spec)
         seconds = time.perf_counter() - started
         result.stages.append(StageResult(label, evaluate(trained.model, heldout), seconds))
         _print_row(result.stages[-1])

@@ -1,4 +1,6 @@
-"""Parameter-efficient fine-tuning of the LLM backbone (LoRA, prefix tuning, LN tuning) through the peft library."""
+"""Parameter-efficient fine-tuning of the LLM backbone (LoRA, prefix tuning, LN tuning) through the peft library.
+
+The spec of it (``llm.peft``) is :class:`mmllm_sdk.spec.PeftSpec`; here it is applied to a built LLM."""
 
 from __future__ import annotations
 
@@ -7,83 +9,13 @@ import functools
 import sys
 import warnings
 from collections.abc import Iterator
-from typing import Any, ClassVar, Literal
+from typing import Any
 
 import torch
-from pydantic import Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
 from mmllm_sdk.components.llm import LLMBackbone
 from mmllm_sdk.errors import SpecError
-from mmllm_sdk.validation import StrictModel
-
-PeftMethod = Literal["lora", "prefix", "ln-tuning"]
-
-
-class PeftSpec(StrictModel):
-    """``llm.peft`` in a model spec: which peft method trains the LLM backbone, and its settings.
-
-    Each method takes only its own fields (``peft: {method: lora, r: 8}``); a field of
-    another method is an error rather than silently ignored.
-    """
-
-    method: PeftMethod
-    # lora: a low-rank update B·A beside each targeted linear layer (B starts at zero)
-    r: int = Field(default=8, gt=0)  # rank of the update
-    alpha: int = Field(default=16, gt=0)  # the update is scaled by alpha / r
-    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)  # dropout on the input of the update
-    # lora: layer names, or "all-linear" (every linear layer except the LM head);
-    # ln-tuning: norm layer names, or None for peft's default norms of the architecture
-    target_modules: list[str] | Literal["all-linear"] | None = None
-    # prefix: trainable key/value vectors prepended to every attention layer
-    num_virtual_tokens: int = Field(default=16, gt=0)
-
-    FIELDS: ClassVar[dict[str, tuple[str, ...]]] = {
-        "lora": ("r", "alpha", "dropout", "target_modules"),
-        "prefix": ("num_virtual_tokens",),
-        "ln-tuning": ("target_modules",),
-    }
-
-    @model_validator(mode="after")
-    def _fields_of_the_method(self) -> PeftSpec:
-        own = self.FIELDS[self.method]
-        for name in sorted(self.model_fields_set - {"method"} - set(own)):
-            users = [method for method, fields in self.FIELDS.items() if name in fields]
-            raise ValueError(
-                f"'{name}' is a setting of method {' and '.join(map(repr, users))}, not of method {self.method!r}; "
-                f"method {self.method!r} takes {', '.join(own)}: remove '{name}' or change 'method'"
-            )
-        if self.target_modules == []:
-            raise ValueError("'target_modules' is empty; name at least one layer or leave it out for the default")
-        if self.method == "ln-tuning" and self.target_modules == "all-linear":
-            raise ValueError(
-                "'target_modules: all-linear' is for method 'lora'; for 'ln-tuning' name the norm layers "
-                "(for example [input_layernorm, post_attention_layernorm]) or leave it out for peft's default"
-            )
-        if self.method == "lora" and self.target_modules is None:
-            self.target_modules = "all-linear"
-        return self
-
-    @model_serializer(mode="wrap")
-    def _dump_own_fields(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        """Only the chosen method's fields, so a dumped spec validates again (checkpoints store it)."""
-        data = handler(self)
-        return {name: value for name, value in data.items() if name == "method" or name in self.FIELDS[self.method]}
-
-    def peft_config(self) -> Any:
-        """The peft config for a causal LM (``LoraConfig``, ``PrefixTuningConfig`` or ``LNTuningConfig``)."""
-        from peft import LNTuningConfig, LoraConfig, PrefixTuningConfig
-
-        if self.method == "lora":
-            return LoraConfig(
-                task_type="CAUSAL_LM",
-                r=self.r,
-                lora_alpha=self.alpha,
-                lora_dropout=self.dropout,
-                target_modules=self.target_modules,
-            )
-        if self.method == "prefix":
-            return PrefixTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=self.num_virtual_tokens)
-        return LNTuningConfig(task_type="CAUSAL_LM", target_modules=self.target_modules)
+from mmllm_sdk.spec import PeftSpec
 
 
 def __getattr__(name: str) -> Any:  # PEP 562: peft takes seconds to import, so it loads only when adapters are used
@@ -100,10 +32,9 @@ def _peft_causal_lm() -> type:
     class PeftCausalLM(PeftModelForCausalLM):
         """peft's causal-LM wrapper whose ``generate`` also takes ``inputs_embeds`` with prefix tuning.
 
-        peft's own prefix-tuning ``generate`` rejects ``inputs_embeds`` (transformers cannot see
-        that its ``prepare_inputs_for_generation`` forwards them). Here the base model generates
-        from a cache that already holds the prefix: the same computation as ``forward``, with the
-        prompt's positions starting after the virtual tokens.
+        peft's own prefix-tuning ``generate`` rejects them (transformers cannot see that its
+        ``prepare_inputs_for_generation`` forwards them). Here the base model generates from a cache that already holds
+        the prefix, the prompt's positions starting after the virtual tokens: the same computation as ``forward``.
         """
 
         def generate(self, *args: Any, **kwargs: Any) -> torch.Tensor:
@@ -135,7 +66,7 @@ def _peft_causal_lm() -> type:
                 **kwargs,
             )
 
-    # importable (and picklable) as mmllm_sdk.training.peft.PeftCausalLM, through __getattr__ above
+    # importable (and picklable) as mmllm_sdk.model.peft.PeftCausalLM, through __getattr__ above
     PeftCausalLM.__module__, PeftCausalLM.__qualname__ = __name__, "PeftCausalLM"
     return PeftCausalLM
 
@@ -143,9 +74,9 @@ def _peft_causal_lm() -> type:
 def apply_peft(llm: LLMBackbone, spec: PeftSpec) -> None:
     """Wrap ``llm.model`` in a peft model in place; afterwards only the adapter parameters require grad.
 
-    Works on a skeleton (an LLM on the ``meta`` device): the adapters are created there too,
-    so parameter counts include them. Apply it after the tokens the model adds are in the
-    vocabulary and after any freezing of the LLM, since freezing would freeze the adapters.
+    Works on a skeleton (an LLM on the ``meta`` device): the adapters are created there too, so parameter counts
+    include them. Apply it after the tokens the model adds are in the vocabulary and after any freezing of the LLM,
+    since freezing would freeze the adapters.
     """
     if has_adapters(llm):
         raise SpecError(
@@ -180,11 +111,8 @@ def has_adapters(llm: LLMBackbone) -> bool:
 
 @contextlib.contextmanager
 def adapters_disabled(llm: LLMBackbone) -> Iterator[None]:
-    """Within this block the LLM computes as its base model (peft's ``disable_adapter``).
-
-    To compare with the model before any adapter training (the frozen base LLM), without a
-    second copy of it in memory.
-    """
+    """Within this block the LLM computes as its base model (peft's ``disable_adapter``): the model before any adapter
+    training, without a second copy of it in memory."""
     if not has_adapters(llm):
         raise SpecError(
             f"The LLM ({type(llm.model).__name__}) has no peft adapters to disable; set llm.peft in the model "
@@ -206,9 +134,8 @@ def adapter_parameter_names(llm: LLMBackbone) -> set[str]:
     for module_name, module in llm.model.named_modules(prefix="model"):
         if isinstance(module, BaseTunerLayer):
             for layer_name in module.adapter_layer_names:
-                names.update(
-                    f"{module_name}.{layer_name}.{name}" for name, _ in getattr(module, layer_name).named_parameters()
-                )
+                layer = getattr(module, layer_name)
+                names.update(f"{module_name}.{layer_name}.{name}" for name, _ in layer.named_parameters())
     return names
 
 

@@ -1,24 +1,9 @@
-"""Built-in modality generators over diffusers pipelines: Stable Diffusion (images) and AudioLDM (audio).
+"""What the diffusers generators share: params, building or loading the pipeline, shape checks, conditioning
+checks, generate()'s options and seeding, and the checkpoint reference.
 
-Each generator is a frozen ``nn.Module`` whose submodules are the pipeline's torch models
-(``unet``, ``vae``, ``text_encoder`` and, for AudioLDM, ``vocoder``), so ``.to()``,
-``state_dict()`` and freezing work on it; the pipeline object that calls them is
-``self.pipeline``. The pipeline comes from ``model:`` (a diffusers pipeline folder or hub id,
-safetensors weights only, never remote code) or from ``config:`` (the keyword arguments of
-each component, random weights: tiny pipelines for tests, see
-:mod:`mmllm_sdk.testing.tiny_generators`).
-
-The conditioning (``condition_spec``) is the pipeline's own text conditioning, so an output
-projector trained towards :meth:`~DiffusersGenerator.condition_targets` speaks the
-generator's language:
-
-- ``diffusers-sd``: the CLIP text encoder's last hidden states, ``(B, model_max_length, hidden_size)``
-  (``(B, 77, 768)`` for Stable Diffusion 1.5), passed as ``prompt_embeds``;
-- ``diffusers-audioldm``: the projected, L2-normalised CLAP text embedding, ``(B, 1, projection_dim)``,
-  passed as ``prompt_embeds`` of shape ``(B, projection_dim)``.
-
-In :func:`~mmllm_sdk.components.hf.skeleton_mode` only configs and the tokenizer are read:
-the torch models are built on ``meta`` and ``self.pipeline`` is ``None``.
+Subclasses (:mod:`.stable_diffusion`, :mod:`.audioldm`) name their pipeline and components and
+implement the conditioning (``make_condition_spec``, ``condition_targets``), their size checks
+and ``run_pipeline``.
 """
 
 from __future__ import annotations
@@ -29,14 +14,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from pydantic import Field, ValidationError, model_validator
 
 from mmllm_sdk.components.generator import ModalityGenerator
 from mmllm_sdk.components.hf import cached_call, content_hash, hf_call, is_skeleton
-from mmllm_sdk.components.modality import AudioClip
 from mmllm_sdk.components.output_projector import ConditionSpec
 from mmllm_sdk.dtypes import DtypeName, resolve_dtype
 from mmllm_sdk.errors import DimensionError, InputError, SpecError
@@ -51,36 +33,6 @@ SCHEDULERS: dict[str, str] = {  # scheduler param -> diffusers class, built from
     "dpm-solver": "DPMSolverMultistepScheduler",
 }
 DEPRECATION_NOTICE = "has been deprecated and will not receive"  # diffusers' warning on deprecated pipelines
-PIPELINE_SIZE_MULTIPLE = 8  # StableDiffusionPipeline refuses image sides that are not multiples of 8
-
-# The byte-level tokenizers a ``config:`` pipeline gets when it names no tokenizer folder: no merges,
-# so every byte is one token. Their sizes, for the text encoder's vocab_size:
-BYTE_CLIP_VOCAB_SIZE = 514  # 256 bytes, 256 bytes ending a word ("</w>"), <|startoftext|>, <|endoftext|>
-BYTE_ROBERTA_VOCAB_SIZE = 261  # <s>, <pad>, </s>, <unk>, 256 bytes, <mask>
-BYTE_ROBERTA_PAD_ID = 1  # RoBERTa's <pad>; the CLAP text config's pad_token_id must match it
-
-
-def byte_level_clip_tokenizer(model_max_length: int) -> Any:
-    """A CLIP tokenizer without merges (``BYTE_CLIP_VOCAB_SIZE`` tokens), built in memory, deterministic."""
-    from tokenizers.pre_tokenizers import ByteLevel
-    from transformers import CLIPTokenizer
-
-    symbols = sorted(ByteLevel.alphabet())  # the 256 byte-level symbols
-    vocab = {symbol: i for i, symbol in enumerate(symbols)}
-    vocab.update({symbol + "</w>": len(symbols) + i for i, symbol in enumerate(symbols)})
-    vocab.update({"<|startoftext|>": len(vocab), "<|endoftext|>": len(vocab) + 1})
-    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=model_max_length)
-
-
-def byte_level_roberta_tokenizer(model_max_length: int) -> Any:
-    """A RoBERTa tokenizer without merges (``BYTE_ROBERTA_VOCAB_SIZE`` tokens), built in memory, deterministic."""
-    from tokenizers.pre_tokenizers import ByteLevel
-    from transformers import RobertaTokenizer
-
-    vocab = {"<s>": 0, "<pad>": BYTE_ROBERTA_PAD_ID, "</s>": 2, "<unk>": 3}
-    vocab.update({symbol: len(vocab) + i for i, symbol in enumerate(sorted(ByteLevel.alphabet()))})
-    vocab["<mask>"] = len(vocab)
-    return RobertaTokenizer(vocab=vocab, merges=[], model_max_length=model_max_length)
 
 
 class _DropDeprecationNotice(logging.Filter):
@@ -132,25 +84,6 @@ class GeneratorParams(StrictModel):
         if self.revision is not None and self.model is None:
             raise ValueError("'revision' picks a version of 'model'; it means nothing with 'config'")
         return self
-
-
-class SDConfig(StrictModel):
-    """``config:`` of ``diffusers-sd``: the arguments of each component of a random Stable Diffusion pipeline."""
-
-    unet: dict[str, Any]  # UNet2DConditionModel arguments; its cross_attention_dim is the text encoder's hidden_size
-    vae: dict[str, Any]  # AutoencoderKL arguments (3 image channels)
-    text_encoder: dict[str, Any]  # CLIPTextConfig fields
-    tokenizer: str | None = None  # a CLIP tokenizer folder; None: a byte-level one (vocab_size 514)
-
-
-class AudioLDMConfig(StrictModel):
-    """``config:`` of ``diffusers-audioldm``: the arguments of each component of a random AudioLDM pipeline."""
-
-    unet: dict[str, Any]  # UNet2DConditionModel arguments, class_embed_type "simple_projection" of the CLAP embedding
-    vae: dict[str, Any]  # AutoencoderKL arguments (1 channel: a mel spectrogram)
-    text_encoder: dict[str, Any]  # ClapTextConfig fields
-    vocoder: dict[str, Any]  # SpeechT5HifiGanConfig fields
-    tokenizer: str | None = None  # a RoBERTa tokenizer folder; None: a byte-level one (vocab_size 261, pad id 1)
 
 
 # the shared generator ------------------------------------------------------------------------------------
@@ -430,259 +363,4 @@ class DiffusersGenerator(ModalityGenerator):
         return ref
 
 
-# Stable Diffusion ----------------------------------------------------------------------------------------
-
-
-class StableDiffusionGenerator(DiffusersGenerator):
-    """``diffusers-sd``: a Stable Diffusion pipeline conditioned on CLIP text hidden states, returning PIL images.
-
-    ``condition_spec`` is ``(tokenizer.model_max_length, text_encoder.hidden_size)``;
-    :meth:`condition_targets` is the pipeline's own prompt encoding (the last hidden state).
-    No safety checker is loaded: the pipeline returns what the UNet and VAE make.
-    """
-
-    name = "diffusers-sd"
-    modality_name = "image"
-    pipeline_class = "StableDiffusionPipeline"
-    tokenizer_class = "CLIPTokenizer"
-    text_model_classes = ("CLIPTextModel", "CLIPTextConfig")
-    overridable = ("num_inference_steps", "guidance_scale", "height", "width")
-
-    class Params(GeneratorParams):
-        config: SDConfig | None = None  # the components of a random pipeline (tests, examples)
-        height: int | None = Field(None, ge=1)  # image height in pixels; default: the UNet's sample_size x VAE scale
-        width: int | None = Field(None, ge=1)  # image width in pixels; the same default
-
-    def pipeline_kwargs(self) -> dict[str, Any]:
-        return {"safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
-
-    def byte_tokenizer(self, text_config: Any) -> Any:
-        return byte_level_clip_tokenizer(self.text_positions(text_config))
-
-    @property
-    def image_size(self) -> tuple[int, int]:
-        """(height, width) of the images generate() makes by default."""
-        sample = self.unet.config.sample_size
-        side_h, side_w = (sample, sample) if isinstance(sample, int) else tuple(sample)
-        return (
-            self.params.height or side_h * self.vae_scale_factor,
-            self.params.width or side_w * self.vae_scale_factor,
-        )
-
-    def size_multiple(self) -> int:
-        return max(PIPELINE_SIZE_MULTIPLE, self.vae_scale_factor)
-
-    def check_sizes(self) -> None:
-        super().check_sizes()
-        hidden = self.text_encoder.config.hidden_size
-        cross = self.unet.config.cross_attention_dim
-        if any(dim != hidden for dim in (cross if isinstance(cross, (list, tuple)) else [cross])):
-            raise DimensionError(
-                f"{self.what}: the UNet's cross_attention_dim is {cross}, but the text encoder's hidden_size is "
-                f"{hidden}; they must be equal (set unet.cross_attention_dim to {hidden})."
-            )
-        multiple = self.size_multiple()
-        for field in ("height", "width"):
-            value = getattr(self.params, field)
-            if value is not None and value % multiple:
-                raise SpecError(
-                    f"{self.name}.params.{field} is {value}, but image sides must be multiples of {multiple} (the "
-                    f"VAE's scale and the pipeline's 8); use {multiple * max(1, round(value / multiple))}."
-                )
-
-    def make_condition_spec(self) -> ConditionSpec:
-        return ConditionSpec(self.tokenizer.model_max_length, self.text_encoder.config.hidden_size)
-
-    def condition_targets(self, texts: list[str]) -> torch.Tensor:
-        """Captions -> the CLIP text encoder's last hidden states (B, model_max_length, hidden_size)."""
-        self.check_texts(texts)
-        tokens = self.tokenize(texts)
-        device = self.text_encoder.device
-        use_mask = getattr(self.text_encoder.config, "use_attention_mask", False)
-        attention_mask = tokens.attention_mask.to(device) if use_mask else None  # as the pipeline does
-        with torch.no_grad():
-            output = self.text_encoder(tokens.input_ids.to(device), attention_mask=attention_mask)
-        return output[0]  # (B, num_tokens, dim)
-
-    def denoising_loss(self, conditioning: torch.Tensor, items: list[Any]) -> torch.Tensor:
-        """The UNet's loss on the images' VAE latents, noised at random timesteps, under ``conditioning``.
-
-        Epsilon (or v) prediction, as the scheduler says; the VAE and UNet stay frozen, the
-        gradient reaches ``conditioning``.
-        """
-        from PIL import Image
-
-        pipeline = self.require_pipeline()
-        if len(items) != conditioning.shape[0] or not all(isinstance(item, Image.Image) for item in items):
-            raise InputError(
-                f"{self.what}: denoising_loss takes one PIL image per conditioning row; got {len(items)} item(s) for "
-                f"{conditioning.shape[0]} row(s)."
-            )
-        height, width = self.image_size
-        pixels = np.stack([np.asarray(item.convert("RGB").resize((width, height)), dtype=np.float32) for item in items])
-        pixels = torch.from_numpy(pixels).permute(0, 3, 1, 2) / 127.5 - 1.0  # (B, 3, H, W) in [-1, 1]
-        with torch.no_grad():
-            encoded = self.vae.encode(pixels.to(self.vae.device, self.vae.dtype)).latent_dist.sample()
-            latents = encoded * self.vae.config.scaling_factor  # (B, C, H / s, W / s)
-        scheduler = pipeline.scheduler
-        noise = torch.randn_like(latents)
-        steps = torch.randint(0, scheduler.config.num_train_timesteps, (len(items),), device=latents.device)
-        noisy = scheduler.add_noise(latents, noise, steps)
-        prediction = self.unet(noisy, steps, encoder_hidden_states=self.check_conditioning(conditioning)).sample
-        target = (
-            noise if scheduler.config.prediction_type == "epsilon" else scheduler.get_velocity(latents, noise, steps)
-        )
-        return F.mse_loss(prediction.float(), target.float())
-
-    def run_pipeline(self, pipeline, conditioning, negative, options, generators) -> list[Any]:
-        multiple = self.size_multiple()
-        height = options.height or self.image_size[0]
-        width = options.width or self.image_size[1]
-        for field, value in (("height", height), ("width", width)):
-            if value % multiple:
-                raise InputError(f"{self.what}: generate() {field} is {value}; it must be a multiple of {multiple}.")
-        result = pipeline(
-            prompt_embeds=conditioning,  # (B, num_tokens, dim)
-            negative_prompt_embeds=negative,  # (B, num_tokens, dim) or None
-            num_inference_steps=options.num_inference_steps,
-            guidance_scale=options.guidance_scale,
-            height=height,
-            width=width,
-            generator=generators,
-            output_type="pil",
-        )
-        return list(result.images)
-
-
-# AudioLDM ------------------------------------------------------------------------------------------------
-
-
-class AudioLDMGenerator(DiffusersGenerator):
-    """``diffusers-audioldm``: an AudioLDM pipeline conditioned on the CLAP text embedding, returning AudioClips.
-
-    ``condition_spec`` is ``(1, text_encoder.projection_dim)``: the projected CLAP text
-    embedding, L2-normalised as AudioLDM does; the UNet takes it as its class embedding.
-    diffusers marks ``AudioLDMPipeline`` deprecated (no updates after 0.33.1); it still runs.
-    """
-
-    name = "diffusers-audioldm"
-    modality_name = "audio"
-    pipeline_class = "AudioLDMPipeline"
-    tokenizer_class = "RobertaTokenizer"
-    text_model_classes = ("ClapTextModelWithProjection", "ClapTextConfig")
-    overridable = ("num_inference_steps", "guidance_scale", "audio_length_in_s")
-
-    class Params(GeneratorParams):
-        config: AudioLDMConfig | None = None  # the components of a random pipeline (tests, examples)
-        num_inference_steps: int = Field(10, ge=1)  # denoising steps per generate()
-        audio_length_in_s: float | None = Field(None, gt=0)  # clip length; default: the UNet's sample_size in time
-
-    def module_parts(self) -> tuple[str, ...]:
-        return ("unet", "vae", "text_encoder", "vocoder")
-
-    def extra_parts(self) -> dict[str, tuple[str, str]]:
-        return {"vocoder": ("SpeechT5HifiGan", "SpeechT5HifiGanConfig")}
-
-    def text_positions(self, config: Any) -> int:
-        return config.max_position_embeddings - (config.pad_token_id or 0) - 1  # RoBERTa's positions follow the pad id
-
-    def byte_tokenizer(self, text_config: Any) -> Any:
-        pad = text_config.pad_token_id
-        if pad != BYTE_ROBERTA_PAD_ID:
-            raise SpecError(
-                f"{self.name}.params.config.text_encoder.pad_token_id is {pad}, but the byte-level tokenizer pads with "
-                f"id {BYTE_ROBERTA_PAD_ID}; set pad_token_id to {BYTE_ROBERTA_PAD_ID} or name a tokenizer folder."
-            )
-        return byte_level_roberta_tokenizer(self.text_positions(text_config))
-
-    @property
-    def sampling_rate(self) -> int:
-        """Samples per second of the clips generate() makes (the vocoder's)."""
-        return int(self.vocoder.config.sampling_rate)
-
-    @property
-    def seconds_per_frame(self) -> float:
-        """Seconds of audio per mel frame: the vocoder's upsampling over its sampling rate."""
-        return float(np.prod(self.vocoder.config.upsample_rates)) / self.vocoder.config.sampling_rate
-
-    @property
-    def audio_length_in_s(self) -> float:
-        """The length of the clips generate() makes by default, in seconds."""
-        if self.params.audio_length_in_s is not None:
-            return self.params.audio_length_in_s
-        return self.unet.config.sample_size * self.vae_scale_factor * self.seconds_per_frame
-
-    @property
-    def min_seconds(self) -> float:
-        """The shortest clip the pipeline makes: one latent cell of mel frames."""
-        return self.seconds_per_frame * self.vae_scale_factor
-
-    def check_sizes(self) -> None:
-        super().check_sizes()
-        unet, projection = self.unet.config, self.text_encoder.config.projection_dim
-        if unet.class_embed_type != "simple_projection" or unet.projection_class_embeddings_input_dim != projection:
-            raise DimensionError(
-                f"{self.what}: the UNet takes the CLAP text embedding as its class embedding, so it needs "
-                f'class_embed_type "simple_projection" and projection_class_embeddings_input_dim {projection} (the '
-                f"text encoder's projection_dim); it has {unet.class_embed_type!r} and "
-                f"{unet.projection_class_embeddings_input_dim}."
-            )
-        bins = self.vocoder.config.model_in_dim
-        if bins % self.vae_scale_factor:
-            raise DimensionError(
-                f"{self.what}: the vocoder takes {bins} mel bins (model_in_dim), not a multiple of the VAE's scale "
-                f"{self.vae_scale_factor}; pick model_in_dim a multiple of {self.vae_scale_factor}."
-            )
-        length = self.params.audio_length_in_s
-        if length is not None and length < self.min_seconds:
-            raise SpecError(
-                f"{self.name}.params.audio_length_in_s is {length}, shorter than the {self.min_seconds:g} s this "
-                f"pipeline makes at least; use {self.min_seconds:g} or more."
-            )
-
-    def make_condition_spec(self) -> ConditionSpec:
-        return ConditionSpec(1, self.text_encoder.config.projection_dim)
-
-    def condition_targets(self, texts: list[str]) -> torch.Tensor:
-        """Captions -> the normalised CLAP text embedding (B, 1, projection_dim), as AudioLDM encodes a prompt."""
-        self.check_texts(texts)
-        tokens = self.tokenize(texts)
-        device = self.text_encoder.device
-        with torch.no_grad():
-            output = self.text_encoder(tokens.input_ids.to(device), attention_mask=tokens.attention_mask.to(device))
-        embeds = F.normalize(output.text_embeds, dim=-1)  # (B, dim)
-        return embeds.unsqueeze(1)  # (B, 1, dim)
-
-    def run_pipeline(self, pipeline, conditioning, negative, options, generators) -> list[Any]:
-        length = options.audio_length_in_s
-        if length is not None and length < self.min_seconds:
-            raise InputError(
-                f"{self.what}: generate() audio_length_in_s is {length}; it must be at least {self.min_seconds:g} s."
-            )
-        result = pipeline(
-            prompt_embeds=conditioning[:, 0],  # (B, dim)
-            negative_prompt_embeds=None if negative is None else negative[:, 0],  # (B, dim)
-            num_inference_steps=options.num_inference_steps,
-            guidance_scale=options.guidance_scale,
-            audio_length_in_s=length,
-            generator=generators,
-            output_type="np",
-        )
-        waves = result.audios  # (B, T) float32
-        return [AudioClip(np.ascontiguousarray(wave, dtype=np.float32), self.sampling_rate) for wave in waves]
-
-
-GENERATORS: tuple[type[DiffusersGenerator], ...] = (StableDiffusionGenerator, AudioLDMGenerator)
-
-
-__all__ = [
-    "BYTE_CLIP_VOCAB_SIZE",
-    "BYTE_ROBERTA_PAD_ID",
-    "BYTE_ROBERTA_VOCAB_SIZE",
-    "GENERATORS",
-    "AudioLDMGenerator",
-    "DiffusersGenerator",
-    "StableDiffusionGenerator",
-    "byte_level_clip_tokenizer",
-    "byte_level_roberta_tokenizer",
-]
+__all__ = ["SCHEDULERS", "DiffusersGenerator", "GeneratorParams"]

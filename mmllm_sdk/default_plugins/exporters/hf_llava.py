@@ -1,4 +1,4 @@
-"""Export to other libraries' formats: ``hf-llava`` for transformers' LlavaForConditionalGeneration."""
+"""The ``hf-llava`` exporter: a folder that transformers' LlavaForConditionalGeneration loads, with our logits."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from mmllm_sdk.errors import ExportError
 from mmllm_sdk.files import atomic_directory
 
 if TYPE_CHECKING:
-    from mmllm_sdk.model.modeling import MMLLM
+    from mmllm_sdk import MMLLM
 
 # LLaVA's name for each way of selecting vision features (transformers' vision_feature_select_strategy)
 SELECT_STRATEGY = {"patch": "default", "cls_patch": "full"}
@@ -79,13 +79,13 @@ def check_exportable(model: MMLLM) -> None:
         raise ExportError("This model cannot be exported as hf-llava: " + "; ".join(problems) + ".")
 
 
-def export_hf_llava(model: MMLLM, output: str | os.PathLike[str]) -> Path:
-    """Write ``output`` so that ``LlavaForConditionalGeneration.from_pretrained(output)`` gives our logits.
+def export_hf_llava(model: MMLLM, output_dir: str | os.PathLike[str]) -> Path:
+    """Write ``output_dir`` so that ``LlavaForConditionalGeneration.from_pretrained(output_dir)`` gives our logits.
 
     The image placeholder id becomes ``image_token_id``, so ``model.processor``'s
     ``input_ids`` feed the exported model unchanged. A ``LlavaProcessor`` (tokenizer, image
     processor, chat template) is saved beside the weights (safetensors), so
-    ``AutoProcessor.from_pretrained(output)`` works too.
+    ``AutoProcessor.from_pretrained(output_dir)`` works too. An existing folder is replaced atomically.
     """
     from transformers import LlavaConfig, LlavaForConditionalGeneration
 
@@ -115,10 +115,10 @@ def export_hf_llava(model: MMLLM, output: str | os.PathLike[str]) -> Path:
     llava.tie_weights()
     llava.eval()
 
-    with atomic_directory(output) as staging:
+    with atomic_directory(output_dir) as staging:
         llava.save_pretrained(staging)
         llava_processor(model).save_pretrained(staging)
-    return Path(output).resolve()
+    return Path(output_dir).resolve()
 
 
 def llava_processor(model: MMLLM) -> Any:

@@ -1,24 +1,20 @@
-"""Synthetic shapes: generated images with exact ground truth, as captions, questions and preference pairs."""
+"""Synthetic shapes, the scenes: generated images with exact ground truth, on every machine the same pixels.
+
+The vocabulary (colours, shapes, grid cells, question types), the ground truth of a scene
+(:class:`Scene`), its drawing (:func:`generate_scene`) and the answers to its questions. The
+``synthetic-shapes`` data source (:mod:`.synthetic`) turns scenes into examples and PNG files.
+"""
 
 from __future__ import annotations
 
 import hashlib
-import os
-import re
-import struct
-import tempfile
-import zlib
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from random import Random
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field, model_validator
 
-from mmllm_sdk.data.formats import ANSWER_ROLE, CONVERSATION, PREFERENCE, DataReport
 from mmllm_sdk.errors import InputError
-from mmllm_sdk.validation import StrictModel, validate
 
 # The vocabulary. Every table is the one place its values live.
 
@@ -68,9 +64,6 @@ CROSS_HALF_WIDTH = 0.32  # of the radius: half the width of the cross's two bars
 BACKGROUND_TONES = (200, 245)  # the lighter background grey lies in this range
 BACKGROUND_CONTRAST = (6, 14)  # the second grey of a texture is this much darker
 TEXTURE_PERIOD = (6, 16)  # pixels per stripe or checker square
-
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-PNG_COMPRESSION = 9  # zlib level: fixed, so the same pixels give the same file
 
 
 def _unit_polygon(radii: tuple[float, ...]) -> tuple[tuple[float, float], ...]:
@@ -137,7 +130,7 @@ class Scene:
 
     def answer(self, question_type: str) -> str:
         """The one right answer to :data:`QUESTIONS` ``[question_type]`` about this scene."""
-        _check_question_type(question_type)
+        check_question_type(question_type)
         if question_type == "count":
             return _count_answer(self.count)
         if self.count != 1:
@@ -164,7 +157,8 @@ def _count_answer(count: int) -> str:
     return word[0].upper() + word[1:] + "."
 
 
-def _check_question_type(question_type: str) -> None:
+def check_question_type(question_type: str) -> None:
+    """Refuse (InputError) a question type that is not one of :data:`QUESTION_TYPES`."""
     if question_type not in QUESTION_TYPES:
         raise InputError(f"question_type {question_type!r} is not one of: {', '.join(QUESTION_TYPES)}.")
 
@@ -302,151 +296,9 @@ def _draw(draw: Any, spec: ShapeSpec) -> None:
         draw.polygon([(cx + round(r * ux), cy + round(r * uy)) for ux, uy in corners], fill=fill)
 
 
-# PNG files ------------------------------------------------------------------------------------------------------
-
-
-def png_bytes(image: Any) -> bytes:
-    """An RGB image as PNG bytes: no metadata, filter 0 on every row, zlib level 9 (Python's own zlib).
-
-    Written here rather than by Pillow so that the file depends only on the pixels and on
-    zlib's deflate (stable across zlib 1.2 and 1.3), not on Pillow's encoder or the zlib it bundles.
-    """
-    array = np.asarray(image, dtype=np.uint8)  # (H, W, 3)
-    if array.ndim != 3 or array.shape[2] != 3:
-        raise InputError(f"png_bytes() writes RGB images; got an array of shape {array.shape}.")
-    height, width, _ = array.shape
-    rows = np.concatenate([np.zeros((height, 1), dtype=np.uint8), array.reshape(height, width * 3)], axis=1)
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB, deflate, filter set 0, no interlace
-    return (
-        PNG_SIGNATURE
-        + _png_chunk(b"IHDR", header)
-        + _png_chunk(b"IDAT", zlib.compress(rows.tobytes(), PNG_COMPRESSION))
-        + _png_chunk(b"IEND", b"")
-    )
-
-
-def _png_chunk(tag: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
-
-
-def write_png(image: Any, path: Path) -> None:
-    """Write ``path`` unless it already holds exactly these bytes; atomic, so parallel writers cannot tear it."""
-    data = png_bytes(image)
-    try:
-        if path.stat().st_size == len(data) and path.read_bytes() == data:
-            return
-    except FileNotFoundError:
-        pass
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def image_file_name(scene: Scene) -> str:
     """``train-seed0-000017-n1-224px.png``: everything the image depends on, so a name never holds two images."""
     return f"{scene.split}-seed{scene.seed}-{scene.index:06d}-n{scene.count}-{scene.image_size}px.png"
-
-
-# Tasks ----------------------------------------------------------------------------------------------------------
-
-
-class SyntheticParams(StrictModel):
-    """Params of the ``synthetic-shapes`` dataset: which task, how many examples, from which scenes, written where."""
-
-    task: Literal["captions", "qa", "preference"]  # PT captions, SFT questions, DPO pairs
-    num_examples: int = Field(ge=1)  # one scene (and one image file) per example
-    seed: int = Field(0, ge=0)
-    split: Literal["train", "heldout"] = "train"  # held-out scenes never equal train scenes (see generate_scene)
-    image_size: int = Field(DEFAULT_IMAGE_SIZE, ge=MIN_IMAGE_SIZE, le=MAX_IMAGE_SIZE)  # pixels per side
-    max_shapes: int = Field(3, ge=1, le=len(POSITIONS))  # captions and count questions draw 1..max_shapes shapes
-    question_types: list[QuestionType] | None = None  # qa / preference: asked in turn, index % len; default: all
-    out_dir: str = Field(min_length=1)  # folder for the PNG files (created); relative paths start at the cwd
-
-    @model_validator(mode="after")
-    def _question_types(self) -> SyntheticParams:
-        if self.question_types is not None:
-            if self.task == "captions":
-                raise ValueError("question_types applies to task 'qa' and 'preference', not to 'captions'")
-            if not self.question_types:
-                raise ValueError(f"question_types is empty; leave it out for all of {', '.join(QUESTION_TYPES)}")
-            if len(set(self.question_types)) != len(self.question_types):
-                raise ValueError(f"question_types lists a type twice: {self.question_types}")
-        return self
-
-    def asked(self) -> tuple[str, ...]:
-        """The question types, in the order they take turns."""
-        return tuple(self.question_types) if self.question_types else QUESTION_TYPES
-
-
-@dataclass(frozen=True)
-class SyntheticExample:
-    """One generated example with what produced it: for scoring held-out answers and for inspection."""
-
-    example: dict[
-        str, Any
-    ]  # the SDK's example dict: {"messages", "source"} or {"prompt", "chosen", "rejected", "source"}
-    scene: Scene
-    image_path: str  # absolute
-    question_type: str | None  # None for captions
-    question: str | None  # the user's text (None for captions: the image alone)
-    answer: str  # the assistant's text: the caption, or the right answer (= chosen)
-    rejected: str | None = None  # preference only: the wrong answer
-
-
-def generate_examples(params: SyntheticParams | dict[str, Any]) -> list[SyntheticExample]:
-    """Draw the scenes, write their PNG files into ``out_dir`` and build one example per scene.
-
-    Example ``i`` uses scene ``i`` of (seed, split). ``qa`` and ``preference`` ask question type
-    ``types[i % len(types)]``; colour, shape and position questions are asked about one-shape
-    scenes, count questions about scenes of 1..max_shapes shapes.
-    """
-    if not isinstance(params, SyntheticParams):
-        params = validate(SyntheticParams, params, where=f"{DATASET_NAME}.params")
-    out_dir = Path(os.path.abspath(os.path.expanduser(params.out_dir)))
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(
-            f"{DATASET_NAME}: cannot create out_dir {str(out_dir)!r} for the images ({exc.strerror}); give a "
-            "writable folder."
-        ) from None
-    types = params.asked()
-    return [_example(params, index, types, out_dir) for index in range(params.num_examples)]
-
-
-def _example(params: SyntheticParams, index: int, types: tuple[str, ...], out_dir: Path) -> SyntheticExample:
-    question_type = None if params.task == "captions" else types[index % len(types)]
-    num_shapes = 1 if question_type in SINGLE_SHAPE_QUESTIONS else None
-    image, scene = generate_scene(
-        params.seed, index, params.image_size, params.max_shapes, split=params.split, num_shapes=num_shapes
-    )
-    path = out_dir / image_file_name(scene)
-    write_png(image, path)
-    source = f"{DATASET_NAME}:{params.split}:{index}"
-    image_part = {"type": "image", "path": str(path)}
-    if question_type is None:
-        caption = scene.caption()
-        messages = [_message("user", image_part), _message(ANSWER_ROLE, _text(caption))]
-        example = {"messages": messages, "source": source}
-        return SyntheticExample(example, scene, str(path), None, None, caption)
-    question, answer = QUESTIONS[question_type], scene.answer(question_type)
-    prompt = [_message("user", image_part, _text(question))]
-    if params.task == "qa":
-        example = {"messages": [*prompt, _message(ANSWER_ROLE, _text(answer))], "source": source}
-        return SyntheticExample(example, scene, str(path), question_type, question, answer)
-    rejected = wrong_answer(scene, question_type, params.max_shapes)
-    example = {
-        "prompt": prompt,
-        "chosen": [_message(ANSWER_ROLE, _text(answer))],
-        "rejected": [_message(ANSWER_ROLE, _text(rejected))],
-        "source": source,
-    }
-    return SyntheticExample(example, scene, str(path), question_type, question, answer, rejected)
 
 
 def wrong_answer(scene: Scene, question_type: str, max_shapes: int = 3) -> str:
@@ -462,80 +314,3 @@ def wrong_answer(scene: Scene, question_type: str, max_shapes: int = 3) -> str:
         choices = [_answer(question_type, value) for value in vocabulary]
     rng = _stream(scene.seed, scene.split, scene.index, f"rejected:{question_type}")
     return rng.choice([choice for choice in choices if choice != right])
-
-
-def _message(role: str, *parts: dict[str, Any]) -> dict[str, Any]:
-    return {"role": role, "content": list(parts)}
-
-
-def _text(text: str) -> dict[str, str]:
-    return {"type": "text", "text": text}
-
-
-def build_synthetic_dataset(params: SyntheticParams | dict[str, Any]) -> DataReport:
-    """The ``synthetic-shapes`` dataset factory: :func:`generate_examples` as a :class:`DataReport`.
-
-    ``kind`` is ``"conversation"`` for captions and qa (pt, sft) and ``"preference"`` for
-    preference (dpo); ``files`` is ``[out_dir]``; each example's ``source`` is
-    ``"synthetic-shapes:SPLIT:INDEX"``.
-    """
-    if not isinstance(params, SyntheticParams):
-        params = validate(SyntheticParams, params, where=f"{DATASET_NAME}.params")
-    items = generate_examples(params)
-    kind, record_format = (PREFERENCE, "preference") if params.task == "preference" else (CONVERSATION, "messages")
-    out_dir = os.path.abspath(os.path.expanduser(params.out_dir))
-    return DataReport(
-        examples=[item.example for item in items],
-        skipped=[],
-        kind=kind,
-        files=[out_dir],
-        formats={record_format: len(items)},
-    )
-
-
-build_synthetic_dataset.Params = SyntheticParams  # type: ignore[attr-defined]
-
-
-# Scoring --------------------------------------------------------------------------------------------------------
-
-LEADING_FILLER = frozenset(  # words skipped at the start of an answer before its first content word
-    "a an the it its is this thats there theres are they i see answer shape object colour color in at on".split()
-)
-SYNONYMS = {"centre": "center", **{str(n): word for n, word in enumerate(NUMBER_WORDS)}}
-_SENTENCE_END = re.compile(r"[.!?\n]")
-_WORD = re.compile(r"[a-z0-9]+")
-
-
-def answer_words(text: str) -> list[str]:
-    """The content words of an answer's first sentence, as :func:`score_answer` compares them.
-
-    Lower-cased; apostrophes dropped (``it's`` -> ``its``); only the text before the first
-    ``.``, ``!``, ``?`` or newline (after leading punctuation and spaces); split into runs of
-    letters and digits; ``centre`` -> ``center`` and digits -> number words; then the words of
-    :data:`LEADING_FILLER` are dropped from the start (only from the start).
-    """
-    text = text.lower().replace("\u2019", "").replace("'", "").lstrip(' \t\r\n.,;:!?-"')
-    first_sentence = _SENTENCE_END.split(text, maxsplit=1)[0]
-    words = [SYNONYMS.get(word, word) for word in _WORD.findall(first_sentence)]
-    start = 0
-    while start < len(words) and words[start] in LEADING_FILLER:
-        start += 1
-    return words[start:]
-
-
-def score_answer(question_type: str, generated_text: str, expected_text: str) -> bool:
-    """Whether a generated answer is right: its first content words are the expected answer's content words.
-
-    Both texts go through :func:`answer_words`. The answer is right when the generated words
-    *start with* all of the expected words, in order: for "Red." ``"Red."``, ``"red"``,
-    ``"It is red."``, ``"The shape is red!"``, ``"Red circle."`` and ``"Red. Or blue."``
-    are right; ``"Dark red."``, ``"I think red"``, ``"Blue."`` and ``""`` are wrong. For
-    "Top left." ``"In the top left."`` is right and ``"Top."`` or ``"Left top."`` wrong; for
-    "Three." ``"3"`` and ``"There are three shapes."`` are right. ``question_type`` must be
-    one of :data:`QUESTION_TYPES` (the rule is the same for all).
-    """
-    _check_question_type(question_type)
-    expected = answer_words(expected_text)
-    if not expected:
-        raise InputError(f"The expected answer {expected_text!r} has no content word to compare with.")
-    return answer_words(generated_text)[: len(expected)] == expected

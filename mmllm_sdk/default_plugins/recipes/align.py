@@ -13,65 +13,49 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 
+from mmllm_sdk.data.examples import Conversation, MediaPart, Message, OutputPart, TextPart
 from mmllm_sdk.data.feature_cache import FeatureCache
+from mmllm_sdk.data.messages import ANSWER_ROLE
 from mmllm_sdk.errors import InputError
-from mmllm_sdk.model.modeling import find_signal_runs
+from mmllm_sdk.model.heads import EmbeddingHead
+from mmllm_sdk.registry import get_registry
 from mmllm_sdk.training.trainer import MMTrainer
 
 if TYPE_CHECKING:
     from mmllm_sdk.model.modeling import MMLLM
 
-CAPTION_KEYS = ("caption", "text")  # where an output part of an assistant turn says what it shows
 
-
-def caption_pair(example: Mapping[str, Any], outputs: Sequence[str]) -> tuple[str, str, Any]:
+def caption_pair(example: Any, outputs: Sequence[str]) -> tuple[str, str, Any]:
     """(output modality, caption, the item's source or None) of one caption example.
 
     Either a caption record as read for PT (a user turn holding an item of an output modality,
     the assistant turn its caption: ``{"image": "a.png", "text": "…"}``), or a conversation whose
-    assistant turn holds an output part with a ``caption`` (``{"type": "image", "caption": "…"}``).
+    assistant turn holds an output part with a caption (``{"type": "image", "caption": "…"}``).
+    ``example`` is a :class:`Conversation` (or a dict in the message format, parsed first).
     """
-    messages = example.get("messages", [])
-    answers = [m for m in messages if m.get("role") == "assistant"]
-    for answer in answers:
-        for part in _parts(answer.get("content")):
-            if part.get("type") in outputs:
-                caption = next(
-                    (part[k] for k in CAPTION_KEYS if isinstance(part.get(k), str) and part[k].strip()), None
-                )
-                if caption is not None:
-                    return part["type"], caption.strip(), part.get("path")
-    for message in messages:
-        if message.get("role") != "user":
-            continue
-        for part in _parts(message.get("content")):
-            if part.get("type") in outputs and answers:
-                caption = _text(answers[-1].get("content"))
-                if caption:
-                    return part["type"], caption, part.get("path")
-    source = example.get("source", "an example")
+    from mmllm_sdk.data.formats import as_example
+
+    example = as_example(example)
+    messages = example.messages if isinstance(example, Conversation) else ()
+    answers = [m for m in messages if m.role == ANSWER_ROLE]
+    for part in (part for answer in answers for part in answer.parts):
+        if isinstance(part, OutputPart) and part.modality in outputs and part.caption and part.caption.strip():
+            return part.modality, part.caption.strip(), part.source
+    for part in (part for message in messages if message.role == "user" for part in message.parts):
+        if isinstance(part, MediaPart) and part.modality in outputs and answers and answers[-1].text():
+            return part.modality, answers[-1].text(), part.source
     raise InputError(
-        f"{source}: align-output needs a caption of an output modality ({', '.join(outputs)}): a caption record "
-        '({"image": "a.png", "text": "a caption"}) or an assistant part {"type": "image", "caption": "…"}; this '
-        "example has neither."
+        f"{example.source or 'an example'}: align-output needs a caption of an output modality "
+        f'({", ".join(outputs)}): a caption record ({{"image": "a.png", "text": "a caption"}}) or an assistant part '
+        '{"type": "image", "caption": "…"}; this example has neither.'
     )
-
-
-def _parts(content: Any) -> list[Mapping[str, Any]]:
-    return [part for part in content if isinstance(part, Mapping)] if isinstance(content, list) else []
-
-
-def _text(content: Any) -> str:
-    if isinstance(content, str):
-        return content.strip()
-    return " ".join(str(p.get("text", "")) for p in _parts(content) if p.get("type") == "text").strip()
 
 
 @dataclass
@@ -81,13 +65,12 @@ class AlignCollator:
     model: MMLLM
     max_length: int | None
 
-    def __call__(self, examples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    def __call__(self, examples: Sequence[Any]) -> dict[str, Any]:
         pairs = [caption_pair(example, list(self.model.output_projectors)) for example in examples]
         conversations = [
-            [
-                {"role": "user", "content": caption},
-                {"role": "assistant", "content": [{"type": modality, "caption": caption}]},
-            ]
+            Conversation(
+                (Message("user", (TextPart(caption),)), Message(ANSWER_ROLE, (OutputPart(modality, caption),)))
+            )
             for modality, caption, _ in pairs
         ]
         batch = self.model.processor(conversations, max_length=self.max_length)
@@ -114,14 +97,14 @@ class AlignOutputTrainer(MMTrainer):
         self.lm_weight = lm_weight
         self.denoising_weight = denoising_weight
         model: MMLLM = self.model
-        if not model.output_projectors:
+        if not any(isinstance(head, EmbeddingHead) for head in model.output_heads.values()):
             raise InputError(
                 "align-output trains output projectors, and this model has none; add outputs.<modality> (signal "
                 "tokens, an output projector and a generator) to the model spec."
             )
-        upstream_trains = any(p.requires_grad for p in model.llm.parameters())
-        self.state_cache = None if upstream_trains or state_cache_dir is None else FeatureCache(state_cache_dir)
-        self.state_fingerprints = {m: signal_state_fingerprint(model, m) for m in model.signal_ids}
+        fixed = state_cache_dir is not None and model.signal_states_fixed
+        self.state_cache = FeatureCache(state_cache_dir) if fixed else None
+        self.state_fingerprints = {m: model.signal_state_identity(m) for m in model.output_heads}
         self.targets: dict[tuple[str, str], torch.Tensor] = {}  # (modality, caption) -> the generator's conditioning
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -137,9 +120,7 @@ class AlignOutputTrainer(MMTrainer):
         states = self.signal_states(model, inputs, modalities)  # modality -> (rows, (n, k, D))
         losses, count = [], 0
         for modality, (rows, signal) in states.items():
-            projector = model.output_projectors[modality]
-            weight = next(projector.parameters())
-            predicted = projector(signal.to(weight.device, weight.dtype))  # (n, num_tokens, dim)
+            predicted = model.project_signals(modality, signal)  # (n, num_tokens, dim)
             target = self.condition_targets(model, modality, [captions[r] for r in rows]).to(predicted)
             loss = F.mse_loss(predicted.float(), target.float(), reduction="mean")
             if self.denoising_weight:
@@ -161,17 +142,24 @@ class AlignOutputTrainer(MMTrainer):
         found: list[torch.Tensor | None] = [None] * len(modalities)
         if self.state_cache is not None:
             for row, (modality, key) in enumerate(zip(modalities, keys, strict=True)):
-                shape = (len(model.signal_ids[modality]), model.llm.hidden_size)
+                shape = (len(model.output_heads[modality].signal_ids), model.llm.hidden_size)
                 found[row] = self.state_cache.get(key, shape=shape)
         missing = [row for row, states in enumerate(found) if states is None]
         if missing:
-            ids, attention = input_ids[missing].to(model.device), mask[missing].to(model.device)
-            hidden = model.signal_states(ids, model.embed_inputs(ids, {}), attention)  # (n, T, D)
-            for position, row in enumerate(missing):
-                signal = signal_positions(input_ids[row], model.signal_ids[modalities[row]])
-                found[row] = hidden[position, signal]  # (k, D)
-                if self.state_cache is not None:
-                    self.state_cache.put(keys[row], found[row].detach().float().cpu())
+            computed = model.signal_states(input_ids[missing].to(model.device), mask[missing].to(model.device))
+            for modality, (runs, states) in computed.items():
+                for (position, _), signal in zip(runs, states, strict=True):
+                    row = missing[position]
+                    if modalities[row] == modality and found[row] is None:  # the row's first run of its modality
+                        found[row] = signal  # (k, D)
+                        if self.state_cache is not None:
+                            self.state_cache.put(keys[row], signal.detach().float().cpu())
+        lost = [row for row, states in enumerate(found) if states is None]
+        if lost:
+            raise InputError(
+                f"Batch row {lost[0]} has no complete run of the {modalities[lost[0]]} signal tokens; build "
+                "align batches with AlignCollator."
+            )
         grouped: dict[str, tuple[list[int], torch.Tensor]] = {}
         for modality in dict.fromkeys(modalities):
             rows = [row for row, m in enumerate(modalities) if m == modality]
@@ -180,8 +168,6 @@ class AlignOutputTrainer(MMTrainer):
 
     def items(self, modality: str, sources: list[Any], captions: list[str]) -> list[Any]:
         """The items the captions describe, loaded through the modality (the denoising loss needs them)."""
-        from mmllm_sdk.registry import get_registry
-
         missing = [caption for caption, source in zip(captions, sources, strict=True) if source is None]
         if missing:
             raise InputError(
@@ -193,9 +179,8 @@ class AlignOutputTrainer(MMTrainer):
 
     @staticmethod
     def denoising(model: MMLLM, modality: str, conditioning: torch.Tensor, items: list[Any]) -> torch.Tensor:
-        generator = model.generators[modality]
         try:
-            return generator.denoising_loss(conditioning, items)
+            return model.output_heads[modality].generator.denoising_loss(conditioning, items)
         except NotImplementedError as exc:
             raise InputError(
                 f"align-output: the {modality} generator {model.spec.outputs[modality].generator.name!r} has no "
@@ -207,7 +192,7 @@ class AlignOutputTrainer(MMTrainer):
         todo = [c for c in dict.fromkeys(captions) if (modality, c) not in self.targets]
         if todo:
             with torch.no_grad():
-                computed = model.generators[modality].condition_targets(todo)  # (n, num_tokens, dim)
+                computed = model.output_heads[modality].generator.condition_targets(todo)  # (n, num_tokens, dim)
             for caption, target in zip(todo, computed, strict=True):
                 self.targets[(modality, caption)] = target.detach().float().cpu()
         return torch.stack([self.targets[(modality, c)] for c in captions])
@@ -216,32 +201,3 @@ class AlignOutputTrainer(MMTrainer):
         tokens = input_ids[mask.bool()].tolist()
         digest = hashlib.sha256(json.dumps([modality, tokens]).encode()).hexdigest()
         return f"{self.state_fingerprints[modality]}-{digest}"
-
-
-def signal_positions(input_ids: torch.Tensor, signal_ids: list[int]) -> torch.Tensor:
-    """The k positions of the first complete run of ``signal_ids`` in one row of ``input_ids``."""
-    k = len(signal_ids)
-    starts = find_signal_runs(input_ids.tolist(), signal_ids)
-    if starts:
-        return torch.arange(starts[0], starts[0] + k)
-    raise InputError(
-        f"A batch row has no complete run of the {k} signal tokens; build align batches with AlignCollator."
-    )
-
-
-def signal_state_fingerprint(model: MMLLM, modality: str) -> str:
-    """What the signal states of ``modality`` depend on: the LLM (spec, seed, reference), the trained tensors
-    inside it (signal rows, adapters of earlier stages) and the signal tokens."""
-    inside = {
-        name: hashlib.sha256(tensor.detach().float().cpu().numpy().tobytes()).hexdigest()
-        for name, tensor in sorted(model.llm.named_parameters())
-        if "signal_rows" in name or f"llm.{name}" in model.carried_parameters
-    }
-    identity = {
-        "llm": model.spec.llm.model_dump(mode="json"),
-        "seed": model.spec.seed,
-        "reference": model.llm.reference(),
-        "signal_tokens": model.signal_tokens[modality],
-        "trained": inside,
-    }
-    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()

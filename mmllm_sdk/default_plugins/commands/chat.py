@@ -1,0 +1,101 @@
+"""``mmllm chat``: ask a checkpoint (or a model built from a spec) about some inputs, once or line by line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from mmllm_sdk.errors import MMLLMError
+from mmllm_sdk.hookspecs import hookimpl
+
+
+@hookimpl
+def register_commands(cli):
+    chat = cli.command(
+        "chat",
+        run_chat,
+        help="ask a model a question about some inputs",
+        description="Load a checkpoint folder (or build a model from a spec) and answer a question. "
+        "Without a question, read questions from standard input, one per line.",
+    )
+    chat.add_argument(
+        "model", metavar="CKPT_OR_SPEC", help="a checkpoint folder (with mmllm.json) or a YAML model spec"
+    )
+    chat.add_argument("question", nargs="?", help="the question; omit it for an interactive session")
+    chat.add_argument(
+        "--input",
+        action="append",
+        default=[],
+        metavar="MODALITY=PATH",
+        help="attach an input to the first question, e.g. --input image=cat.png (repeatable)",
+    )
+    chat.add_argument("--system", help="a system prompt")
+    chat.add_argument("--max-new-tokens", type=int, default=128, help="the most tokens to generate (default 128)")
+    chat.add_argument("--sample", action="store_true", help="sample instead of greedy decoding")
+    chat.add_argument("--temperature", type=float, default=0.7, help="sampling temperature with --sample (default 0.7)")
+    chat.add_argument(
+        "--output-dir",
+        default="mmllm-outputs",
+        help="where an any-to-any model's generated images and audio are saved (default ./mmllm-outputs)",
+    )
+
+
+def load_any(path: str) -> Any:
+    """A model from a checkpoint folder or a spec file."""
+    import mmllm_sdk
+    from mmllm_sdk.model.checkpoint import MANIFEST
+
+    if (Path(path) / MANIFEST).is_file():
+        return mmllm_sdk.MMLLM.from_pretrained(path)
+    if Path(path).is_dir():
+        raise MMLLMError(f"{path!r} is a folder without {MANIFEST}; pass an SDK checkpoint folder or a YAML spec.")
+    return mmllm_sdk.build_model(mmllm_sdk.load_spec(path))
+
+
+def parse_inputs(values: list[str]) -> list[dict[str, str]]:
+    """``["image=cat.png"]`` as content parts: ``[{"type": "image", "path": "cat.png"}]``."""
+    parts = []
+    for value in values:
+        modality, sep, path = value.partition("=")
+        if not sep or not modality or not path:
+            raise MMLLMError(f"--input {value!r} must look like MODALITY=PATH, for example --input image=cat.png.")
+        parts.append({"type": modality, "path": path})
+    return parts
+
+
+def run_chat(args: argparse.Namespace) -> int:
+    parts = parse_inputs(args.input)
+    model = load_any(args.model)
+    model.eval()
+    generation = {"max_new_tokens": args.max_new_tokens, "do_sample": args.sample}
+    if args.sample:
+        generation["temperature"] = args.temperature
+    messages: list[dict[str, Any]] = [{"role": "system", "content": args.system}] if args.system else []
+
+    turn = 0
+
+    def ask(question: str) -> str:
+        nonlocal parts, turn
+        messages.append({"role": "user", "content": [*parts, {"type": "text", "text": question}]})
+        parts = []
+        output_dir = Path(args.output_dir) / f"turn-{turn}" if model.signal_ids else None
+        response = model.generate(messages, output_dir=output_dir, **generation)
+        turn += 1
+        messages.append({"role": "assistant", "content": response.text})
+        saved = [f"[{modality}: {path}]" for modality, paths in response.files.items() for path in paths]
+        return "\n".join([response.text, *saved]) if saved else response.text
+
+    if args.question:
+        print(ask(args.question))
+        return 0
+    interactive = sys.stdin.isatty()
+    while True:
+        if interactive:
+            print("> ", end="", flush=True)
+        line = sys.stdin.readline()
+        if not line or line.strip() in ("exit", "quit"):
+            return 0
+        if line.strip():
+            print(ask(line.strip()), flush=True)

@@ -1,0 +1,67 @@
+"""Built-in training recipes: pt, sft, dpo and align-output, registered as a third-party recipe would be.
+
+Each is a :class:`~mmllm_sdk.training.recipes.Recipe`; the Trainer subclasses of dpo and
+align-output (``dpo.py``, ``align.py``) are imported only when a run uses them.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from mmllm_sdk.hookspecs import hookimpl
+from mmllm_sdk.training.recipes import Recipe
+from mmllm_sdk.validation import StrictModel
+
+
+class AlignOptions(StrictModel):
+    """Options of ``align-output``."""
+
+    lm_weight: float = Field(0.0, ge=0)  # adds this times the LM loss on the signal tokens (teaches emitting them)
+    # adds this times the generator's own denoising loss on each caption's item (caption records with files)
+    denoising_weight: float = Field(0.0, ge=0)
+
+
+class DPOOptions(StrictModel):
+    beta: float = Field(0.1, gt=0)  # strength of the KL constraint to the reference policy (the DPO paper's β)
+
+
+PT = Recipe(
+    description="Multimodal pre-training: X-text pairs, caption loss, trains the input projectors.",
+    kind="conversation",
+    default_trainable=("inputs.*.projector",),
+)
+SFT = Recipe(
+    description="Instruction tuning: conversations, loss on assistant turns, projectors plus PEFT adapters "
+    "(and, for any-to-any models, the signal tokens' rows, so that the LLM learns when to emit them).",
+    kind="conversation",
+    default_trainable=("inputs.*.projector", "outputs.*.signal_tokens"),  # adapters train whenever `peft:` is set
+)
+DPO = Recipe(
+    description="Preference tuning with DPO: trains the adapters; the reference policy is the model as DPO starts.",
+    kind="preference",
+    default_trainable=(),
+    trainer="mmllm_sdk.default_plugins.recipes.dpo:DPOTrainer",
+    options=DPOOptions,
+    train_on="last_assistant",
+    requires_peft=True,
+)
+
+
+ALIGN_OUTPUT = Recipe(
+    description="Decoding-side alignment (NExT-GPT): captions -> signal states -> output projector, L2 to the "
+    "generator's own conditioning; trains the output projectors and the signal tokens' rows.",
+    kind="conversation",
+    default_trainable=("outputs.*.output_projector", "outputs.*.signal_tokens"),
+    trainer="mmllm_sdk.default_plugins.recipes.align:AlignOutputTrainer",
+    collator_class="mmllm_sdk.default_plugins.recipes.align:AlignCollator",
+    caches_signal_states=True,
+    options=AlignOptions,
+)
+
+
+@hookimpl
+def register_recipes(register):
+    register("pt", PT)
+    register("sft", SFT)
+    register("dpo", DPO)
+    register("align-output", ALIGN_OUTPUT)
