@@ -17,6 +17,7 @@ from mmllm_sdk.components.modality import DIRECTORY, ModalitySpec
 from mmllm_sdk.data.examples import Conversation, Example, Message, PreferencePair, TextPart
 from mmllm_sdk.data.messages import ANSWER_ROLE, MessageParser, RecordError, json_type
 from mmllm_sdk.errors import DataError, InputError
+from mmllm_sdk.files import atomic_write
 
 CONVERSATION, PREFERENCE = "conversation", "preference"  # the kinds of example a data source returns
 RECORD_SHAPES = {  # the record formats of a data source's example dicts
@@ -69,7 +70,7 @@ class DataReport:
         """:meth:`to_dict` as JSON text, also written to ``path`` when given (e.g. next to a training run)."""
         text = json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n"
         if path is not None:
-            Path(path).write_text(text, encoding="utf-8")
+            atomic_write(path, text)
         return text
 
 
