@@ -22,13 +22,19 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 def main(argv: list[str] | None = None) -> int:
     """``mmllm ARGV``: parse, run the command, and turn SDK errors into one ``Error: …`` line (exit status 2)."""
     try:
-        parser = build_parser()
+        parser, _, commands = _collect()
+        argv = sys.argv[1:] if argv is None else list(argv)
         args, extra = parser.parse_known_args(argv)
         command = getattr(args, "command", None)
-        if extra and command == "chat" and args.question is None and not extra[0].startswith("-"):
-            # argparse stops filling positionals at the first option: `chat CKPT --input x=y "question"`
-            args.question, extra = extra[0], extra[1:]
-        if extra:
+        if extra and command:
+            # argparse stops filling positionals at the first option (`chat CKPT --input x=y "question"`): the
+            # command's own parser reads its arguments again, options and positionals in any order
+            own, rest = commands.choices[command], argv[argv.index(command) + 1 :]
+            try:
+                args = own.parse_intermixed_args(rest, argparse.Namespace(command=command))
+            except TypeError:  # a command with sub-commands of its own: argparse cannot intermix there
+                own.error(f"unrecognized arguments: {' '.join(extra)}")
+        elif extra:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         if not command:
             parser.print_help()
@@ -90,12 +96,12 @@ class _Parser(argparse.ArgumentParser):
         return super().format_help()
 
 
-def _collect() -> tuple[argparse.ArgumentParser, dict[str, str]]:
+def _collect() -> tuple[argparse.ArgumentParser, dict[str, str], Any]:
     parser = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     owners: dict[str, str] = {}
     call_register_hook("register_commands", lambda plugin: CommandLine(commands, owners, plugin))
-    return parser, owners
+    return parser, owners, commands
 
 
 def build_parser() -> argparse.ArgumentParser:

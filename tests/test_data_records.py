@@ -7,6 +7,7 @@ import json
 import re
 
 import pytest
+from test_data_formats import assistant, text, user, write_jsonl
 
 from mmllm_sdk.default_plugins.datasets.files import Params, build_files_dataset, read_examples
 from mmllm_sdk.default_plugins.modalities import IMAGE
@@ -14,23 +15,6 @@ from mmllm_sdk.errors import DataError, SpecError, UnknownComponentError
 from mmllm_sdk.registry import get_registry
 
 GOOD = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello."}]}
-
-
-def write_jsonl(path, *records):
-    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
-    return path
-
-
-def text(value):
-    return {"type": "text", "text": value}
-
-
-def user(*parts):
-    return {"role": "user", "content": list(parts)}
-
-
-def assistant(value):
-    return {"role": "assistant", "content": [text(value)]}
 
 
 @pytest.fixture

@@ -2,33 +2,17 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import save_file
 
 open_clip = pytest.importorskip("open_clip")  # the `vision` extra: timm, open_clip and torchvision
 
+from test_vision_extra_encoders import CLIP, images, seed  # noqa: E402, F401 (seed: autouse)
+
 from mmllm_sdk.components.hf import content_hash, skeleton_mode  # noqa: E402
 from mmllm_sdk.default_plugins.encoders.open_clip_vision import OpenClipVisionEncoder  # noqa: E402
 from mmllm_sdk.errors import SpecError  # noqa: E402
-
-CLIP = {"model_name": "ViT-S-32-alt", "image_size": 64}  # open_clip's smallest ViT: 2 x 2 patches of 32 pixels
-
-
-@pytest.fixture(autouse=True)
-def seed():
-    torch.manual_seed(0)
-
-
-def images() -> list[Image.Image]:
-    """Two images of different sizes, one of them greyscale."""
-    rng = np.random.default_rng(0)
-    return [
-        Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)),
-        Image.fromarray(rng.integers(0, 256, (70, 30), dtype=np.uint8)),
-    ]
 
 
 @pytest.mark.parametrize(("features", "expected"), [("spatial", (4, 384)), ("pooled", (1, 256))])
