@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 __version__ = "0.1.0"
@@ -23,7 +24,5 @@ __all__ = ["__version__", *_EXPORTS]
 def __getattr__(name: str) -> Any:
     # Imported on first use, so that `mmllm --help` does not pay for torch and transformers.
     if name in _EXPORTS:
-        import importlib
-
         return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'mmllm_sdk' has no attribute {name!r}")

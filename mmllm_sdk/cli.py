@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from mmllm_sdk.errors import DuplicateComponentError, MMLLMError, PluginError
-from mmllm_sdk.plugins import LOAD_ENV, call_register_hook
+from mmllm_sdk.plugins import LOAD_ENV, call_register_hook, pm
 
 PROG = "mmllm"
 DESCRIPTION = "Build, inspect, chat with and export multimodal LLMs made of plugins."
@@ -20,10 +20,13 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``mmllm ARGV``: parse, run the command, and turn SDK errors into one ``Error: …`` line (exit status 2)."""
+    """``mmllm ARGV``: parse and run the command. An SDK error prints its message (``Error: …``, status 2), any other
+    exception one paragraph naming the plugin or module it came from (status 1); ``--debug`` shows the traceback."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv or bool(os.environ.get("MMLLM_DEBUG"))
+    argv, command = [arg for arg in argv if arg != "--debug"], None
     try:
         parser, _, commands = _collect()
-        argv = sys.argv[1:] if argv is None else list(argv)
         args, extra = parser.parse_known_args(argv)
         command = getattr(args, "command", None)
         if extra and command:
@@ -40,14 +43,38 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help()
             return 2
         return args.run(args) or 0
-    except MMLLMError as exc:
-        print(f"Error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # `mmllm plugins | head`: the reader left; say nothing more
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
         return 141
+    except Exception as exc:
+        if debug:
+            raise
+        if isinstance(exc, MMLLMError):
+            print(f"Error: {exc}", file=sys.stderr)
+            return 2
+        print(f"Error: {_unexpected(exc, command)}", file=sys.stderr)
+        return 1
+
+
+def _unexpected(exc: Exception, command: str | None) -> str:
+    """One paragraph for an exception no check turned into an SDK error: where it was raised (the innermost frame of
+    a plugin, else of any module), what it says, and how to see more."""
+    owners = {getattr(plugin, "__name__", None): name for name, plugin in pm.list_name_plugin()}
+    where, plugin, tb = "", "", exc.__traceback__
+    while tb is not None:  # from the outermost frame in
+        module = tb.tb_frame.f_globals.get("__name__", "?")
+        where = f"{module}, line {tb.tb_lineno}"
+        owner = next((name for prefix, name in owners.items() if prefix and f"{module}.".startswith(f"{prefix}.")), "")
+        plugin = f"plugin {owner!r}" if owner else plugin
+        tb = tb.tb_next
+    where = f"{plugin} ({where})" if owner else f"{where}, called by {plugin}" if plugin else where
+    return (
+        f"`mmllm {command or ''}` stopped on an unexpected {type(exc).__name__} in {where}: {exc}. The SDK did not "
+        "expect this input there: check the files and options you passed; if they look right, this is a bug of the "
+        "code named. Run again with --debug to see the traceback, and report it with that."
+    )
 
 
 class CommandLine:
@@ -71,7 +98,7 @@ class CommandLine:
         (status 2). ``help``: the line of ``mmllm --help``; ``description``: the paragraph of ``mmllm NAME --help``
         (a function returning it is called only when the help is shown)."""
         where = f"Plugin {self.plugin!r} called cli.command() in register_commands"
-        if not isinstance(name, str) or not _NAME.match(name):
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
             raise PluginError(f"{where} with the name {name!r}; use lower case letters, digits, '-' and '_'.")
         if not callable(run):
             raise PluginError(f"{where} for {name!r} with a run that is not callable: {run!r}.")
@@ -98,6 +125,7 @@ class _Parser(argparse.ArgumentParser):
 
 def _collect() -> tuple[argparse.ArgumentParser, dict[str, str], Any]:
     parser = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (anywhere on the line)")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     owners: dict[str, str] = {}
     call_register_hook("register_commands", lambda plugin: CommandLine(commands, owners, plugin))

@@ -1,5 +1,4 @@
-"""Weight dtypes by name, and ``auto`` (frozen components' default): bfloat16 where the hardware computes it natively,
-else float32."""
+"""Weight dtypes by name, and ``auto`` (frozen components' default): bfloat16 where computed natively, else float32."""
 
 from __future__ import annotations
 

@@ -50,5 +50,9 @@ class MissingPluginError(CheckpointError):
     """A checkpoint needs components from plugins that are not installed."""
 
 
+class TrainingError(MMLLMError):
+    """Training cannot go on: a loss or gradient is not finite, or the output folder holds something to keep."""
+
+
 class ExportError(MMLLMError):
     """A model cannot be written in the requested foreign format."""

@@ -5,13 +5,22 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import http.client
 import importlib.util
+import json
 import os
 import shutil
+import socket
 import stat
 import tempfile
+import threading
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
+
+MAX_DEPTH = 64  # how deep lists and mappings may nest in a YAML or JSON file the SDK reads
+MAX_NODES = 1_000_000  # how many values such a file may hold, YAML aliases expanded
 
 
 def cache_root() -> Path:
@@ -112,3 +121,112 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
                 hasher.update(block)
         digest = _DIGESTS[memo] = hasher.hexdigest()
     return digest
+
+
+def read_bytes(path: str | os.PathLike[str], what: str, *, limit: int, error: type[Exception] = OSError) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes, or ``error`` naming ``what`` ("The spec file") and the
+    path. Opened without blocking, then checked: a FIFO, a device (``/dev/zero``) or a folder is refused, never read."""
+    shown = f"{what} {os.fspath(path)!r}"
+    try:
+        handle = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as exc:
+        raise error(f"{shown} cannot be opened: {exc.strerror or exc}.") from None
+    mode = os.fstat(handle).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(handle)
+        kind = "folder" if stat.S_ISDIR(mode) else "FIFO" if stat.S_ISFIFO(mode) else "device or socket"
+        raise error(f"{shown} is a {kind}, not a regular file; pass a file.")
+    with os.fdopen(handle, "rb") as stream:
+        data = stream.read(limit + 1)
+    if len(data) > limit:
+        raise error(f"{shown} is over the limit of {limit:,} bytes; pass a smaller file.")
+    return data
+
+
+def read_text(path: str | os.PathLike[str], what: str, *, limit: int, error: type[Exception] = OSError) -> str:
+    """:func:`read_bytes` decoded as UTF-8; bytes that are not UTF-8 are ``error`` naming the file and the offset."""
+    data = read_bytes(path, what, limit=limit, error=error)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise error(
+            f"{what} {os.fspath(path)!r} is not UTF-8 text (byte {exc.start} is {data[exc.start : exc.start + 1]!r}); "
+            "save it as UTF-8."
+        ) from None
+
+
+def check_depth(data: object, what: str, *, limit: int = MAX_DEPTH, error: type[Exception] = ValueError) -> None:
+    """``error`` when lists and mappings in ``data`` nest deeper than ``limit``, or hold more than :data:`MAX_NODES`
+    values once YAML aliases are expanded (an alias bomb stops here, after at most that many steps)."""
+    stack, seen = [(data, 1)], 0
+    while stack:
+        value, depth = stack.pop()
+        seen += 1
+        if seen > MAX_NODES:
+            raise error(f"{what} holds more than {MAX_NODES:,} values once its aliases are expanded; split it.")
+        if isinstance(value, (dict, list)):
+            if depth > limit:
+                raise error(f"{what} nests lists and mappings more than {limit} levels deep; flatten it.")
+            stack.extend((item, depth + 1) for item in (value.values() if isinstance(value, dict) else value))
+
+
+def load_json(text: str | bytes, what: str, *, error: type[Exception] = ValueError) -> object:
+    """Parsed JSON whose nesting is bounded (:data:`MAX_DEPTH`), or ``error`` naming ``what`` and the problem."""
+    try:
+        data = json.loads(text)
+    except RecursionError:
+        raise error(f"{what} nests lists and mappings more than {MAX_DEPTH} levels deep; flatten it.") from None
+    except ValueError as exc:  # not JSON, not UTF-8, or a number of more digits than Python converts
+        raise error(f"{what} is not valid JSON ({exc}).") from None
+    check_depth(data, what, error=error)
+    return data
+
+
+def read_url(url: str, what: str, *, limit: int, deadline: float, error: type[Exception] = OSError) -> bytes:
+    """The body of an ``http(s)`` URL, read within ``deadline`` seconds in all (connecting, headers, redirects and
+    body) and at most ``limit`` bytes: a server that drips bytes or never ends is cut off with ``error`` naming
+    ``what`` and the URL. A timer shuts the connections down at the deadline, wherever the read is."""
+    sockets, expired = [], threading.Event()
+
+    def recorded(base: type[http.client.HTTPConnection]) -> Any:
+        class Connection(base):  # type: ignore[valid-type, misc]
+            def connect(self) -> None:
+                super().connect()
+                sockets.append(self.sock)
+
+        return Connection
+
+    class Handler(urllib.request.HTTPHandler, urllib.request.HTTPSHandler):
+        def http_open(self, request: Any) -> Any:
+            return self.do_open(recorded(http.client.HTTPConnection), request)
+
+        def https_open(self, request: Any) -> Any:
+            return self.do_open(recorded(http.client.HTTPSConnection), request, context=self._context)
+
+    def cut() -> None:
+        expired.set()
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    shown, timer, chunks, size = f"{what} {url!r}", threading.Timer(deadline, cut), [], 0
+    timer.start()
+    try:
+        with urllib.request.build_opener(Handler).open(url, timeout=deadline) as response:
+            length = response.headers.get("Content-Length", "")
+            declared = int(length) if length.isdigit() else 0  # refused at once when it promises too much
+            while declared <= limit and size <= limit and (chunk := response.read1(1 << 16)):
+                chunks.append(chunk)
+                size += len(chunk)
+            if size > limit or declared > limit:
+                raise error(f"{shown} is over the limit of {limit:,} bytes; download it and pass a file.")
+    except (OSError, ValueError, http.client.HTTPException) as exc:
+        if isinstance(exc, error) and not expired.is_set():
+            raise
+        if not expired.is_set():
+            raise error(f"{shown} could not be downloaded ({exc}); check it, or download it and pass a file.") from exc
+    finally:
+        timer.cancel()
+    if expired.is_set():
+        raise error(f"{shown} took over {deadline:g} s to download; download it and pass a file.")
+    return b"".join(chunks)

@@ -163,13 +163,14 @@ def plugin_info(name: str) -> PluginInfo:
 
 def call_register_hook(hook_name: str, make_callback: Callable[[str], Any]) -> None:
     """Call one ``register_*`` hook plugin by plugin, each with its own ``make_callback(plugin_name)`` (``register``,
-    or ``cli``), so that what a plugin registers is attributed to it; an exception inside it becomes a PluginError."""
+    or ``cli``), so that what a plugin registers is attributed to it; an exception inside it, or a returned value
+    (which would be silently lost), becomes a PluginError."""
     load_plugins()
     hook = getattr(pm.hook, hook_name)
     (argument,) = hook.spec.argnames
     for impl in hook.get_hookimpls():  # registration order: built-ins first, then installed plugins
         try:
-            impl.function(**{argument: make_callback(impl.plugin_name)})
+            returned = impl.function(**{argument: make_callback(impl.plugin_name)})
         except MMLLMError:
             raise
         except Exception as exc:
@@ -177,3 +178,9 @@ def call_register_hook(hook_name: str, make_callback: Callable[[str], Any]) -> N
                 f"Plugin {impl.plugin_name!r} raised {type(exc).__name__} in hook {hook_name}: {exc}. "
                 f"Upgrade or fix the plugin, or leave it out with {LOAD_ENV}."
             ) from exc
+        if returned is not None:
+            call = "cli.command(...)" if argument == "cli" else f"{argument}(...) for each one"
+            raise PluginError(
+                f"Plugin {impl.plugin_name!r} returned a {type(returned).__name__} from hook {hook_name}, "
+                f"which takes nothing back: call {call} instead of returning it."
+            )

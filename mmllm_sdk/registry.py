@@ -198,13 +198,6 @@ class Registry:
     def entries(self, kind: str) -> list[Registration]:
         return list(self._entries[kind].values())
 
-    def by_plugin(self) -> dict[str, list[Registration]]:
-        grouped: dict[str, list[Registration]] = {name: [] for name in plugins.plugin_names()}
-        for kind in KINDS:
-            for entry in self._entries[kind].values():
-                grouped.setdefault(entry.plugin, []).append(entry)
-        return grouped
-
 
 _cache: tuple[tuple[int, tuple[str, ...]], Registry] | None = None
 

@@ -11,6 +11,7 @@ import yaml
 from pydantic import Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
 from mmllm_sdk.errors import SpecError
+from mmllm_sdk.files import MAX_DEPTH, check_depth, read_text
 from mmllm_sdk.registry import Registry, get_registry
 from mmllm_sdk.validation import StrictModel, validate
 
@@ -158,21 +159,25 @@ SpecLoader.add_implicit_resolver(
     re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
     list("-+0123456789."),
 )
+MAX_YAML_BYTES = 16 << 20  # a spec or recipe file is text a person writes: 16 MB is far more than any needs
 
 
 def read_yaml_mapping(path: str | os.PathLike[str], what: str, keys: str) -> dict[str, Any]:
-    """A YAML file that must hold a mapping (``keys`` says which), with ``./`` paths made absolute."""
-    path = Path(path)
-    if not path.is_file():
-        raise SpecError(f"The {what} file {str(path)!r} does not exist; pass the path of a YAML {what}.")
+    """A YAML file that must hold a mapping (``keys`` says which), with ``./`` paths made absolute. Only a regular
+    UTF-8 file of at most 16 MB is read; nesting and alias expansion are bounded (``files.check_depth``)."""
+    path, shown = Path(path), f"The {what} file {str(path)!r}"
+    if not path.exists():
+        raise SpecError(f"{shown} does not exist; pass the path of a YAML {what}.")
+    text = read_text(path, f"The {what} file", limit=MAX_YAML_BYTES, error=SpecError)
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=SpecLoader)
+        data = yaml.load(text, Loader=SpecLoader)
     except yaml.YAMLError as exc:
-        raise SpecError(f"The {what} file {str(path)!r} is not valid YAML: {exc}") from exc
+        raise SpecError(f"{shown} is not valid YAML: {exc}") from exc
+    except RecursionError:  # deeper than PyYAML's recursive parser goes
+        raise SpecError(f"{shown} nests lists and mappings more than {MAX_DEPTH} levels deep; flatten it.") from None
+    check_depth(data, shown, error=SpecError)
     if not isinstance(data, dict):
-        raise SpecError(
-            f"The {what} file {str(path)!r} must hold a mapping with {keys}; it holds {type(data).__name__}."
-        )
+        raise SpecError(f"{shown} must hold a mapping with {keys}; it holds {type(data).__name__}.")
     return resolve_relative_paths(data, path.parent)
 
 

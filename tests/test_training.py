@@ -237,11 +237,13 @@ def test_frozen_encoder_features_are_cached_reused_and_invalidated(tmp_path, tok
     )
     assert first.encoded_for_cache == {"image": 4}
     assert first.cache_stats.hits == 8 and first.cache_stats.misses == 0  # both epochs read every image from disk
-    again = train(recipe(tmp_path, tokenizer_dir, "pt", captions, cache=cache))
+    again = train(recipe(tmp_path, tokenizer_dir, "pt", captions, cache=cache), overwrite=True)
     assert again.encoded_for_cache == {"image": 0}  # another run: nothing is encoded again
     changed = recipe(tmp_path, tokenizer_dir, "pt", captions, cache=cache)
     changed["model"]["inputs"]["image"]["encoder"]["params"]["feature_layer"] = -1
-    assert train(changed).encoded_for_cache == {"image": 4}  # another encoder output: the old entries do not apply
+    assert train(changed, overwrite=True).encoded_for_cache == {
+        "image": 4
+    }  # another encoder output: the old entries do not apply
 
 
 def test_cached_features_give_the_same_loss_as_running_the_encoder(image_model, image_file, tmp_path):
@@ -547,9 +549,9 @@ def test_a_recipe_file_reads_1e_3_as_a_number(tmp_path):
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [
-        ("learning_rate", "fast", r"learning_rate: 'fast' is not a number; write e.g. learning_rate: 0.001"),
-        ("max_steps", "3.5", r"max_steps: '3.5' is not a whole number"),
-        ("bf16", "maybe", r"bf16: 'maybe' is not true or false"),
+        ("learning_rate", "fast", r"training.learning_rate: Input should be a valid number, .* \(got 'fast'\)"),
+        ("max_steps", "3.5", r"training.max_steps: Input should be a valid integer, .* \(got '3.5'\)"),
+        ("bf16", "maybe", r"training.bf16: Input should be a valid boolean, .* \(got 'maybe'\)"),
     ],
 )
 def test_a_training_argument_of_the_wrong_type_names_it_before_anything_loads(tmp_path, field, value, message):

@@ -7,6 +7,7 @@ import contextvars
 import copy
 import hashlib
 import logging
+import re
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,7 @@ import torch
 from pydantic import model_validator
 
 from mmllm_sdk.dtypes import DtypeName, resolve_dtype
-from mmllm_sdk.errors import SpecError
+from mmllm_sdk.errors import MMLLMError, SpecError
 from mmllm_sdk.files import file_sha256
 from mmllm_sdk.validation import StrictModel
 
@@ -99,17 +100,45 @@ class HFSource(StrictModel):
 
 
 def load_config(config_cls: Any, source: HFSource, what: str) -> Any:
+    """The component's config, from ``source.config`` or the model's files, with its sizes checked."""
     if source.config is not None:
         fields = dict(source.config)
+        check_sizes(fields, f"{what}: params.config")  # before transformers' own checks, which do not name fields
         if hasattr(config_cls, "for_model"):  # AutoConfig: the dict names its model_type
             model_type = fields.pop("model_type", None)
             if model_type is None:
                 raise SpecError(
                     f"{what}: 'config' needs a 'model_type' (for example 'llama') to know which architecture to build."
                 )
-            return hf_call(what, config_cls.for_model, model_type, **fields)
-        return hf_call(what, config_cls, **fields)
-    return cached_call(what, config_cls.from_pretrained, source.model, **source.pretrained_kwargs())
+            config = hf_call(what, config_cls.for_model, model_type, **fields)
+        else:
+            config = hf_call(what, config_cls, **fields)
+    else:
+        config = cached_call(what, config_cls.from_pretrained, source.model, **source.pretrained_kwargs())
+    check_sizes(config.to_dict(), f"{what}: {'params.config' if source.config is not None else repr(source.model)}")
+    return config
+
+
+_SIZES = re.compile(
+    r"^((hidden|intermediate|vocab|image|patch|projection)_size|max_position_embeddings|num_channels)$|_(dim|layers|heads)$"
+)
+
+
+def check_sizes(config: dict[str, Any], where: str) -> None:
+    """A config's sizes (``hidden_size``, ``*_layers``, ``*_heads`` …, in sub-configs too) are positive and its heads
+    divide its width: a mistake there is a :class:`SpecError` naming the field, not a crash inside the model."""
+    for key, value in config.items():
+        if isinstance(value, dict):
+            check_sizes(value, f"{where}.{key}")
+        elif type(value) is int and value <= 0 and _SIZES.search(key):
+            raise SpecError(f"{where}: {key} is {value}; it must be a positive integer.")
+    width, heads, groups = (config.get(k) for k in ("hidden_size", "num_attention_heads", "num_key_value_heads"))
+    if type(width) is type(heads) is int and not config.get("head_dim") and width % heads:
+        raise SpecError(
+            f"{where}: hidden_size {width} is not divisible by num_attention_heads {heads}; pick heads that divide it."
+        )
+    if type(heads) is type(groups) is int and heads % groups:
+        raise SpecError(f"{where}: num_attention_heads {heads} is not divisible by num_key_value_heads {groups}.")
 
 
 def load_model(model_cls: Any, config_cls: Any, source: HFSource, what: str) -> Any:
@@ -141,18 +170,25 @@ def _no_load_report(record: logging.LogRecord) -> bool:
 
 
 def hf_call(what: str, function: Any, *args: Any, **kwargs: Any) -> Any:
-    """Call a transformers loader; a missing model or a bad config becomes a SpecError naming ``what``."""
+    """Call a transformers loader; a missing model, an unreadable or forged file (named) or a bad config becomes a
+    SpecError naming ``what``: what a loader refuses comes from the spec or the files it names, not from the plugin."""
+    name = args[0] if args and isinstance(args[0], str) else ""
     try:
         return function(*args, **kwargs)
     except OSError as exc:
-        name = args[0] if args and isinstance(args[0], str) else ""
         raise SpecError(
             f"{what}: could not load {name!r} ({exc}). Pass a local folder that holds it, check the hub id "
             "and your network, or use 'config:' for a randomly initialised component."
         ) from exc
-    except (TypeError, ValueError, KeyError) as exc:
+    except MMLLMError:
+        raise
+    except Exception as exc:  # a config transformers cannot build, or a truncated / forged weight or GGUF file
+        read = getattr(function, "__name__", "") == "from_pretrained" and name
+        source = (
+            f" from {name!r}" + (f", file {kwargs['gguf_file']!r}" if kwargs.get("gguf_file") else "") if read else ""
+        )
         raise SpecError(
-            f"{what}: the Hugging Face config or model could not be built: {type(exc).__name__}: {exc}"
+            f"{what}: the Hugging Face config or model could not be built{source}: {type(exc).__name__}: {exc}"
         ) from exc
 
 

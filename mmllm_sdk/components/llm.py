@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from transformers import AddedToken
 
-from mmllm_sdk.errors import SpecError
+from mmllm_sdk.errors import InputError, SpecError
 
 
 class LLMBackbone(nn.Module):
@@ -33,10 +33,19 @@ class LLMBackbone(nn.Module):
         self.model = model
         self.tokenizer = tokenizer
         self._reference = reference or {}
+        try:  # a template that cannot render one exchange fails here, not in the middle of a run
+            self.render_chat([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}])
+        except InputError as exc:
+            raise SpecError(f"{exc}; fix llm.params.chat_template or use a tokenizer with a working one.") from None
 
     @property
     def hidden_size(self) -> int:
         return self.model.config.get_text_config().hidden_size
+
+    @property
+    def max_positions(self) -> int | None:
+        """How many positions the LLM can attend over (``max_position_embeddings``), when its config says."""
+        return getattr(self.model.config.get_text_config(), "max_position_embeddings", None)
 
     def reference(self) -> dict[str, Any]:
         return self._reference
@@ -64,7 +73,14 @@ class LLMBackbone(nn.Module):
         return ids
 
     def render_chat(self, messages: list[dict[str, Any]], add_generation_prompt: bool = False) -> str:
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+        try:
+            return self.tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=add_generation_prompt
+            )
+        except Exception as exc:  # jinja's syntax and undefined errors, or the template's own raise_exception()
+            raise InputError(
+                f"The LLM's chat template cannot render these messages ({type(exc).__name__}: {exc})"
+            ) from None
 
     def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs: Any) -> Any:
         return self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)

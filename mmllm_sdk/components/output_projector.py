@@ -27,9 +27,7 @@ class OutputProjector(nn.Module, ABC):
 
     def __init__(self, llm_dim: int, condition_spec: ConditionSpec, num_signal_tokens: int) -> None:
         super().__init__()
-        self.llm_dim = llm_dim
-        self.condition_spec = condition_spec
-        self.num_signal_tokens = num_signal_tokens  # k
+        self.llm_dim, self.condition_spec, self.num_signal_tokens = llm_dim, condition_spec, num_signal_tokens  # k
 
     @abstractmethod
     def forward(self, signal_states: torch.Tensor) -> torch.Tensor:

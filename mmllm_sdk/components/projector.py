@@ -24,10 +24,8 @@ class InputProjector(nn.Module, ABC):
 
     def __init__(self, in_dim: int, out_dim: int, num_input_tokens: int) -> None:
         super().__init__()
-        self.in_dim = in_dim
-        self.out_dim = out_dim
-        self.num_input_tokens = num_input_tokens
-        self.num_tokens = num_input_tokens
+        self.in_dim, self.out_dim, self.num_input_tokens = in_dim, out_dim, num_input_tokens
+        self.num_tokens = num_input_tokens  # M = N unless the projector changes it
 
     @abstractmethod
     def forward(self, features: torch.Tensor) -> torch.Tensor:

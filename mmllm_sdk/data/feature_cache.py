@@ -21,10 +21,11 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from mmllm_sdk.components.encoder import ModalityEncoder
+from mmllm_sdk.components.modality import preprocess
 from mmllm_sdk.data.fingerprint import CACHE_FORMAT, tensor_bytes
 from mmllm_sdk.data.fingerprint import encoder_fingerprint as encoder_fingerprint  # re-exported for callers
 from mmllm_sdk.errors import InputError, PluginError
-from mmllm_sdk.files import atomic_write, file_sha256
+from mmllm_sdk.files import atomic_write, file_sha256, read_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +33,7 @@ FEATURES_KEY = "encoder_features"  # batch[modality][FEATURES_KEY]: cached F_X (
 _TENSOR_NAME = "features"  # the one tensor in each cache file
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _KEY = re.compile(r"^([0-9a-f]{64})-([0-9a-f]{64})$")
+MAX_FILE_BYTES = 1 << 30  # a cache file holds one item's (N, D) features: anything larger is not one of ours
 
 
 def _item_digest(path: Path) -> str:
@@ -50,8 +52,7 @@ def _item_digest(path: Path) -> str:
 def _check_fingerprint(fingerprint: str) -> None:
     if not isinstance(fingerprint, str) or not _HEX64.match(fingerprint):
         raise InputError(
-            f"A feature cache fingerprint is 64 lower-case hex digits, as encoder_fingerprint() returns; "
-            f"got {fingerprint!r}."
+            f"A feature cache fingerprint is 64 lower-case hex digits (encoder_fingerprint()); got {fingerprint!r}."
         )
 
 
@@ -114,7 +115,7 @@ class FeatureCache:
             return None
         try:
             digest = _item_digest(Path(source))
-        except OSError:
+        except (OSError, ValueError):  # ValueError: a NUL in the path
             return None
         return f"{fingerprint}-{digest}"
 
@@ -129,11 +130,11 @@ class FeatureCache:
         ``dtype`` than asked for is invalid: a miss, warned and removed)."""
         fingerprint, item = _split_key(key)
         path = self.path(key)
-        try:
-            data = path.read_bytes()
-        except FileNotFoundError:
+        if not os.path.lexists(path):
             self.stats.misses += 1
             return None
+        try:  # only a regular file of bounded size: something else in its place is invalid, never read
+            data = read_bytes(path, "The file", limit=MAX_FILE_BYTES)
         except OSError as exc:
             return self._invalid(path, f"it could not be read ({exc})")
         features, problem = _decode(data, fingerprint, item)
@@ -266,7 +267,7 @@ def fill_cache(
     try:
         for start in range(0, len(keys), batch_size):
             chunk = keys[start : start + batch_size]
-            batch = encoder.preprocess([load(todo[key]) for key in chunk])
+            batch = preprocess(encoder, encoder.modality, [load(todo[k]) for k in chunk], [todo[k] for k in chunk])
             with torch.no_grad():
                 encoded = encoder(**{name: tensor.to(device) for name, tensor in batch.items()})  # (B, N, D)
             if tuple(encoded.shape) != (len(chunk), *shape):

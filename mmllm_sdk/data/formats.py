@@ -218,11 +218,13 @@ class RecordReader:
         spec = self.specs[modality]
         try:
             mode = os.stat(path).st_mode
-        except OSError:
+        except (OSError, ValueError):  # ValueError: a NUL in the path
             raise RecordError(
                 f"{where}: the {modality} file {source!r} does not exist (looked for {path!r}; relative paths are read "
                 f"from {str(self.folder)!r}). Pass base_dir= the folder that holds the media, or fix the path."
             ) from None
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):  # reading a FIFO or a device would block or never end
+            raise RecordError(f"{where}: the {modality} file {source!r} is a FIFO or a device, not a regular file.")
         if stat.S_ISDIR(mode) and DIRECTORY not in spec.loaders:
             raise RecordError(f"{where}: {path!r} is a folder; {modality} inputs are files ({spec._suffixes()}).")
         suffix = os.path.splitext(path)[1].lower()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import wave
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,9 @@ from mmllm_sdk.hookspecs import hookimpl
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 AUDIO_SUFFIXES_SOUNDFILE = (".flac", ".ogg", ".mp3", ".aiff", ".aif")
 VIDEO_SUFFIXES_AV = (".mp4", ".mov", ".avi", ".mkv", ".webm")
+# what one item may decode to, so that one file cannot exhaust memory; module constants, so tests can lower them
+MAX_AUDIO_SAMPLES = 1 << 28  # samples of all channels (1 GiB as float32; 46 minutes of 48 kHz stereo)
+MAX_VIDEO_PIXELS = 1 << 30  # frames x height x width (3 GiB as RGB; 17 s of 1080p at 30 frames a second)
 
 
 # image ---------------------------------------------------------------------------------------
@@ -81,6 +85,7 @@ def load_wav(path: Path) -> AudioClip:
     """PCM WAV (8/16/24/32-bit) with the standard library, mixed down to mono float32."""
     with wave.open(str(path), "rb") as handle:
         width, channels, rate = handle.getsampwidth(), handle.getnchannels(), handle.getframerate()
+        _check_samples(path, handle.getnframes() * channels)
         frames = handle.readframes(handle.getnframes())
     if width == 1:
         samples = (np.frombuffer(frames, dtype=np.uint8).astype(np.float32) - 128.0) / 128.0
@@ -107,10 +112,20 @@ def load_soundfile(path: Path) -> AudioClip:
         import soundfile
     except ImportError as exc:
         raise InputError(f"Reading {path.suffix} audio needs soundfile: pip install 'mmllm-sdk[audio]'.") from exc
+    info = soundfile.info(str(path))
+    _check_samples(path, info.frames * info.channels)
     samples, rate = soundfile.read(str(path), dtype="float32", always_2d=True)
     if samples.size == 0:
         raise InputError(f"The audio file {str(path)!r} holds no samples; re-record or remove it.")
     return AudioClip(samples.mean(axis=1).astype(np.float32), int(rate))
+
+
+def _check_samples(path: Path, samples: int) -> None:
+    if samples > MAX_AUDIO_SAMPLES:
+        raise InputError(
+            f"The audio file {str(path)!r} holds {samples:,} samples, over the {MAX_AUDIO_SAMPLES:,} one item may "
+            "hold; cut it into shorter clips."
+        )
 
 
 def to_audio_clip(item: Any) -> AudioClip:
@@ -141,7 +156,7 @@ def load_animated_image(path: Path) -> VideoClip:
     from PIL import Image, ImageSequence
 
     with Image.open(path) as image:
-        frames = [to_rgb(frame.copy()) for frame in ImageSequence.Iterator(image)]
+        frames = _bounded(path, (to_rgb(frame.copy()) for frame in ImageSequence.Iterator(image)))
         duration = image.info.get("duration")
     return VideoClip(frames, fps=1000.0 / duration if duration else None)
 
@@ -153,7 +168,7 @@ def load_av_video(path: Path) -> VideoClip:
         raise InputError(f"Reading {path.suffix} video needs PyAV: pip install 'mmllm-sdk[video]'.") from exc
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
-        frames = [frame.to_image() for frame in container.decode(stream)]
+        frames = _bounded(path, (frame.to_image() for frame in container.decode(stream)))
         fps = float(stream.average_rate) if stream.average_rate else None
     if not frames:
         raise InputError(f"The video {str(path)!r} has no decodable frames.")
@@ -165,7 +180,21 @@ def load_frame_folder(path: Path) -> VideoClip:
     files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise InputError(f"The video folder {str(path)!r} holds no image frames ({', '.join(IMAGE_SUFFIXES)}).")
-    return VideoClip([IMAGE.load_file(f) for f in files])
+    return VideoClip(_bounded(path, (IMAGE.load_file(f) for f in files)))
+
+
+def _bounded(path: Path, frames: Iterable[Any]) -> list[Any]:
+    """The frames (PIL images), decoded one at a time until they hold more than :data:`MAX_VIDEO_PIXELS` pixels."""
+    kept, pixels = [], 0
+    for frame in frames:
+        pixels += frame.width * frame.height
+        if pixels > MAX_VIDEO_PIXELS:
+            raise InputError(
+                f"The video {str(path)!r} decodes to over {MAX_VIDEO_PIXELS:,} pixels (frames x height x width) by "
+                f"frame {len(kept) + 1}; cut it into shorter clips or lower its resolution."
+            )
+        kept.append(frame)
+    return kept
 
 
 def to_video_clip(item: Any) -> VideoClip:

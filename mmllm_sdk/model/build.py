@@ -27,7 +27,7 @@ from mmllm_sdk.components.llm import LLMBackbone
 from mmllm_sdk.components.modality import ModalitySpec
 from mmllm_sdk.components.output_projector import ConditionSpec, OutputProjector
 from mmllm_sdk.components.projector import InputProjector
-from mmllm_sdk.errors import DimensionError, PluginError, SpecError
+from mmllm_sdk.errors import CheckpointError, DimensionError, PluginError, SpecError
 from mmllm_sdk.model.checkpoint import MANIFEST, WEIGHTS, check_plugins, read_manifest, read_trained
 from mmllm_sdk.model.heads import TEXT_SIGNAL_TOKENS
 from mmllm_sdk.registry import Registration, get_registry
@@ -57,13 +57,24 @@ def build(
     *,
     skeleton: bool = False,
     progress: bool = True,
+    trust_remote_code: bool = False,
 ) -> M:
     """``compose(spec, parts)`` in a skeleton, then for real; ``skeleton=True`` returns the skeleton (``mmllm
-    validate`` counts its parameters). Files read in the skeleton pass (configs, tokenizers) are not read again."""
+    validate`` counts its parameters). Files read in the skeleton pass (configs, tokenizers) are not read again.
+    A spec that asks for ``trust_remote_code`` is refused unless ``trust_remote_code=True`` is passed too."""
     spec = parse_spec(spec)
+    asks = remote_code(spec.model_dump())
+    if asks and not trust_remote_code:
+        raise SpecError(
+            f"The spec sets {', '.join(asks)}: the component would run Python code from its model folder or hub "
+            "repository. That is refused unless you pass trust_remote_code=True (--trust-remote-code) for this call, "
+            "after reading that code."
+        )
     with reuse_loaded_files():
         with skeleton_mode():
-            model = compose(spec, assemble(spec, progress=False))
+            parts = assemble(spec, progress=False)
+            check_fits(parts)
+            model = compose(spec, parts)
         if skeleton:
             return model
         return compose(spec, assemble(spec, progress=progress))
@@ -101,6 +112,11 @@ def assemble(spec: ModelSpec, progress: bool = True) -> Parts:
         parts.modalities[modality] = registry.modality(modality)
         entry = registry.get("encoders", inputs.encoder.name, modality=modality)
         encoder = make(ENCODER.format(modality), entry, ModalityEncoder, inputs.encoder.params)
+        if encoder.num_tokens < 1 or encoder.output_dim < 1:
+            raise SpecError(
+                f"{ENCODER.format(modality)} ({inputs.encoder.name}) gives {encoder.num_tokens} features of "
+                f"{encoder.output_dim} values per item; check its params (an image smaller than a patch gives none)."
+            )
         entry = registry.get("projectors", inputs.projector.name)
         sizes = {"in_dim": encoder.output_dim, "out_dim": hidden, "num_input_tokens": encoder.num_tokens}
         projector = make(PROJECTOR.format(modality), entry, InputProjector, params=inputs.projector.params, **sizes)
@@ -158,6 +174,44 @@ def assemble(spec: ModelSpec, progress: bool = True) -> Parts:
     return parts
 
 
+def remote_code(data: Any, path: str = "") -> list[str]:
+    """The paths where a spec (or its params, at any depth) sets ``trust_remote_code`` to anything but false."""
+    items = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, list) else ()
+    found = []
+    for key, value in items:
+        where = f"{path}.{key}" if path else str(key)
+        if key == "trust_remote_code" and value and str(value).lower() not in ("false", "no", "off", "0"):
+            found.append(f"{where}: {value!r}")
+        found += remote_code(value, where)
+    return found
+
+
+def check_fits(parts: Parts) -> None:
+    """In the skeleton: refuse what could never run here, with the numbers: more tokens per item than the LLM has
+    positions, or parameters and buffers that need more bytes than the machine's memory."""
+    positions = parts.llm.max_positions
+    for modality, projector in parts.input_projectors.items():
+        if positions is not None and projector.num_tokens > positions:
+            raise DimensionError(
+                f"{PROJECTOR.format(modality)} gives {projector.num_tokens:,} tokens per {modality}, but the LLM has "
+                f"positions for {positions:,}; pick fewer tokens (the projector's or encoder's params)."
+            )
+    modules = {LLM: parts.llm} | {ENCODER.format(m): e for m, e in parts.encoders.items()}
+    modules |= {PROJECTOR.format(m): p for m, p in parts.input_projectors.items()}
+    modules |= {GENERATOR.format(m): g for m, g in parts.generators.items()}
+    modules |= {OUTPUT_PROJECTOR.format(m): p for m, p in parts.output_projectors.items()}
+    sizes = {
+        path: sum(t.numel() * t.element_size() for t in (*m.parameters(), *m.buffers())) for path, m in modules.items()
+    }
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if sum(sizes.values()) > memory:
+        largest = ", ".join(f"{path} {size / 1e9:,.1f} GB" for path, size in sorted(sizes.items(), key=lambda i: -i[1]))
+        raise SpecError(
+            f"The model's parameters and buffers need {sum(sizes.values()) / 1e9:,.1f} GB ({largest}), more than this "
+            f"machine's {memory / 1e9:,.1f} GB of memory; make the largest component smaller in the spec."
+        )
+
+
 @contextlib.contextmanager
 def seeded(seed: int, path: str) -> Iterator[None]:
     """Random init from (spec seed, component path): the same spec rebuilds the same weights."""
@@ -167,12 +221,20 @@ def seeded(seed: int, path: str) -> Iterator[None]:
 
 
 def open_checkpoint(
-    directory: str | os.PathLike[str],
+    directory: str | os.PathLike[str], trust_remote_code: bool = False
 ) -> tuple[ModelSpec, dict[str, torch.Tensor], str, Callable[[dict[str, nn.Module]], None]]:
     """A checkpoint's spec (checked against the installed plugins), its trained tensors (safetensors only),
-    where they come from, and a check that warns when a frozen base has changed since it was saved."""
+    where they come from, and a check that warns when a frozen base has changed since it was saved.
+    A checkpoint whose spec asks for ``trust_remote_code`` is refused unless ``trust_remote_code=True``."""
     directory = Path(directory)
     data = read_manifest(directory)
+    asks = remote_code(data["spec"])
+    if asks and not trust_remote_code:
+        raise CheckpointError(
+            f"The checkpoint {str(directory)!r} asks to run Python code from its components' model folders or hub "
+            f"repositories ({', '.join(asks)} in {MANIFEST}). Loading never runs code from a checkpoint unless you "
+            "pass trust_remote_code=True (--trust-remote-code) for this call, after reading that code."
+        )
     check_plugins(data)
     spec = validate(ModelSpec, data["spec"], source=str(directory / MANIFEST))
 

@@ -4,27 +4,31 @@ File I/O only: the model is built elsewhere (``build.open_checkpoint``, ``MMLLM.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
+from pydantic import Field, ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from mmllm_sdk import __version__
 from mmllm_sdk.errors import CheckpointError, MissingPluginError, UnknownComponentError
-from mmllm_sdk.files import atomic_directory, atomic_write
+from mmllm_sdk.files import atomic_directory, atomic_write, file_sha256, load_json, read_text
 from mmllm_sdk.model.trainable import set_trainable, spec_patterns
 from mmllm_sdk.plugins import plugin_info
 from mmllm_sdk.registry import get_registry
+from mmllm_sdk.validation import StrictModel, describe_validation_error
 
 MANIFEST = "mmllm.json"
 WEIGHTS = "trainable.safetensors"
 FORMAT = "mmllm-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: mmllm.json carries the digests of its spec and weights
+MAX_MANIFEST_BYTES = 64 << 20
 WRAPPER_SEGMENTS = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.")  # added by FSDP / activation checkpointing
 
 
@@ -76,8 +80,15 @@ def manifest(model: Any, state: dict[str, torch.Tensor]) -> dict[str, Any]:
     }
 
 
-def save_checkpoint(model: Any, directory: str | os.PathLike[str]) -> Path:
-    """Write the checkpoint to a staging folder beside ``directory``, then rename it into place."""
+def save_checkpoint(model: Any, directory: str | os.PathLike[str], overwrite: bool = False) -> Path:
+    """Write the checkpoint to a staging folder beside ``directory``, then rename it into place. Anything already at
+    ``directory`` (but an empty folder) is replaced only with ``overwrite``."""
+    target = Path(directory)
+    if not overwrite and (target.is_symlink() or target.exists()) and (not target.is_dir() or any(target.iterdir())):
+        raise CheckpointError(
+            f"{str(target)!r} already exists{' and is not empty' if target.is_dir() else ''}; pass overwrite=True to "
+            "replace it, or save to another folder."
+        )
     with atomic_directory(directory) as staging:
         write_checkpoint_files(model, staging)
     return Path(directory).resolve()
@@ -87,31 +98,80 @@ def write_checkpoint_files(model: Any, folder: Path, values: Mapping[str, torch.
     """Write the weights, then the manifest (so a folder with a manifest has its weights), each replaced atomically.
     Used for the final model at the root of an output folder; the Trainer's checkpoint-N folders are staged whole."""
     state = trainable_state_dict(model, values)
+    broken = [name for name, tensor in state.items() if tensor.is_floating_point() and not tensor.isfinite().all()]
+    if broken:
+        raise CheckpointError(
+            f"No checkpoint is written: {len(broken)} trained tensor(s) hold NaN or infinite values ({_few(broken)}); "
+            "the weights diverged. Lower the learning rate or check the inputs, and train again from the last checkpoint."
+        )
     data = manifest(model, state)
     atomic_write(folder / WEIGHTS, lambda path: save_file(state, str(path), metadata={"format": FORMAT}))
+    data["digest"] = {"spec": spec_digest(data["spec"]), "trainable": file_sha256(folder / WEIGHTS)}
     atomic_write(folder / MANIFEST, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
+class _Component(StrictModel):
+    kind: Literal["llms", "encoders", "projectors", "output_projectors", "generators"]
+    name: str
+    modality: str | None
+    plugin: str
+    distribution: str
+    version: str
+    base: dict[str, Any]
+
+
+class _Digest(StrictModel):
+    spec: str = Field(pattern="^[0-9a-f]{64}$")  # sha256 of the spec as canonical JSON
+    trainable: str = Field(pattern="^[0-9a-f]{64}$")  # sha256 of trainable.safetensors
+
+
+class Manifest(StrictModel):
+    """The schema of ``mmllm.json``; from format 2 on it carries the digests loading checks."""
+
+    format: Literal["mmllm-checkpoint"]
+    format_version: int = Field(ge=1)
+    sdk_version: str
+    spec: dict[str, Any]
+    components: dict[str, _Component]
+    added_tokens: dict[str, str]
+    trainable: dict[str, list[int]]
+    digest: _Digest | None = None
+
+
+def spec_digest(spec: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 def read_manifest(directory: Path) -> dict[str, Any]:
+    """``mmllm.json``, read bounded and checked against :class:`Manifest`, its format and the spec's digest."""
     if not directory.is_dir():
         raise CheckpointError(f"{str(directory)!r} is not a directory; pass the folder save_pretrained() wrote.")
-    path = directory / MANIFEST
-    if not path.is_file():
+    path, shown = directory / MANIFEST, repr(str(directory / MANIFEST))
+    if not path.exists():
         raise CheckpointError(
             f"{str(directory)!r} is not an SDK checkpoint: it has no {MANIFEST}. Pass the folder save_pretrained() wrote."
         )
+    text = read_text(path, "The checkpoint manifest", limit=MAX_MANIFEST_BYTES, error=CheckpointError)
+    data = load_json(text, f"The checkpoint manifest {shown}", error=CheckpointError)
+    if isinstance(data, dict) and data.get("format") == FORMAT and isinstance(data.get("format_version"), int):
+        if data["format_version"] > FORMAT_VERSION:
+            raise CheckpointError(
+                f"{str(directory)!r} was written in checkpoint format {data['format_version']} by mmllm-sdk "
+                f"{data.get('sdk_version')}; this is mmllm-sdk {__version__} (format {FORMAT_VERSION}): upgrade it."
+            )
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        manifest = Manifest.model_validate(data)
+    except ValidationError as error:
+        problems = describe_validation_error(error, Manifest).partition("\n")[2]
         raise CheckpointError(
-            f"{str(path)!r} is not valid JSON ({exc}); the checkpoint is corrupt: save it again."
-        ) from exc
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise CheckpointError(f"{str(path)!r} is not an {FORMAT} manifest.")
-    if data.get("format_version", 0) > FORMAT_VERSION:
+            f"{shown} is not a valid {FORMAT} manifest; the checkpoint is corrupt:\n{problems}"
+        ) from None
+    if manifest.format_version >= 2 and manifest.digest is None:
+        raise CheckpointError(f"{shown} has no digest, which format {manifest.format_version} requires; it was edited.")
+    if manifest.digest is not None and manifest.digest.spec != spec_digest(manifest.spec):
         raise CheckpointError(
-            f"{str(directory)!r} was written in checkpoint format {data['format_version']} by mmllm-sdk "
-            f"{data.get('sdk_version')}; this is mmllm-sdk {__version__} (format {FORMAT_VERSION}): upgrade mmllm-sdk."
+            f"The spec in {shown} does not match its digest: the file was edited after it was saved, so the weights "
+            "would load into another model. Restore the original file, or rebuild the model from your spec and save it."
         )
     return data
 
@@ -192,11 +252,18 @@ def _few(names: list[str]) -> str:
 
 
 def read_trained(directory: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    """The tensors of a checkpoint's trainable.safetensors (safetensors only, never a pickle)."""
+    """The tensors of a checkpoint's trainable.safetensors (safetensors only, never a pickle), checked against the
+    digest its ``mmllm.json`` records."""
     weights = Path(directory) / WEIGHTS
-    if not weights.is_file():
+    if not weights.exists():
         raise CheckpointError(f"{str(directory)!r} has no {WEIGHTS}; the checkpoint is incomplete: save it again.")
     try:
+        expected = (read_manifest(Path(directory)).get("digest") or {}).get("trainable")
+        if expected is not None and file_sha256(weights) != expected:
+            raise CheckpointError(
+                f"{str(weights)!r} does not match the digest in its {MANIFEST}: the weights were changed or replaced "
+                "after saving. Restore the original files."
+            )
         return load_file(str(weights))
     except (SafetensorError, OSError) as exc:
         raise CheckpointError(

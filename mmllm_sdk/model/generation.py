@@ -33,6 +33,7 @@ class Response:
     files: dict[str, list[str]] = field(default_factory=dict)  # modality -> where the items were saved (output_dir)
 
 
+@torch.no_grad()
 def generate_batch(
     model: MMLLM,
     conversations: list[list[dict[str, Any]]],
@@ -50,8 +51,7 @@ def generate_batch(
         return []
     batch = model.processor(conversations, add_generation_prompt=True)
     modality_inputs = {k: batch[k] for k in model.encoders if k in batch}
-    input_ids = batch["input_ids"].to(model.device)
-    attention_mask = batch["attention_mask"].to(model.device)
+    input_ids, attention_mask = batch["input_ids"].to(model.device), batch["attention_mask"].to(model.device)
     inputs_embeds = model.embed_inputs(input_ids, modality_inputs)
     forced = {m: head.signal_ids for m, head in model.output_heads.items() if isinstance(head, EmbeddingHead)}
     if forced:

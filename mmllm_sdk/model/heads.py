@@ -13,7 +13,6 @@ from typing import Any
 
 import torch
 
-from mmllm_sdk.components.generator import ModalityGenerator
 from mmllm_sdk.components.modality import ModalitySpec
 from mmllm_sdk.components.output_projector import ConditionSpec, OutputProjector
 from mmllm_sdk.data.messages import TEXT_SLOT
@@ -25,13 +24,16 @@ TEXT_SIGNAL_TOKENS = 2  # a text-conditioned output: <x_0> opens the text, <x_1>
 
 
 class OutputHead:
-    """One output modality of a model: its signal tokens and its generator."""
+    """One output modality of a model: its signal tokens, its generator and (conditioned on embeddings) its projector."""
 
-    def __init__(self, spec: ModalitySpec, signal_tokens: list[str], signal_ids: list[int], generator: Any) -> None:
+    def __init__(
+        self, spec: ModalitySpec, signal_tokens: list[str], signal_ids: list[int], generator: Any, projector: Any = None
+    ) -> None:
         self.spec, self.modality = spec, spec.name
         self.signal_tokens = list(signal_tokens)  # <img_0> … <img_{k-1}>
         self.signal_ids = list(signal_ids)  # their token ids, in order
-        self.generator = generator
+        self.generator = generator  # a ModalityGenerator, or a TextConditionedGenerator for a TextHead
+        self.projector: OutputProjector | None = projector  # an EmbeddingHead's output projector; None for text
 
     @property
     def template(self) -> str:
@@ -55,17 +57,6 @@ class OutputHead:
 class EmbeddingHead(OutputHead):
     """A generator conditioned on embeddings: S_X (n, k, D_llm) -> output projector -> H_X -> generator."""
 
-    def __init__(
-        self,
-        spec: ModalitySpec,
-        signal_tokens: list[str],
-        signal_ids: list[int],
-        generator: ModalityGenerator,
-        projector: OutputProjector,
-    ) -> None:
-        super().__init__(spec, signal_tokens, signal_ids, generator)
-        self.projector = projector
-
     @property
     def condition_spec(self) -> ConditionSpec:
         """The conditioning the generator takes (and the output projector produces)."""
@@ -88,7 +79,6 @@ class EmbeddingHead(OutputHead):
 class TextHead(OutputHead):
     """A generator conditioned on text: the LLM writes it between the opening and the closing signal token."""
 
-    projector = None
     condition_spec = None
 
     @property

@@ -8,15 +8,15 @@ opens checkpoints; ``generation.py`` answers.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
 import os
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.utils import ModelOutput
 
 from mmllm_sdk.components.modality import ModalitySpec
 from mmllm_sdk.data.feature_cache import FEATURES_KEY
@@ -26,7 +26,6 @@ from mmllm_sdk.model import generation
 from mmllm_sdk.model.build import Parts, build, open_checkpoint, seeded
 from mmllm_sdk.model.checkpoint import load_trained, save_checkpoint
 from mmllm_sdk.model.heads import EmbeddingHead, OutputHead, TextHead
-from mmllm_sdk.model.outputs import MMLLMOutput, ParameterCount
 from mmllm_sdk.model.peft import apply_peft
 from mmllm_sdk.model.processor import IGNORE_INDEX, MMLLMProcessor, ModalityInput
 from mmllm_sdk.model.signals import install_signal_rows
@@ -35,6 +34,31 @@ from mmllm_sdk.spec import ENCODER, GENERATOR, LLM, OUTPUT_PROJECTOR, PROJECTOR,
 
 logger = logging.getLogger(__name__)
 Response = generation.Response
+
+
+@dataclass
+class MMLLMOutput(ModelOutput):
+    """What :meth:`MMLLM.forward` returns, in both modes.
+
+    By default ``logits`` are (B, T, V) at every position, as the LLM returns them (with ``cache``, ``hidden_states``
+    and ``attentions`` when asked for), and ``loss`` is the LLM's mean LM loss when ``labels`` are given. With
+    ``supervised_only`` the LM head runs only at the K positions where some row's next token has a label: ``logits``
+    are (B, K, V) and ``targets`` (B, K) are those next tokens (IGNORE_INDEX where a row has none there).
+    """
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    targets: torch.Tensor | None = None
+    cache: Any = None  # the LLM's key/value cache, with use_cache
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+
+
+@dataclass(frozen=True)
+class ParameterCount:
+    component: str  # "llm", "inputs.image.encoder", …
+    total: int
+    trainable: int
 
 
 class MMLLM(nn.Module):
@@ -64,8 +88,7 @@ class MMLLM(nn.Module):
             m: ModalityInput(parts.modalities[m], self.encoders[m], self.placeholder_ids[m], projector.num_tokens)
             for m, projector in self.input_projectors.items()
         }
-        signals = {modality: head.template for modality, head in self.output_heads.items()}
-        self.processor = MMLLMProcessor(self.llm, inputs, signals=signals)
+        self.processor = MMLLMProcessor(self.llm, inputs, signals={m: h.template for m, h in self.output_heads.items()})
         self.frozen: set[str] = set()  # component paths that are frozen (and kept in eval mode)
         self.carried_parameters: set[str] = set()  # trained in an earlier stage, frozen now: still saved
 
@@ -84,9 +107,16 @@ class MMLLM(nn.Module):
             self.output_heads[modality] = TextHead(spec, tokens, ids, generator)
 
     @classmethod
-    def from_spec(cls, spec: ModelSpec | dict[str, Any], *, skeleton: bool = False, progress: bool = True) -> MMLLM:
+    def from_spec(
+        cls,
+        spec: ModelSpec | dict[str, Any],
+        *,
+        skeleton: bool = False,
+        progress: bool = True,
+        trust_remote_code: bool = False,
+    ) -> MMLLM:
         """The model a spec describes (see :func:`build_model`)."""
-        return build(spec, cls._compose, skeleton=skeleton, progress=progress)
+        return build(spec, cls._compose, skeleton=skeleton, progress=progress, trust_remote_code=trust_remote_code)
 
     @classmethod
     def _compose(cls, spec: ModelSpec, parts: Parts) -> MMLLM:
@@ -100,17 +130,21 @@ class MMLLM(nn.Module):
         return model
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike[str], **build_kwargs: Any) -> MMLLM:
-        """Rebuild a model from an SDK checkpoint through the installed plugins (safetensors only)."""
-        spec, state, origin, check_bases = open_checkpoint(directory)
-        model = cls.from_spec(spec, **build_kwargs)
+    def from_pretrained(
+        cls, directory: str | os.PathLike[str], *, trust_remote_code: bool = False, **build_kwargs: Any
+    ) -> MMLLM:
+        """Rebuild a model from an SDK checkpoint through the installed plugins (safetensors only, digests checked).
+        A checkpoint whose spec asks for ``trust_remote_code`` is refused unless this call passes it too."""
+        spec, state, origin, check_bases = open_checkpoint(directory, trust_remote_code)
+        model = cls.from_spec(spec, trust_remote_code=trust_remote_code, **build_kwargs)
         check_bases(model.components())
         load_trained(model, state, origin)
         return model
 
-    def save_pretrained(self, directory: str | os.PathLike[str]) -> None:
-        """Write an SDK checkpoint: ``mmllm.json`` and the trainable tensors in ``trainable.safetensors``."""
-        save_checkpoint(self, directory)
+    def save_pretrained(self, directory: str | os.PathLike[str], *, overwrite: bool = False) -> None:
+        """Write an SDK checkpoint: ``mmllm.json`` and the trainable tensors in ``trainable.safetensors``; an existing
+        file or non-empty folder there is replaced only with ``overwrite=True``."""
+        save_checkpoint(self, directory, overwrite)
 
     # the parts, and what trains ------------------------------------------------------------------
     @property
@@ -282,10 +316,9 @@ class MMLLM(nn.Module):
         # positions count attended tokens only, as in generation, so a left-padded row gives the states it gives alone
         positions = (attention_mask.long().cumsum(dim=-1) - 1).clamp(min=0)  # (B, T)
         embeds = self.embed_inputs(input_ids, modality_inputs or {})
-        output = self.llm(
+        hidden = self.llm(
             inputs_embeds=embeds, attention_mask=attention_mask, position_ids=positions, output_hidden_states=True
-        )
-        hidden = output.hidden_states[-1]  # (B, T, D)
+        ).hidden_states[-1]  # (B, T, D)
         states = {}
         for modality, found in runs.items():
             k = len(self.output_heads[modality].signal_ids)
@@ -302,23 +335,6 @@ class MMLLM(nn.Module):
             )
         return head.project(signal_states)
 
-    @property
-    def signal_states_fixed(self) -> bool:
-        """True when nothing upstream of the signal states trains (the LLM, its adapters, the signal rows)."""
-        return not any(parameter.requires_grad for parameter in self.llm.parameters())
-
-    def signal_state_identity(self, modality: str) -> str:
-        """A digest of what the signal states of ``modality`` depend on: the LLM (spec, seed, reference), the
-        trained tensors inside it (signal rows, adapters of earlier stages) and the signal tokens."""
-        trained = {
-            name: hashlib.sha256(tensor.detach().float().cpu().numpy().tobytes()).hexdigest()
-            for name, tensor in sorted(self.llm.named_parameters())
-            if "signal_rows" in name or f"llm.{name}" in self.carried_parameters
-        }
-        llm, tokens = self.spec.llm.model_dump(mode="json"), self.output_heads[modality].signal_tokens
-        identity = [llm, self.spec.seed, self.llm.reference(), tokens, trained]
-        return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
-
     # generation ----------------------------------------------------------------------------------
     @torch.no_grad()
     def generate(self, messages: list[dict[str, Any]], **generation_kwargs: Any) -> Response:
@@ -327,22 +343,13 @@ class MMLLM(nn.Module):
         generator (``num_inference_steps``, ``seed`` …)."""
         return self.generate_batch([messages], **generation_kwargs)[0]
 
-    @torch.no_grad()
-    def generate_batch(
-        self,
-        conversations: list[list[dict[str, Any]]],
-        *,
-        output_dir: str | os.PathLike[str] | None = None,
-        generator_kwargs: dict[str, Any] | None = None,
-        **generation_kwargs: Any,
-    ) -> list[Response]:
-        """One :class:`Response` per conversation, in order (:func:`mmllm_sdk.model.generation.generate_batch`)."""
-        return generation.generate_batch(
-            self, conversations, output_dir=output_dir, generator_kwargs=generator_kwargs, **generation_kwargs
-        )
+    generate_batch = generation.generate_batch  # one Response per conversation, in order
 
 
-def build_model(spec: ModelSpec | dict[str, Any], *, skeleton: bool = False, progress: bool = True) -> MMLLM:
+def build_model(
+    spec: ModelSpec | dict[str, Any], *, skeleton: bool = False, progress: bool = True, trust_remote_code: bool = False
+) -> MMLLM:
     """Build the model a spec describes: checked, then built in a skeleton (weights on ``meta``) so that dimension
-    errors surface before any weight is read, then for real. ``skeleton=True`` returns the skeleton."""
-    return MMLLM.from_spec(spec, skeleton=skeleton, progress=progress)
+    errors surface before any weight is read, then for real. ``skeleton=True`` returns the skeleton. A spec asking
+    for ``trust_remote_code`` (code from a model folder) is refused unless ``trust_remote_code=True``."""
+    return MMLLM.from_spec(spec, skeleton=skeleton, progress=progress, trust_remote_code=trust_remote_code)

@@ -4,11 +4,9 @@ The spec of it (``llm.peft``) is :class:`mmllm_sdk.spec.PeftSpec`; here it is ap
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import sys
 import warnings
-from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -49,22 +47,16 @@ def _peft_causal_lm() -> type:
                     "prefix generation from input_ids is not used); embed the ids with get_input_embeddings() first."
                 )
             inputs_embeds = kwargs.pop("inputs_embeds")  # (B, T, D)
-            batch, length, _ = inputs_embeds.shape
-            attention_mask = kwargs.pop("attention_mask", None)
-            if attention_mask is None:
-                attention_mask = torch.ones(batch, length, dtype=torch.long, device=inputs_embeds.device)
+            batch, length, dim = inputs_embeds.shape
+            mask = kwargs.pop("attention_mask", None)
+            mask = torch.ones(batch, length, dtype=torch.long, device=inputs_embeds.device) if mask is None else mask
             virtual = self.active_peft_config.num_virtual_tokens
             cache = self.get_prompt(batch_size=batch, max_cache_len=-1)  # holds `virtual` positions per layer
             # transformers reads inputs_embeds as the whole sequence and skips the positions already cached,
-            # so the virtual positions get placeholder rows that are never computed
-            placeholders = inputs_embeds.new_zeros(batch, virtual, inputs_embeds.shape[-1])
-            prefix_mask = attention_mask.new_ones(batch, virtual)
-            return base.generate(
-                inputs_embeds=torch.cat([placeholders, inputs_embeds], dim=1),  # (B, P+T, D)
-                attention_mask=torch.cat([prefix_mask, attention_mask], dim=1),  # (B, P+T)
-                cache=cache,
-                **kwargs,
-            )
+            # so the virtual positions get placeholder rows that are never computed: (B, P+T, D) and (B, P+T)
+            embeds = torch.cat([inputs_embeds.new_zeros(batch, virtual, dim), inputs_embeds], dim=1)
+            mask = torch.cat([mask.new_ones(batch, virtual), mask], dim=1)
+            return base.generate(inputs_embeds=embeds, attention_mask=mask, cache=cache, **kwargs)
 
     # importable (and picklable) as mmllm_sdk.model.peft.PeftCausalLM, through __getattr__ above
     PeftCausalLM.__module__, PeftCausalLM.__qualname__ = __name__, "PeftCausalLM"
@@ -88,10 +80,8 @@ def apply_peft(llm: LLMBackbone, spec: PeftSpec) -> None:
         with warnings.catch_warnings():
             # version-skew noise, not actionable: peft asks the norm layers LN tuning wraps for in/out features
             # (it never uses them), and reads transformers' deprecated `is_gradient_checkpointing`
-            warnings.filterwarnings("ignore", message="Unsupported layer type", category=UserWarning)
-            warnings.filterwarnings(
-                "ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning
-            )
+            warnings.filterwarnings("ignore", "Unsupported layer type", UserWarning)
+            warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
             llm.model = _peft_causal_lm()(llm.model, config)
     except ValueError as exc:  # peft's words for targets it cannot find or an architecture it does not know
         raise SpecError(
@@ -107,19 +97,6 @@ def has_adapters(llm: LLMBackbone) -> bool:
     from peft import PeftModel
 
     return isinstance(llm.model, PeftModel)
-
-
-@contextlib.contextmanager
-def adapters_disabled(llm: LLMBackbone) -> Iterator[None]:
-    """Within this block the LLM computes as its base model (peft's ``disable_adapter``): the model before any adapter
-    training, without a second copy of it in memory."""
-    if not has_adapters(llm):
-        raise SpecError(
-            f"The LLM ({type(llm.model).__name__}) has no peft adapters to disable; set llm.peft in the model "
-            "spec (for example peft: {method: lora, r: 8}) so that the base model is the LLM with adapters disabled."
-        )
-    with llm.model.disable_adapter():
-        yield
 
 
 def adapter_parameter_names(llm: LLMBackbone) -> set[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -10,13 +11,14 @@ import torch
 
 from mmllm_sdk.components.encoder import ModalityEncoder
 from mmllm_sdk.components.llm import LLMBackbone
-from mmllm_sdk.components.modality import ModalitySpec
+from mmllm_sdk.components.modality import ModalitySpec, preprocess
 from mmllm_sdk.data.examples import Conversation, MediaPart, TextPart
 from mmllm_sdk.data.feature_cache import FEATURES_KEY
-from mmllm_sdk.data.messages import TEXT_SLOT, MessageParser, PlaceholderCountError, RecordError
+from mmllm_sdk.data.messages import ROLES, TEXT_SLOT, MessageParser, PlaceholderCountError, RecordError
 from mmllm_sdk.errors import InputError, PlaceholderMismatchError
 
 IGNORE_INDEX = -100  # the label of positions that carry no loss (torch's cross-entropy default)
+MAX_CHARS_PER_TOKEN = 32  # no tokenizer averages more: text over the LLM's positions × this is refused untokenized
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,7 @@ class MMLLMProcessor:
         self.inputs = dict(inputs)
         self.signals = dict(signals or {})  # output modality -> its signal tokens' text, "<img_0><img_1>…"
         placeholders = {name: value.spec.placeholder for name, value in self.inputs.items()}
-        self.parser = MessageParser(placeholders, roles=None)  # any role: the chat template decides
+        self.parser = MessageParser(placeholders, roles=None)  # roles are checked in _texts, typed conversations' too
 
     @property
     def tokenizer(self) -> Any:
@@ -97,8 +99,8 @@ class MMLLMProcessor:
         each source loaded, then preprocessed as a batch."""
         if all(item.features is not None for item in items):
             return {FEATURES_KEY: torch.stack([item.features for item in items])}  # (items, N, D)
-        value = self.inputs[modality]
-        return value.encoder.preprocess([value.spec.load(item.source) for item in items])
+        value, sources = self.inputs[modality], [item.source for item in items]
+        return preprocess(value.encoder, modality, [value.spec.load(source) for source in sources], sources)
 
     def parse(self, conversation: Any, index: int = 0) -> Conversation:
         """One conversation as a typed :class:`Conversation` (parsed and checked when it is raw messages)."""
@@ -117,27 +119,49 @@ class MMLLMProcessor:
         """One conversation: token ids with expanded placeholders, labels, and where its items come from."""
         if train_on not in ("assistant", "last_assistant"):
             raise InputError(f"train_on must be 'assistant' or 'last_assistant'; got {train_on!r}.")
-        messages, items = self._texts(self.parse(conversation, index), index)
+        conversation = self.parse(conversation, index)
+        where = f"Conversation {index}" + (f" ({conversation.source})" if conversation.source else "")
+        messages, items = self._texts(conversation, where)
+        limit, chars = self.llm.max_positions, sum(len(message["content"]) for message in messages)
+        if limit is not None and chars > limit * MAX_CHARS_PER_TOKEN:
+            raise InputError(
+                f"{where} holds {chars:,} characters of text, more than the LLM's {limit:,} positions can hold (at "
+                f"most {limit * MAX_CHARS_PER_TOKEN:,}: {MAX_CHARS_PER_TOKEN} a token); shorten it."
+            )
         text, spans = self._render(messages, add_generation_prompt)
-        if train_on == "last_assistant":
-            spans = spans[-1:]
-        encoding = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        spans = spans[-1:] if train_on == "last_assistant" else spans
+        bound = {} if limit is None else {"truncation": True, "max_length": limit + 1}  # one more: too long is seen
+        encoding = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, **bound)
+        ids, offsets = encoding["input_ids"], encoding["offset_mapping"]
         id_to_modality = {value.placeholder_id: name for name, value in self.inputs.items()}
-        counts = dict.fromkeys(self.inputs, 0)
+        modalities = [id_to_modality.get(token_id) for token_id in ids]
+        counts = Counter(modality for modality in modalities if modality is not None)
+        if limit is not None:
+            self._check_positions(where, len(modalities) - counts.total(), counts, limit)
         input_ids: list[int] = []
         labels: list[int] = []
-        for token_id, (start, _end) in zip(encoding["input_ids"], encoding["offset_mapping"], strict=True):
-            modality = id_to_modality.get(token_id)
-            if modality is not None:
-                counts[modality] += 1
+        for token_id, modality, (start, _end) in zip(ids, modalities, offsets, strict=True):
             repeat = 1 if modality is None else self.inputs[modality].num_tokens  # a placeholder: M positions
             supervised = modality is None and any(lo <= start < hi for lo, hi in spans)
             input_ids += [token_id] * repeat
             labels += [token_id if supervised else IGNORE_INDEX] * repeat
-        for modality, count in counts.items():
-            if count != len(items[modality]):
-                raise PlaceholderMismatchError(self._mismatch(index, modality, count, len(items[modality])))
+        for modality in self.inputs:
+            if counts[modality] != len(items[modality]):
+                raise PlaceholderMismatchError(self._mismatch(index, modality, counts[modality], len(items[modality])))
         return EncodedConversation(input_ids, labels, items)
+
+    def _check_positions(self, where: str, text: int, counts: Counter[str], limit: int) -> None:
+        """Refuse text tokens (counted up to ``limit`` + 1) and expanded placeholders beyond the LLM's positions."""
+        length = text + sum(self.inputs[modality].num_tokens * n for modality, n in counts.items())
+        if length > limit:
+            least = "at least " * (text + counts.total() > limit)
+            items = "".join(
+                f" + {n} {self.inputs[m].spec.placeholder} × {self.inputs[m].num_tokens}" for m, n in counts.items()
+            )
+            raise InputError(
+                f"{where} takes {least}{length:,} positions ({least}{text:,} text tokens{items}), more than the "
+                f"LLM's {limit:,}; shorten it or give it fewer items."
+            )
 
     def _mismatch(self, index: int, modality: str, count: int, given: int) -> str:
         placeholder = self.inputs[modality].spec.placeholder
@@ -147,12 +171,17 @@ class MMLLMProcessor:
             "content part). Add or remove placeholders or inputs so the counts match."
         )
 
-    def _texts(self, conversation: Conversation, index: int) -> tuple[list[dict[str, str]], dict[str, list[MediaPart]]]:
+    def _texts(self, conversation: Conversation, where: str) -> tuple[list[dict[str, str]], dict[str, list[MediaPart]]]:
         """Each message as text (parts joined by newlines; an input as its placeholder, an output as its signal tokens),
-        and the input items of each modality in text order."""
+        and the input items of each modality in text order. A role the chat template may not know is refused."""
         items: dict[str, list[MediaPart]] = {modality: [] for modality in self.inputs}
         messages = []
         for number, message in enumerate(conversation.messages):
+            if message.role not in ROLES:
+                raise InputError(
+                    f"{where}, message {number} has role {message.role!r}; the roles are {', '.join(map(repr, ROLES))} "
+                    "(LLaVA's 'human', 'gpt' mean 'user', 'assistant'); under another, an answer would get no loss."
+                )
             pieces = []
             for part in message.parts:
                 if isinstance(part, TextPart):
@@ -161,7 +190,7 @@ class MMLLMProcessor:
                     if part.modality not in self.inputs:
                         known = ", ".join(["text", *self.inputs])
                         raise InputError(
-                            f"Conversation {index}, message {number}: a content part of type {part.modality!r} "
+                            f"{where}, message {number}: a content part of type {part.modality!r} "
                             f"cannot be used by this model; it takes: {known}."
                         )
                     items[part.modality].append(part)
@@ -172,7 +201,7 @@ class MMLLMProcessor:
                 else:
                     made = ", ".join(["text", *self.signals])
                     raise InputError(
-                        f"Conversation {index}, message {number}: the assistant turn has a {part.modality!r} part, "
+                        f"{where}, message {number}: the assistant turn has a {part.modality!r} part, "
                         f"but this model generates only: {made}. Add outputs.{part.modality} to the model spec "
                         "(signal tokens, an output projector and a generator), or remove the part."
                     )

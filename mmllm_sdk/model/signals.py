@@ -75,7 +75,5 @@ def install_signal_rows(model: nn.Module, token_ids: Sequence[int]) -> tuple[Sig
 
 def signal_row_parameters(model: nn.Module) -> list[nn.Parameter]:
     """The trainable signal rows of a model with :func:`install_signal_rows` (empty without)."""
-    modules = [module for module in model.modules() if isinstance(module, (SignalEmbedding, SignalHead))]
-    return [
-        p for module in modules for p in (module.signal_rows, getattr(module, "signal_bias", None)) if p is not None
-    ]
+    modules = [m for m in model.modules() if isinstance(m, (SignalEmbedding, SignalHead))]
+    return [p for m in modules for p in (m.signal_rows, getattr(m, "signal_bias", None)) if p is not None]

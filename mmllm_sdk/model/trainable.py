@@ -9,7 +9,7 @@ chosen; adapters on the LLM (``llm.peft``) always train; a frozen component also
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from mmllm_sdk.errors import SpecError
@@ -22,30 +22,28 @@ if TYPE_CHECKING:
     from mmllm_sdk.model.modeling import MMLLM
 
 
+def _flags(data: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any], str]]:
+    """Each trainable part of a model spec's data (``spec.model_dump()``): its component path, and the dict and key
+    of its flag. These are what ``trainable:`` can name: ``llm``, each input's encoder and projector, each output's
+    output projector and signal tokens (their embedding and LM-head rows). Generators are never trained."""
+    yield LLM, data["llm"], "trainable"
+    for modality, inputs in data["inputs"].items():
+        yield ENCODER.format(modality), inputs["encoder"], "trainable"
+        yield PROJECTOR.format(modality), inputs["projector"], "trainable"
+    for modality, outputs in data["outputs"].items():
+        if outputs["output_projector"] is not None:
+            yield OUTPUT_PROJECTOR.format(modality), outputs["output_projector"], "trainable"
+        yield SIGNAL_TOKENS.format(modality), outputs, "train_signal_tokens"
+
+
 def component_paths(spec: ModelSpec) -> list[str]:
-    """What ``trainable:`` can name: ``llm``, each input's encoder and projector, each output's output projector
-    and signal tokens (their embedding and LM-head rows). Generators are never trained."""
-    paths = [LLM]
-    for modality in spec.inputs:
-        paths += [ENCODER.format(modality), PROJECTOR.format(modality)]
-    for modality, outputs in spec.outputs.items():
-        if outputs.output_projector is not None:
-            paths.append(OUTPUT_PROJECTOR.format(modality))
-        paths.append(SIGNAL_TOKENS.format(modality))
-    return paths
+    """What ``trainable:`` can name, in the spec's order (see :func:`_flags`)."""
+    return [path for path, _, _ in _flags(spec.model_dump())]
 
 
 def spec_patterns(spec: ModelSpec) -> list[str]:
     """The component paths a model spec's ``trainable`` flags (and ``train_signal_tokens``) choose."""
-    chosen = [LLM] if spec.llm.trainable else []
-    for modality, inputs in spec.inputs.items():
-        chosen += [ENCODER.format(modality)] if inputs.encoder.trainable else []
-        chosen += [PROJECTOR.format(modality)] if inputs.projector.trainable else []
-    for modality, outputs in spec.outputs.items():
-        if outputs.output_projector is not None and outputs.output_projector.trainable:
-            chosen.append(OUTPUT_PROJECTOR.format(modality))
-        chosen += [SIGNAL_TOKENS.format(modality)] if outputs.train_signal_tokens else []
-    return chosen
+    return [path for path, holder, flag in _flags(spec.model_dump()) if holder[flag]]
 
 
 def select(spec: ModelSpec, patterns: Iterable[str], *, strict: bool = False) -> set[str]:
@@ -66,14 +64,8 @@ def select(spec: ModelSpec, patterns: Iterable[str], *, strict: bool = False) ->
 def with_trainable(spec: ModelSpec, chosen: set[str], peft: dict[str, Any] | None = None) -> ModelSpec:
     """The model spec whose flags say ``chosen`` (and ``llm.peft``): what a run's checkpoints record."""
     data = spec.model_dump()
-    data["llm"]["trainable"] = LLM in chosen
-    for modality, inputs in data["inputs"].items():
-        inputs["encoder"]["trainable"] = ENCODER.format(modality) in chosen
-        inputs["projector"]["trainable"] = PROJECTOR.format(modality) in chosen
-    for modality, outputs in data["outputs"].items():
-        if outputs["output_projector"] is not None:
-            outputs["output_projector"]["trainable"] = OUTPUT_PROJECTOR.format(modality) in chosen
-        outputs["train_signal_tokens"] = SIGNAL_TOKENS.format(modality) in chosen
+    for path, holder, flag in _flags(data):
+        holder[flag] = path in chosen
     if peft is not None:
         data["llm"]["peft"] = peft
     return validate(ModelSpec, data, where="model")
@@ -87,8 +79,7 @@ def set_trainable(model: MMLLM, patterns: Iterable[str], *, strict: bool = False
     with the same trainable set.
     """
     chosen = select(model.spec, patterns, strict=strict)
-    peft = model.spec.llm.peft
-    model.spec = with_trainable(model.spec, chosen, peft.model_dump() if peft is not None else None)
+    model.spec = with_trainable(model.spec, chosen)  # llm.peft carried over as it is
     model.frozen = set(model.components()) - chosen
     for path, module in model.components().items():
         module.requires_grad_(path in chosen)

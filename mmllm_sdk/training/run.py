@@ -14,8 +14,8 @@ from torch.utils.data import Dataset
 
 from mmllm_sdk.data.examples import Example, MediaPart
 from mmllm_sdk.data.formats import DataReport, as_example, estimate_length
-from mmllm_sdk.errors import PluginError, SpecError
-from mmllm_sdk.files import atomic_write
+from mmllm_sdk.errors import CheckpointError, PluginError, SpecError, TrainingError
+from mmllm_sdk.files import atomic_write, load_json, read_text
 from mmllm_sdk.model.trainable import select, spec_patterns, with_trainable
 from mmllm_sdk.registry import get_registry
 from mmllm_sdk.spec import ENCODER, LLM, ModelSpec, load_spec
@@ -64,8 +64,7 @@ class ExampleDataset(Dataset):
         return len(self.examples)
 
     def __getitem__(self, index: int) -> Example:
-        example = self.examples[index]
-        return example if self.features is None else example.with_media(self.features.attach)
+        return self.examples[index] if self.features is None else self.examples[index].with_media(self.features.attach)
 
 
 @dataclass
@@ -100,10 +99,12 @@ def train(
     recipe_spec: RecipeSpec | dict[str, Any] | str | os.PathLike[str],
     *,
     resume: bool = False,
+    overwrite: bool = False,
     callbacks: list[Any] | None = None,
 ) -> TrainResult:
     """Run one recipe, the spec and the data checked before any weight loads. ``resume=True`` continues from the
-    newest ``checkpoint-N`` in ``training.output_dir``; ``callbacks`` are handed to the Trainer (TrainerCallback)."""
+    newest ``checkpoint-N`` in ``training.output_dir``; a folder holding anything else is refused unless
+    ``overwrite=True`` lets the run write over it. ``callbacks`` are handed to the Trainer (TrainerCallback)."""
     from transformers import TrainingArguments
     from transformers.utils import logging as hf_logging
 
@@ -111,11 +112,7 @@ def train(
     from mmllm_sdk.model.modeling import build_model
 
     spec = parse_recipe(recipe_spec)
-    if resume and _last_checkpoint(Path(spec.training["output_dir"])) is None:
-        raise SpecError(
-            f"--resume: {spec.training['output_dir']!r} holds no checkpoint-N folder to resume from; "
-            "run without --resume to start."
-        )
+    _check_output_dir(Path(spec.training["output_dir"]), resume=resume, overwrite=overwrite)
     registry = get_registry()
     recipe = registry.get("recipes", spec.recipe, where="recipe").value
     options = validate(recipe.options, spec.options, where="options")
@@ -123,9 +120,7 @@ def train(
     trainable = spec.trainable if spec.trainable is not None else list(recipe.default_trainable)
     if spec.trainable is None and init_state is None:  # a model spec (not a checkpoint) that opts components in
         trainable += [path for path in spec_patterns(base_spec) if path == LLM or path.endswith(".encoder")]
-    peft = spec.peft
-    if peft is None and base_spec.llm.peft is not None:
-        peft = base_spec.llm.peft.model_dump()
+    peft = spec.peft if spec.peft is not None else base_spec.llm.peft and base_spec.llm.peft.model_dump()
     if recipe.requires_peft and peft is None:
         raise SpecError(
             f"recipe {spec.recipe!r} needs adapters on the LLM (it trains them); add "
@@ -154,8 +149,7 @@ def train(
         tokens_per_item[m] = max(projector.num_tokens, tokens_per_item.get(m, 0))
     typed = {split: [as_example(e, modalities) for e in report.examples] for split, report in reports.items()}
     datasets = {
-        split: ExampleDataset(examples, [estimate_length(e, tokens_per_item) for e in examples])
-        for split, examples in typed.items()
+        split: ExampleDataset(ex, [estimate_length(e, tokens_per_item) for e in ex]) for split, ex in typed.items()
     }
     output_dir = Path(args.output_dir)
     state_cache_dir = str(Path(spec.cache.dir).parent / "signal-states") if spec.cache.enabled else None  # align-output
@@ -214,10 +208,8 @@ def _fill_feature_cache(
         if not sources:
             continue  # the data hold no file of this modality: nothing to cache, nothing to say
         with args.main_process_first(desc=f"{modality} feature cache"):
-            load = get_registry().modality(modality).load
-            encoded[modality] = fill_cache(
-                encoder, cache, fingerprint, sources, load, batch_size=args.per_device_train_batch_size
-            )
+            load, batch_size = get_registry().modality(modality).load, args.per_device_train_batch_size
+            encoded[modality] = fill_cache(encoder, cache, fingerprint, sources, load, batch_size=batch_size)
         encoders[modality] = (fingerprint, (encoder.num_tokens, encoder.output_dim))
         _say(
             f"{modality} feature cache ({spec.cache.dir}): {encoded[modality]} item(s) encoded now, "
@@ -268,6 +260,26 @@ def _read(
     return report
 
 
+def _check_output_dir(folder: Path, *, resume: bool, overwrite: bool) -> None:
+    """Before anything is read or written: ``folder`` is (or can become) a folder this process may write to, and it
+    is empty unless the run resumes from one of its checkpoint-N folders or may write over it."""
+    existing = next(path for path in (folder, *folder.parents) if path.exists() or path.is_symlink())
+    if not (existing.is_dir() and os.access(existing, os.W_OK | os.X_OK)):
+        raise SpecError(
+            f"training.output_dir {str(folder)!r}: {str(existing)!r} is not a folder this process may "
+            "write to; pick another output_dir."
+        )
+    if resume and _last_checkpoint(folder) is None:
+        raise SpecError(f"--resume: {str(folder)!r} holds no checkpoint-N folder to resume from; run without --resume.")
+    found = sorted(p.name for p in folder.iterdir()) if existing == folder and not (resume or overwrite) else []
+    if found:
+        shown = ", ".join(found[:4]) + (", …" if len(found) > 4 else "")
+        raise TrainingError(
+            f"training.output_dir {str(folder)!r} is not empty ({shown}: an earlier run?); continue the run in it with "
+            "--resume, write over it with --overwrite (overwrite=True), or pick a new output_dir."
+        )
+
+
 def _last_checkpoint(output_dir: Path) -> Path | None:
     from transformers.trainer_utils import get_last_checkpoint
 
@@ -276,9 +288,12 @@ def _last_checkpoint(output_dir: Path) -> Path | None:
 
 
 def _checkpoint_step(checkpoint: Path) -> int:
-    """The optimizer step a checkpoint-N folder was saved at (its trainer_state.json, else N)."""
-    state = checkpoint / "trainer_state.json"
+    """The optimizer step a checkpoint-N folder was saved at (its trainer_state.json, else N). Its files must be
+    regular files: the Trainer reads them whole, and a FIFO or a device would hang it."""
+    if odd := [path for path in checkpoint.iterdir() if not (path.is_file() or path.is_dir())]:
+        raise CheckpointError(f"--resume: {str(odd[0])!r} is not a regular file; remove it or the checkpoint.")
     try:
-        return int(json.loads(state.read_text(encoding="utf-8"))["global_step"])
+        state = read_text(checkpoint / "trainer_state.json", "The trainer state", limit=1 << 26)
+        return int(load_json(state, "The trainer state")["global_step"])
     except (OSError, ValueError, KeyError, TypeError):
         return int(checkpoint.name.rsplit("-", 1)[-1])

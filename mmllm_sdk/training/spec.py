@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import enum
 import functools
+import operator
 import os
+import types
 import typing
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, TypeAdapter, ValidationError, ValidationInfo, field_validator
+from pydantic import Field, PydanticSchemaGenerationError, TypeAdapter, ValidationError, ValidationInfo, field_validator
+from pydantic_core import PydanticCustomError
 
 from mmllm_sdk.files import cache_root
 from mmllm_sdk.spec import read_yaml_mapping
@@ -50,54 +54,60 @@ class RecipeSpec(StrictModel):
     @field_validator("training")
     @classmethod
     def _training_arguments(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
-        from transformers import TrainingArguments
-
-        known = {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
-        for key in value:
-            if key not in known:
-                near = difflib.get_close_matches(key, sorted(known), n=1)
-                hint = f"; did you mean {near[0]!r}?" if near else "; see transformers.TrainingArguments"
-                raise ValueError(f"{key!r} is not a TrainingArguments field{hint}")
-        if "output_dir" not in value:
-            raise ValueError("'output_dir' is required: the folder for checkpoints and the final model")
         data = info.data.get("data")
         if data is not None and data.eval is not None and str(value.get("eval_strategy", "no")).lower() == "no":
             raise ValueError(
                 "data.eval is set but eval_strategy is 'no' (the default), so the eval data would be read and never "
                 "scored; add eval_strategy: epoch (or steps, with eval_steps: N) here, or remove data.eval"
             )
-        return {key: _scalar_argument(key, item) for key, item in value.items()}
+        return training_arguments(value)
+
+
+def training_arguments(values: dict[str, Any]) -> dict[str, Any]:
+    """``training:`` checked against TrainingArguments' fields and type hints: text that spells a number ("1e-3") is
+    that number; a number field defaulting to 0 or more takes no negative value (batch sizes, accumulation: no 0)."""
+    fields, checked, problems = _argument_fields(), {}, []
+    if values.get("output_dir") is None:
+        problems.append({"type": PydanticCustomError("missing", ""), "loc": ("output_dir",), "input": values})
+    for key, value in values.items():
+        if key not in fields:
+            near = difflib.get_close_matches(key, sorted(fields), n=1)
+            problem = "is not a TrainingArguments field" + (f"; did you mean {near[0]!r}?" if near else "")
+        else:
+            try:
+                checked[key] = fields[key].validate_python(value)
+                continue
+            except ValidationError as exc:  # one message per type of a union: "… a valid string or a valid list"
+                wanted = dict.fromkeys(error["msg"].removeprefix("Input should be ") for error in exc.errors())
+                problem = "Input should be " + " or ".join(wanted)
+        shown = f" (got {value!r:.60})" if isinstance(value, (dict, list)) else ""
+        problems.append({"type": PydanticCustomError("training", problem + shown), "loc": (key,), "input": value})
+    if problems:
+        raise ValidationError.from_exception_data("training", problems)
+    return checked
 
 
 @functools.cache
-def _scalar_fields() -> dict[str, Any]:
-    """TrainingArguments' number and yes/no fields, by name: their type (``float``, ``int | None`` …)."""
+def _argument_fields() -> dict[str, TypeAdapter]:
+    """TrainingArguments' fields by name: a validator of a value. An enum takes its values only (transformers turns
+    the text into the enum), a float finite numbers only."""
     from transformers import TrainingArguments
 
-    hints = typing.get_type_hints(TrainingArguments)
-    fields = {}
-    for field in dataclasses.fields(TrainingArguments):
-        kinds = set(typing.get_args(hints[field.name])) - {type(None)} or {hints[field.name]}
-        if field.init and len(kinds) == 1 and kinds <= {int, float, bool}:
-            fields[field.name] = hints[field.name]
+    hints, fields = typing.get_type_hints(TrainingArguments), {}
+    for field in (f for f in dataclasses.fields(TrainingArguments) if f.init):
+        hint = hints[field.name]
+        options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+        if enums := [o for o in options if isinstance(o, type) and issubclass(o, enum.Enum)]:
+            values = tuple(member.value for e in enums for member in e)
+            options = (Literal[values], *(o for o in options if o not in (str, *enums)))
+        least = 1 if field.name.endswith(("batch_size", "accumulation_steps")) else 0
+        least = least if type(field.default) in (int, float) and field.default >= 0 else None
+        bounded = [Annotated[o, Field(ge=least, allow_inf_nan=False)] if o in (int, float) else o for o in options]
+        try:
+            fields[field.name] = TypeAdapter(functools.reduce(operator.or_, bounded))
+        except PydanticSchemaGenerationError:  # a type pydantic cannot check: passed through as it is
+            fields[field.name] = TypeAdapter(Any)
     return fields
-
-
-def _scalar_argument(key: str, value: Any) -> Any:
-    """A number or yes/no TrainingArguments field, checked and converted as pydantic does (``"1e-3"`` -> 0.001)."""
-    kind = _scalar_fields().get(key)
-    if kind is None:
-        return value
-    try:
-        return TypeAdapter(kind).validate_python(value)
-    except ValidationError:
-        base = next(k for k in (*typing.get_args(kind), kind) if k in _WORDS)
-        optional = " (or null)" if type(None) in typing.get_args(kind) else ""
-        what, example = _WORDS[base]
-        raise ValueError(f"{key}: {value!r} is not {what}{optional}; write e.g. {key}: {example}") from None
-
-
-_WORDS = {float: ("a number", "0.001"), int: ("a whole number", "8"), bool: ("true or false", "true")}
 
 
 def load_recipe(path: str | os.PathLike[str]) -> RecipeSpec:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import shutil
@@ -9,13 +10,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils._pytree import tree_leaves
 from transformers import Trainer
 from transformers.trainer_pt_utils import LengthGroupedSampler
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
-from mmllm_sdk.errors import CheckpointError, InputError
+from mmllm_sdk.errors import CheckpointError, InputError, TrainingError
 from mmllm_sdk.model.checkpoint import MANIFEST, load_trained, read_trained, write_checkpoint_files
 
+STOP = "No checkpoint was written for this step (earlier ones are kept); fix that component or its inputs."
 STAGING = ".saving"  # checkpoints are written here, then renamed to checkpoint-N: a kill never leaves half of one
 
 
@@ -49,6 +52,46 @@ class MMTrainer(Trainer):
             loss = loss * self.accelerator.num_processes
         return (loss, outputs) if return_outputs else loss
 
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        """One micro-batch's forward and backward. A loss or a gradient that is not finite stops the run with a
+        :class:`TrainingError` naming the step and the component, before an optimizer step or a checkpoint takes it."""
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        unwrapped, step = self.accelerator.unwrap_model(model), f"Training stopped at step {self.state.global_step + 1}"
+        if not torch.isfinite(loss):
+            raise TrainingError(f"{step}: the loss is {loss.item()}; {self.first_nonfinite(unwrapped, inputs)}. {STOP}")
+        # every gradient, checked at once (fp16's loss scaler skips the steps whose gradients overflow, by design)
+        named = [(n, p) for n, p in unwrapped.named_parameters() if p.grad is not None and not self.accelerator.scaler]
+        finite = torch.stack([p.grad.isfinite().all().to(loss.device) for _, p in named]).tolist() if named else []
+        if bad := [(name, p) for (name, p), ok in zip(named, finite, strict=True) if not ok]:
+            owner = {id(p): path for path, part in unwrapped.components().items() for p in part.parameters()}
+            parts = ", ".join(dict.fromkeys(owner.get(id(p), name) for name, p in bad))
+            raise TrainingError(
+                f"{step}: the gradient of {parts} is not finite (NaN or inf, in {bad[0][0]}"
+                f"{' and more' if len(bad) > 1 else ''}) while the loss is {loss.item():.4g}. {STOP}"
+            )
+        return loss
+
+    def first_nonfinite(self, model: torch.nn.Module, inputs: dict[str, Any]) -> str:
+        """Where non-finite values first appear when the batch runs again (no gradients; the model is left in eval
+        mode, as the run stops), found by forward hooks on every module of the model's components."""
+        found: list[str] = []
+
+        def check(path: str, module: Any, args: Any, kwargs: Any, output: Any) -> None:
+            if not found and not _finite([args, kwargs]):  # from the batch, an encoder before it, or the feature cache
+                found.append(f"{path} receives non-finite inputs")
+            elif not found and not _finite(output):
+                found.append(f"the output of {path} is the first that is not finite")
+
+        owner = {module: path for path, part in reversed(model.components().items()) for module in part.modules()}
+        hooks = [m.register_forward_hook(functools.partial(check, p), with_kwargs=True) for m, p in owner.items()]
+        try:
+            with torch.no_grad(), contextlib.suppress(Exception):  # a rerun that fails leaves what the hooks found
+                self.compute_loss(model.eval(), self._prepare_inputs(inputs))
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return found[0] if found else "every component's output is finite, so the recipe's loss itself is not"
+
     def through_wrapper(self, model: torch.nn.Module, loss_of: Any, *args: Any) -> Any:
         """``loss_of(unwrapped_model, *args)`` run as the forward of the wrapped ``model``, so DDP/FSDP sync gradients.
         Meanwhile the model's ``forward`` is ``loss_of``: it calls ``type(model).forward(model, …)`` for the real one.
@@ -80,8 +123,7 @@ class MMTrainer(Trainer):
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         if not self.args.should_save:
             return
-        folder = Path(output_dir or self.args.output_dir)
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = Path(output_dir or self.args.output_dir)  # made by write_checkpoint_files' atomic writes
         write_checkpoint_files(self.accelerator.unwrap_model(self.model), folder, values=state_dict)
 
     def _get_output_dir(self, trial) -> str:
@@ -103,8 +145,7 @@ class MMTrainer(Trainer):
         self.accelerator.wait_for_everyone()
         if self.args.should_save:
             final = run_dir / name
-            if final.exists():
-                shutil.rmtree(final)
+            shutil.rmtree(final, ignore_errors=True)
             os.replace(staging_root / name, final)
             best = self.state.best_model_checkpoint
             if best is not None and Path(best).parent == staging_root:
@@ -134,3 +175,8 @@ class EpochSeededLengthGroupedSampler(LengthGroupedSampler):
 
     def set_epoch(self, epoch: int) -> None:
         self.generator = torch.Generator().manual_seed(self.seed + epoch)
+
+
+def _finite(value: Any) -> bool:
+    """False when a floating tensor in ``value`` (tensors in lists, tuples, dicts, model outputs) holds NaN or inf."""
+    return all(t.isfinite().all() for t in tree_leaves(value) if isinstance(t, torch.Tensor) and t.is_floating_point())

@@ -6,6 +6,8 @@ import argparse
 from collections.abc import Iterator
 from pathlib import Path
 
+from mmllm_sdk.default_plugins.commands.options import add_trust_remote_code
+from mmllm_sdk.default_plugins.exporters import refuse_existing, staged_output
 from mmllm_sdk.errors import MMLLMError, PluginError
 from mmllm_sdk.hookspecs import hookimpl
 
@@ -21,7 +23,11 @@ def register_commands(cli):
     export.add_argument("checkpoint", help="an SDK checkpoint folder")
     formats = export.add_argument("--format", required=True, help="the target format")
     formats.choices = ExporterNames()  # set afterwards: add_argument would format the choices, building the registry
-    export.add_argument("output", help="the folder to write (replaced atomically if it exists)")
+    export.add_argument("output", help="the folder (or file) to write; an existing one is refused unless --overwrite")
+    export.add_argument(
+        "--overwrite", action="store_true", help="replace an existing OUTPUT (atomically: once the export is complete)"
+    )
+    add_trust_remote_code(export)
 
 
 class ExporterNames:
@@ -51,19 +57,25 @@ def describe_formats() -> str:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    """Every exporter writes into a staging path; only a complete export replaces OUTPUT, and only with --overwrite."""
     import mmllm_sdk
     from mmllm_sdk.registry import get_registry
 
     entry = get_registry().get("exporters", args.format, where="--format")
     exporter = entry.value
-    model = mmllm_sdk.MMLLM.from_pretrained(args.checkpoint)
+    output = Path(args.output)
+    refuse_existing(output, args.overwrite)  # before the checkpoint is loaded
+    model = mmllm_sdk.MMLLM.from_pretrained(args.checkpoint, trust_remote_code=args.trust_remote_code)
     try:
-        out = exporter(model, Path(args.output))
+        writer = f"The exporter {entry.name!r} of plugin {entry.plugin!r}"
+        with staged_output(output, overwrite=args.overwrite, writer=writer) as staging:
+            exporter(model, staging)
     except MMLLMError:
         raise
     except Exception as exc:
         raise PluginError(
             f"Plugin {entry.plugin!r} failed to export as {entry.name!r}: {type(exc).__name__}: {exc}"
         ) from exc
+    out = output.resolve()
     print(f"Wrote {out} ({exporter.usage})." if exporter.usage else f"Wrote {out}.")
     return 0

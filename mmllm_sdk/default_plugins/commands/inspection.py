@@ -6,6 +6,7 @@ import argparse
 import json
 from typing import Any
 
+from mmllm_sdk.default_plugins.commands.options import add_trust_remote_code
 from mmllm_sdk.hookspecs import hookimpl
 
 
@@ -28,19 +29,24 @@ def register_commands(cli):
     )
     validate.add_argument("spec", help="path of a YAML model spec")
     validate.add_argument("--json", action="store_true", help="print JSON for machines")
+    add_trust_remote_code(validate)
 
 
 def plugin_rows() -> list[dict[str, Any]]:
     """One row per loaded plugin: its name, distribution, version, whether built in, and what it registers."""
     from mmllm_sdk.cli import command_plugins
-    from mmllm_sdk.plugins import plugin_info
-    from mmllm_sdk.registry import get_registry
+    from mmllm_sdk.plugins import plugin_info, plugin_names
+    from mmllm_sdk.registry import KINDS, get_registry
 
     commands: dict[str, list[str]] = {}
     for command, plugin in command_plugins().items():
         commands.setdefault(plugin, []).append(command)
+    by_plugin: dict[str, list[Any]] = {name: [] for name in plugin_names()}  # a plugin that registers nothing too
+    for kind in KINDS:
+        for entry in get_registry().entries(kind):
+            by_plugin.setdefault(entry.plugin, []).append(entry)
     rows = []
-    for name, entries in get_registry().by_plugin().items():
+    for name, entries in by_plugin.items():
         info = plugin_info(name)
         registers: dict[str, list[str]] = {}
         for entry in entries:
@@ -74,12 +80,12 @@ def run_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
-def validation_report(spec_path: str) -> tuple[dict[str, Any], list[Any]]:
+def validation_report(spec_path: str, trust_remote_code: bool = False) -> tuple[dict[str, Any], list[Any]]:
     """The report of ``mmllm validate --json`` and the parameter counts, from a skeleton of the spec's model."""
     import mmllm_sdk
 
     spec = mmllm_sdk.load_spec(spec_path)
-    model = mmllm_sdk.build_model(spec, skeleton=True, progress=False)
+    model = mmllm_sdk.build_model(spec, skeleton=True, progress=False, trust_remote_code=trust_remote_code)
     counts = model.parameter_counts()
     outputs = {}
     for modality, output in spec.outputs.items():
@@ -114,7 +120,7 @@ def validation_report(spec_path: str) -> tuple[dict[str, Any], list[Any]]:
 
 
 def run_validate(args: argparse.Namespace) -> int:
-    report, counts = validation_report(args.spec)
+    report, counts = validation_report(args.spec, args.trust_remote_code)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0

@@ -25,11 +25,15 @@ def register_commands(cli):
     )
     new_plugin.add_argument("--output-dir", default=".", help="where the package folder is created (default .)")
     new_plugin.add_argument(
+        "--overwrite", action="store_true", help="replace an existing package folder (once the new one is complete)"
+    )
+    new_plugin.add_argument(
         "--set",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="set a template variable, e.g. --set channels=12 (repeatable; see the template's cookiecutter.json)",
+        help="set a template variable, e.g. --set channels=12 (repeatable; see the template's cookiecutter.json); "
+        "every value is checked before anything is written",
     )
 
 
@@ -42,7 +46,7 @@ def run_new_plugin(args: argparse.Namespace) -> int:
         if not sep or not key:
             raise SpecError(f"--set {item!r} must look like KEY=VALUE, e.g. --set channels=12.")
         context[key] = value
-    folder = new_plugin(args.name, args.output_dir, no_input=args.no_input, context=context)
+    folder = new_plugin(args.name, args.output_dir, no_input=args.no_input, context=context, overwrite=args.overwrite)
     if folder.is_relative_to(Path.cwd()):  # as the user would type it
         folder = Path(".") / folder.relative_to(Path.cwd())
     shown = f"./{folder}" if not folder.is_absolute() else str(folder)

@@ -20,6 +20,13 @@ def register_commands(cli):
     train.add_argument(
         "--resume", action="store_true", help="continue from the newest checkpoint-N in training.output_dir"
     )
+    train.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="let the run write into a training.output_dir that is not empty (an earlier run): each file and "
+        "checkpoint-N it writes replaces the one of the same name, nothing else is deleted up front (without it or "
+        "--resume such a folder is refused; see docs/training.md, the output folder)",
+    )
 
     demo = cli.command(
         "demo",
@@ -38,7 +45,7 @@ def register_commands(cli):
 def run_train(args: argparse.Namespace) -> int:
     from mmllm_sdk.training.run import is_main_process, train
 
-    result = train(args.recipe, resume=args.resume)
+    result = train(args.recipe, resume=args.resume, overwrite=args.overwrite)
     if is_main_process() and result.steps_trained == 0:  # one line, not one per torchrun process
         print(f"Nothing trained; {result.output_dir} holds the finished run (load it with mmllm chat).")
     elif is_main_process():

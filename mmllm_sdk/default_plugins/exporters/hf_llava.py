@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from mmllm_sdk.default_plugins.exporters import refuse_existing, staged_output
 from mmllm_sdk.errors import ExportError
-from mmllm_sdk.files import atomic_directory
 
 if TYPE_CHECKING:
     from mmllm_sdk import MMLLM
@@ -36,7 +37,7 @@ def llava_state_dict(model: MMLLM) -> tuple[dict[str, torch.Tensor], str]:
         activation = "linear"
     else:
         raise ExportError(f"The {type(projector).__name__} projector has no LLaVA equivalent; use 'linear' or 'mlp'.")
-    for key, value in model.llm.model.state_dict().items():
+    for key, value in merged_llm_state(model.llm).items():
         if key.startswith("model."):
             state[f"model.language_model.{key.removeprefix('model.')}"] = value
         elif key.startswith("lm_head."):
@@ -46,6 +47,32 @@ def llava_state_dict(model: MMLLM) -> tuple[dict[str, torch.Tensor], str]:
                 f"The LLM's weight {key!r} has no place in a LLaVA model (expected 'model.*' and 'lm_head.*')."
             )
     return state, activation
+
+
+def merged_llm_state(llm: Any) -> dict[str, torch.Tensor]:
+    """The LLM's weights under its base model's names, its peft adapters merged in: LoRA's scaled B·A added to each
+    targeted weight, LN tuning's trained norms in place of the originals.
+
+    Each adapted layer is merged by peft in a copy of that layer, so the model in memory is not changed; the merged
+    copies of the adapted layers are held beside it until the export is written.
+    """
+    from mmllm_sdk.model.peft import has_adapters
+
+    if not has_adapters(llm):
+        return llm.model.state_dict()
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    base = llm.model.get_base_model()
+    state, adapted = {}, ()
+    with torch.no_grad():
+        for name, module in base.named_modules():
+            if isinstance(module, BaseTunerLayer) and not name.startswith(adapted):
+                layer = copy.deepcopy(module)
+                layer.merge()
+                state.update({f"{name}.{k}": v for k, v in layer.get_base_layer().state_dict().items()})
+                adapted += (f"{name}.",)
+    state.update({k: v for k, v in base.state_dict().items() if not k.startswith(adapted)})
+    return state
 
 
 def check_exportable(model: MMLLM) -> None:
@@ -73,23 +100,33 @@ def check_exportable(model: MMLLM) -> None:
             f"it generates {', '.join(model.signal_ids)} (an outputs section), and LLaVA has no output side; export "
             "is for understanding models"
         )
+    peft = getattr(model.llm.model, "active_peft_config", None)
+    if peft is not None and peft.is_prompt_learning:
+        problems.append(
+            f"its LLM is trained with {peft.peft_type.value.lower().replace('_', ' ')} (llm.peft), whose virtual "
+            "key/value tokens have no place in a LlavaForConditionalGeneration, which has no prefix; train with "
+            "llm.peft method 'lora' or 'ln-tuning' (merged into the export)"
+        )
     if not hasattr(model.llm.model, "lm_head") or not hasattr(model.llm.model, "model"):
         problems.append("the LLM must be a decoder-only causal LM with 'model' and 'lm_head' (Llama, Mistral, Qwen2 …)")
     if problems:
         raise ExportError("This model cannot be exported as hf-llava: " + "; ".join(problems) + ".")
 
 
-def export_hf_llava(model: MMLLM, output_dir: str | os.PathLike[str]) -> Path:
+def export_hf_llava(model: MMLLM, output_dir: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
     """Write ``output_dir`` so that ``LlavaForConditionalGeneration.from_pretrained(output_dir)`` gives our logits.
 
     The image placeholder id becomes ``image_token_id``, so ``model.processor``'s
     ``input_ids`` feed the exported model unchanged. A ``LlavaProcessor`` (tokenizer, image
     processor, chat template) is saved beside the weights (safetensors), so
-    ``AutoProcessor.from_pretrained(output_dir)`` works too. An existing folder is replaced atomically.
+    ``AutoProcessor.from_pretrained(output_dir)`` works too. LoRA or LN-tuning adapters (``llm.peft``) are merged
+    into the LLM's weights; ``model`` itself is not changed. An existing ``output_dir`` (a file, a symlink, a folder
+    that is not empty) is an ExportError unless ``overwrite``; then it is replaced atomically.
     """
     from transformers import LlavaConfig, LlavaForConditionalGeneration
 
     check_exportable(model)
+    refuse_existing(output_dir, overwrite)  # before the work: staged_output checks again at the end
     encoder = model.encoders["image"]
     state, activation = llava_state_dict(model)
     text_config = model.llm.model.config
@@ -115,7 +152,7 @@ def export_hf_llava(model: MMLLM, output_dir: str | os.PathLike[str]) -> Path:
     llava.tie_weights()
     llava.eval()
 
-    with atomic_directory(output_dir) as staging:
+    with staged_output(output_dir, overwrite=overwrite) as staging:
         llava.save_pretrained(staging)
         llava_processor(model).save_pretrained(staging)
     return Path(output_dir).resolve()

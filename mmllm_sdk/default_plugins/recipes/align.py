@@ -58,6 +58,19 @@ def caption_pair(example: Any, outputs: Sequence[str]) -> tuple[str, str, Any]:
     )
 
 
+def signal_state_identity(model: MMLLM, modality: str) -> str:
+    """A digest of what the signal states of ``modality`` depend on: the LLM (spec, seed, reference), the
+    trained tensors inside it (signal rows, adapters of earlier stages) and the signal tokens."""
+    trained = {
+        name: hashlib.sha256(tensor.detach().float().cpu().numpy().tobytes()).hexdigest()
+        for name, tensor in sorted(model.llm.named_parameters())
+        if "signal_rows" in name or f"llm.{name}" in model.carried_parameters
+    }
+    llm, tokens = model.spec.llm.model_dump(mode="json"), model.output_heads[modality].signal_tokens
+    identity = [llm, model.spec.seed, model.llm.reference(), tokens, trained]
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
+
+
 @dataclass
 class AlignCollator:
     """Caption examples -> a batch in which the LLM reads each caption and then its modality's signal tokens."""
@@ -102,9 +115,10 @@ class AlignOutputTrainer(MMTrainer):
                 "align-output trains output projectors, and this model has none; add outputs.<modality> (signal "
                 "tokens, an output projector and a generator) to the model spec."
             )
-        fixed = state_cache_dir is not None and model.signal_states_fixed
+        # fixed signal states: nothing upstream of them trains (the LLM, its adapters, the signal rows)
+        fixed = state_cache_dir is not None and not any(p.requires_grad for p in model.llm.parameters())
         self.state_cache = FeatureCache(state_cache_dir) if fixed else None
-        self.state_fingerprints = {m: model.signal_state_identity(m) for m in model.output_heads}
+        self.state_fingerprints = {m: signal_state_identity(model, m) for m in model.output_heads}
         self.targets: dict[tuple[str, str], torch.Tensor] = {}  # (modality, caption) -> the generator's conditioning
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
