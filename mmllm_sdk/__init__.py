@@ -14,7 +14,7 @@ _EXPORTS = {
     "ModelSpec": "mmllm_sdk.spec",
     "load_spec": "mmllm_sdk.spec",
     "list_components": "mmllm_sdk.registry",
-    "train": "mmllm_sdk.training.run",
+    "train": "mmllm_sdk.default_plugins.recipes.run",
     "hookimpl": "mmllm_sdk.hookspecs",
 }
 

@@ -114,7 +114,7 @@ def test_every_builtin_command_comes_from_a_builtin_plugin():
 
 def test_without_a_command_the_help_is_printed_with_status_2(capsys):
     assert main([]) == 2
-    assert capsys.readouterr().out.startswith("usage: mmllm [-h] COMMAND ...")
+    assert capsys.readouterr().out.startswith("usage: mmllm [-h] [--debug] COMMAND ...")
 
 
 def test_output_into_a_pipe_that_closes_early_ends_quietly():

@@ -238,7 +238,7 @@ def test_files_is_a_registered_data_source_whose_params_name_the_modalities(tmp_
 
 
 def test_a_recipes_data_files_and_a_files_data_source_read_alike(tmp_path, media):
-    from mmllm_sdk.training.run import _read
+    from mmllm_sdk.default_plugins.recipes.run import _read
     from mmllm_sdk.training.spec import parse_recipe
 
     recipes = {"conversation": "pt", "preference": "dpo"}

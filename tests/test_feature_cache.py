@@ -12,13 +12,13 @@ import pytest
 import torch
 from PIL import Image
 
-from mmllm_sdk.data.feature_cache import (
+from mmllm_sdk.default_plugins.encoders import CLIPVisionEncoder
+from mmllm_sdk.default_plugins.modalities import IMAGE
+from mmllm_sdk.default_plugins.recipes.feature_cache import (
     FeatureCache,
     encoder_fingerprint,
     fill_cache,
 )
-from mmllm_sdk.default_plugins.encoders import CLIPVisionEncoder
-from mmllm_sdk.default_plugins.modalities import IMAGE
 from mmllm_sdk.errors import InputError
 from mmllm_sdk.testing import tiny_clip_vision_config
 
@@ -139,7 +139,7 @@ def test_truncated_file_is_a_warned_miss_and_is_rewritten(cache, key, caplog):
     cache.put(key, features)
     path = cache.path(key)
     path.write_bytes(path.read_bytes()[:-5])
-    with caplog.at_level(logging.WARNING, logger="mmllm_sdk.data.feature_cache"):
+    with caplog.at_level(logging.WARNING, logger="mmllm_sdk.default_plugins.recipes.feature_cache"):
         assert cache.get(key) is None
     assert str(path) in caplog.text and "not a whole safetensors file" in caplog.text
     assert cache.stats.invalid == 1 and cache.stats.misses == 1
@@ -153,7 +153,7 @@ def test_file_written_under_another_fingerprint_is_not_returned(tmp_path, cache,
     cache.put(key_a, torch.ones(3, 4))
     cache.path(key_b).parent.mkdir(parents=True)
     shutil.copyfile(cache.path(key_a), cache.path(key_b))
-    with caplog.at_level(logging.WARNING, logger="mmllm_sdk.data.feature_cache"):
+    with caplog.at_level(logging.WARNING, logger="mmllm_sdk.default_plugins.recipes.feature_cache"):
         assert cache.get(key_b) is None
     assert "written for encoder fingerprint" in caplog.text
     assert not cache.path(key_b).exists()
@@ -166,7 +166,7 @@ def test_files_of_other_items_or_other_shapes_are_misses(tmp_path, cache, caplog
     cache.put(key_1, torch.ones(3, 4))
     cache.path(key_2).parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(cache.path(key_1), cache.path(key_2))
-    with caplog.at_level(logging.WARNING, logger="mmllm_sdk.data.feature_cache"):
+    with caplog.at_level(logging.WARNING, logger="mmllm_sdk.default_plugins.recipes.feature_cache"):
         assert cache.get(key_2) is None
         assert cache.get(key_1, shape=(4, 3)) is None
         cache.put(key_1, torch.ones(3, 4))
@@ -178,7 +178,7 @@ def test_files_of_other_items_or_other_shapes_are_misses(tmp_path, cache, caplog
 def test_pickled_file_is_never_unpickled(cache, key, caplog):
     cache.path(key).parent.mkdir(parents=True)
     torch.save({"features": torch.ones(3, 4)}, cache.path(key))
-    with caplog.at_level(logging.WARNING, logger="mmllm_sdk.data.feature_cache"):
+    with caplog.at_level(logging.WARNING, logger="mmllm_sdk.default_plugins.recipes.feature_cache"):
         assert cache.get(key) is None
     assert cache.stats.invalid == 1
 
@@ -223,7 +223,7 @@ def test_failed_write_is_counted_not_raised(tmp_path, key, caplog):
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the cache folder should be")
     cache = FeatureCache(blocker)
-    with caplog.at_level(logging.WARNING, logger="mmllm_sdk.data.feature_cache"):
+    with caplog.at_level(logging.WARNING, logger="mmllm_sdk.default_plugins.recipes.feature_cache"):
         cache.put(key, torch.ones(2, 2))
     assert cache.stats.write_errors == 1 and cache.stats.writes == 0
     assert "Could not write" in caplog.text

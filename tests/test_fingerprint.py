@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import mmllm_sdk
-from mmllm_sdk.data.fingerprint import encoder_fingerprint, encoder_identity
 from mmllm_sdk.default_plugins.encoders import CLIPVisionEncoder, VideoFramesEncoder
+from mmllm_sdk.default_plugins.recipes.fingerprint import encoder_fingerprint, encoder_identity
 from mmllm_sdk.errors import PluginError, SpecError
 from mmllm_sdk.testing import tiny_clip_vision_config
 
@@ -53,7 +53,7 @@ def test_fingerprint_is_stable_across_builds_of_the_same_spec():
 
 def test_fingerprint_is_the_same_in_another_process():
     code = (
-        "from mmllm_sdk.data.feature_cache import encoder_fingerprint\n"
+        "from mmllm_sdk.default_plugins.recipes.feature_cache import encoder_fingerprint\n"
         "from mmllm_sdk.default_plugins.encoders import CLIPVisionEncoder\n"
         "from mmllm_sdk.testing import tiny_clip_vision_config\n"
         "entry = {'name': 'hf-clip-vision', 'params': {'config': tiny_clip_vision_config()}}\n"

@@ -20,11 +20,11 @@ from mmllm_sdk.components import modality
 from mmllm_sdk.components.encoder import ModalityEncoder
 from mmllm_sdk.components.modality import ModalitySpec
 from mmllm_sdk.data.examples import Conversation, Message, TextPart
-from mmllm_sdk.data.feature_cache import FeatureCache, fill_cache
 from mmllm_sdk.default_plugins import modalities
 from mmllm_sdk.default_plugins.datasets import records
 from mmllm_sdk.default_plugins.datasets.files import read_examples
 from mmllm_sdk.default_plugins.modalities import AUDIO, IMAGE, VIDEO
+from mmllm_sdk.default_plugins.recipes.feature_cache import FeatureCache, fill_cache
 from mmllm_sdk.errors import DataError, InputError, PluginError
 from mmllm_sdk.model.processor import IGNORE_INDEX, MMLLMProcessor, ModalityInput
 

@@ -21,10 +21,10 @@ from torch import nn
 
 from mmllm_sdk.cli import main
 from mmllm_sdk.components.encoder import ModalityEncoder
+from mmllm_sdk.default_plugins.recipes.run import train
 from mmllm_sdk.errors import CheckpointError, SpecError, TrainingError
 from mmllm_sdk.hookspecs import hookimpl
 from mmllm_sdk.testing import tiny_spec
-from mmllm_sdk.training.run import train
 from mmllm_sdk.training.spec import load_recipe, parse_recipe
 
 
@@ -288,13 +288,14 @@ def test_an_encoder_that_outputs_nan_stops_training_at_step_1_naming_it(faulty, 
     assert not list(run.glob("checkpoint-*")) and not (run / "trainable.safetensors").exists()
 
 
-def test_nan_features_read_from_the_feature_cache_stop_training_where_they_enter(faulty, tmp_path):
+def test_nan_features_never_enter_the_feature_cache_and_training_does_not_start(faulty, tmp_path):
     spec = faulty("nan")
     spec["cache"] = {"dir": str(tmp_path / "cache")}
     with pytest.raises(
-        TrainingError, match=r"the loss is nan; inputs.image.projector receives non-finite inputs\. No checkpoint"
+        TrainingError, match=r"The image encoder FaultyEncoder gave features that are not finite .*0\.png"
     ):
         train(spec)
+    assert not list((tmp_path / "cache").rglob("*.safetensors"))
     assert not list((tmp_path / "run").glob("checkpoint-*"))
 
 

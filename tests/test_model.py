@@ -9,6 +9,8 @@ import torch
 
 from mmllm_sdk import MMLLM, build_model
 from mmllm_sdk.errors import CheckpointError, MissingPluginError, PlaceholderMismatchError
+from mmllm_sdk.files import file_sha256
+from mmllm_sdk.model.checkpoint import spec_digest
 
 
 def conversation(image):
@@ -125,7 +127,7 @@ def test_saving_over_a_checkpoint_replaces_it_whole(image_model, tmp_path):
     target = tmp_path / "ckpt"
     target.mkdir()
     (target / "stale.txt").write_text("old")
-    image_model.save_pretrained(target)
+    image_model.save_pretrained(target, overwrite=True)
     assert sorted(p.name for p in target.iterdir()) == ["mmllm.json", "trainable.safetensors"]
 
 
@@ -137,6 +139,7 @@ def test_loading_names_the_missing_plugin(image_model, tmp_path):
         name="depth-dpt", plugin="mmllm-depth", distribution="mmllm-depth", version="0.2.0"
     )
     manifest["spec"]["inputs"]["image"]["encoder"]["name"] = "depth-dpt"
+    manifest["digest"]["spec"] = spec_digest(manifest["spec"])  # as that plugin would have saved it
     manifest_path.write_text(json.dumps(manifest))
     with pytest.raises(
         MissingPluginError,
@@ -147,7 +150,11 @@ def test_loading_names_the_missing_plugin(image_model, tmp_path):
 
 def test_a_corrupt_weights_file_is_a_checkpoint_error(image_model, tmp_path):
     image_model.save_pretrained(tmp_path / "ckpt")
-    (tmp_path / "ckpt" / "trainable.safetensors").write_bytes(b"not safetensors at all")
+    weights = tmp_path / "ckpt" / "trainable.safetensors"
+    weights.write_bytes(b"not safetensors at all")
+    manifest = json.loads((tmp_path / "ckpt" / "mmllm.json").read_text())
+    manifest["digest"]["trainable"] = file_sha256(weights)  # corrupt when written: the digest cannot tell
+    (tmp_path / "ckpt" / "mmllm.json").write_text(json.dumps(manifest))
     with pytest.raises(CheckpointError, match="cannot be read .* corrupt"):
         MMLLM.from_pretrained(tmp_path / "ckpt", progress=False)
 

@@ -8,8 +8,7 @@ import pytest
 import torch
 
 from mmllm_sdk import build_model
-from mmllm_sdk.data.examples import Conversation, MediaPart, TextPart
-from mmllm_sdk.data.feature_cache import FEATURES_KEY
+from mmllm_sdk.data.examples import FEATURES_KEY, Conversation, MediaPart, TextPart
 from mmllm_sdk.model.processor import IGNORE_INDEX
 from mmllm_sdk.testing import tiny_spec
 

@@ -13,9 +13,9 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from mmllm_sdk import MMLLM, build_model
+from mmllm_sdk.default_plugins.recipes.run import train
 from mmllm_sdk.errors import SpecError
 from mmllm_sdk.testing import caption_loss, tiny_spec
-from mmllm_sdk.training.run import train
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "yellow": (230, 220, 30)}
 
@@ -247,7 +247,7 @@ def test_frozen_encoder_features_are_cached_reused_and_invalidated(tmp_path, tok
 
 
 def test_cached_features_give_the_same_loss_as_running_the_encoder(image_model, image_file, tmp_path):
-    from mmllm_sdk.data.feature_cache import FeatureCache, encoder_fingerprint, fill_cache
+    from mmllm_sdk.default_plugins.recipes.feature_cache import FeatureCache, encoder_fingerprint, fill_cache
 
     conversation = [
         {"role": "user", "content": [{"type": "image", "path": str(image_file)}]},
@@ -264,7 +264,7 @@ def test_cached_features_give_the_same_loss_as_running_the_encoder(image_model, 
         [str(image_file)],
         image_model.processor.inputs["image"].spec.load,
     )
-    from mmllm_sdk.training.run import CachedFeatures, ExampleDataset
+    from mmllm_sdk.default_plugins.recipes.run import CachedFeatures, ExampleDataset
 
     encoder = image_model.encoders["image"]
     features = CachedFeatures(cache, {"image": (fingerprint, (encoder.num_tokens, encoder.output_dim))})
@@ -278,7 +278,7 @@ def test_cached_features_give_the_same_loss_as_running_the_encoder(image_model, 
 KILLING_RUN = """
 import os, signal, sys
 from transformers import TrainerCallback
-from mmllm_sdk.training.run import train
+from mmllm_sdk.default_plugins.recipes.run import train
 
 class KillAt(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):

@@ -18,9 +18,9 @@ open_clip = pytest.importorskip("open_clip")
 
 from mmllm_sdk import MMLLM, build_model  # noqa: E402
 from mmllm_sdk.components.hf import content_hash, skeleton_mode  # noqa: E402
-from mmllm_sdk.data.feature_cache import encoder_fingerprint  # noqa: E402
 from mmllm_sdk.default_plugins.encoders.open_clip_vision import OpenClipVisionEncoder  # noqa: E402
 from mmllm_sdk.default_plugins.encoders.timm_vision import TimmVisionEncoder  # noqa: E402
+from mmllm_sdk.default_plugins.recipes.feature_cache import encoder_fingerprint  # noqa: E402
 from mmllm_sdk.errors import InputError, SpecError  # noqa: E402
 from mmllm_sdk.testing import tiny_spec  # noqa: E402
 

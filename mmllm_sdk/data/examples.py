@@ -6,6 +6,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+FEATURES_KEY = "encoder_features"  # batch[modality][FEATURES_KEY]: cached F_X (items, N, D) in place of encoder inputs
+
 
 @dataclass(frozen=True)
 class TextPart:

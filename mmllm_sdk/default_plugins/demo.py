@@ -206,7 +206,7 @@ def run_demo(output_dir: str | Path, *, quick: bool = False, seed: int = 0) -> D
             recipe_spec["peft"] = peft
         print(f"\n[demo] {label}: {count} {task} examples", flush=True)
         started = time.perf_counter()
-        trained = mmllm_sdk.train(recipe_spec)
+        trained = mmllm_sdk.train(recipe_spec, overwrite=True)  # the demo's own stage folders, run after run
         seconds = time.perf_counter() - started
         result.stages.append(StageResult(label, evaluate(trained.model, heldout), seconds))
         _print_row(result.stages[-1])

@@ -231,8 +231,8 @@ def open_checkpoint(
     asks = remote_code(data["spec"])
     if asks and not trust_remote_code:
         raise CheckpointError(
-            f"The checkpoint {str(directory)!r} asks to run Python code from its components' model folders or hub "
-            f"repositories ({', '.join(asks)} in {MANIFEST}). Loading never runs code from a checkpoint unless you "
+            f"The checkpoint {str(directory)!r} asks to run Python code from the model folders or hub repositories "
+            f"of its components ({', '.join(asks)} in {MANIFEST}). Loading never runs code from a checkpoint unless you "
             "pass trust_remote_code=True (--trust-remote-code) for this call, after reading that code."
         )
     check_plugins(data)

@@ -19,7 +19,7 @@ from torch import nn
 from transformers.utils import ModelOutput
 
 from mmllm_sdk.components.modality import ModalitySpec
-from mmllm_sdk.data.feature_cache import FEATURES_KEY
+from mmllm_sdk.data.examples import FEATURES_KEY
 from mmllm_sdk.dtypes import to_module
 from mmllm_sdk.errors import InputError, PlaceholderMismatchError, SpecError
 from mmllm_sdk.model import generation

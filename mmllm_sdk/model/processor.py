@@ -12,8 +12,7 @@ import torch
 from mmllm_sdk.components.encoder import ModalityEncoder
 from mmllm_sdk.components.llm import LLMBackbone
 from mmllm_sdk.components.modality import ModalitySpec, preprocess
-from mmllm_sdk.data.examples import Conversation, MediaPart, TextPart
-from mmllm_sdk.data.feature_cache import FEATURES_KEY
+from mmllm_sdk.data.examples import FEATURES_KEY, Conversation, MediaPart, TextPart
 from mmllm_sdk.data.messages import ROLES, TEXT_SLOT, MessageParser, PlaceholderCountError, RecordError
 from mmllm_sdk.errors import InputError, PlaceholderMismatchError
 

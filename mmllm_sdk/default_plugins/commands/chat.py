@@ -78,6 +78,8 @@ def parse_inputs(values: list[str]) -> list[dict[str, str]]:
 
 def read_question(number: int) -> str | None:
     """The next line of standard input (None at its end), which must be UTF-8."""
+    if not hasattr(sys.stdin, "buffer"):  # already text (a StringIO in place of stdin)
+        return sys.stdin.readline() or None
     line = sys.stdin.buffer.readline()
     try:
         return line.decode("utf-8") if line else None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from mmllm_sdk.default_plugins.commands.options import add_trust_remote_code
 from mmllm_sdk.hookspecs import hookimpl
 
 
@@ -27,6 +28,7 @@ def register_commands(cli):
         "checkpoint-N it writes replaces the one of the same name, nothing else is deleted up front (without it or "
         "--resume such a folder is refused; see docs/training.md, the output folder)",
     )
+    add_trust_remote_code(train)
 
     demo = cli.command(
         "demo",
@@ -43,9 +45,9 @@ def register_commands(cli):
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from mmllm_sdk.training.run import is_main_process, train
+    from mmllm_sdk.default_plugins.recipes.run import is_main_process, train
 
-    result = train(args.recipe, resume=args.resume, overwrite=args.overwrite)
+    result = train(args.recipe, resume=args.resume, overwrite=args.overwrite, trust_remote_code=args.trust_remote_code)
     if is_main_process() and result.steps_trained == 0:  # one line, not one per torchrun process
         print(f"Nothing trained; {result.output_dir} holds the finished run (load it with mmllm chat).")
     elif is_main_process():

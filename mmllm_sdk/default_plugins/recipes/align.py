@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from mmllm_sdk.data.examples import Conversation, MediaPart, Message, OutputPart, TextPart
-from mmllm_sdk.data.feature_cache import FeatureCache
 from mmllm_sdk.data.messages import ANSWER_ROLE
+from mmllm_sdk.default_plugins.recipes.feature_cache import FeatureCache
 from mmllm_sdk.errors import InputError
 from mmllm_sdk.model.heads import EmbeddingHead
 from mmllm_sdk.registry import get_registry

@@ -58,8 +58,8 @@ def check_pt(
     unchanged (a frozen encoder or LLM that moved is a defect). Use a tiny LLM with sharp
     logits, ``tiny_spec(..., initializer_range=0.2)``: the default one's loss barely moves.
     """
+    import mmllm_sdk
     from mmllm_sdk.model.modeling import build_model
-    from mmllm_sdk.training.run import train
 
     recipe: dict[str, Any] = {
         "recipe": "pt",
@@ -78,7 +78,7 @@ def check_pt(
     }
     if trainable is not None:
         recipe["trainable"] = list(trainable)
-    result = train(recipe)
+    result = mmllm_sdk.train(recipe)
     source = dict(data) if isinstance(data, Mapping) else {"dataset": "files", "params": {"paths": str(data)}}
     entry = get_registry().get("datasets", source["dataset"])  # data files: the built-in ``files`` data source
     examples = entry.build(dict(source.get("params", {}))).examples  # a data source gives the same examples again

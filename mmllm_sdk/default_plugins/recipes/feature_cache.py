@@ -22,14 +22,15 @@ from safetensors.torch import save as save_safetensors
 
 from mmllm_sdk.components.encoder import ModalityEncoder
 from mmllm_sdk.components.modality import preprocess
-from mmllm_sdk.data.fingerprint import CACHE_FORMAT, tensor_bytes
-from mmllm_sdk.data.fingerprint import encoder_fingerprint as encoder_fingerprint  # re-exported for callers
-from mmllm_sdk.errors import InputError, PluginError
+from mmllm_sdk.default_plugins.recipes.fingerprint import CACHE_FORMAT, tensor_bytes
+from mmllm_sdk.default_plugins.recipes.fingerprint import (
+    encoder_fingerprint as encoder_fingerprint,
+)  # re-exported for callers
+from mmllm_sdk.errors import InputError, PluginError, TrainingError
 from mmllm_sdk.files import atomic_write, file_sha256, read_bytes
 
 logger = logging.getLogger(__name__)
 
-FEATURES_KEY = "encoder_features"  # batch[modality][FEATURES_KEY]: cached F_X (items, N, D) in place of encoder inputs
 _TENSOR_NAME = "features"  # the one tensor in each cache file
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _KEY = re.compile(r"^([0-9a-f]{64})-([0-9a-f]{64})$")
@@ -274,6 +275,15 @@ def fill_cache(
                 raise PluginError(
                     f"{type(encoder).__qualname__} returned features of shape {tuple(encoded.shape)} for "
                     f"{len(chunk)} items, but its num_tokens and output_dim promise {(len(chunk), *shape)}."
+                )
+            broken = [
+                str(todo[key]) for key, features in zip(chunk, encoded, strict=True) if not features.isfinite().all()
+            ]
+            if broken:
+                raise TrainingError(
+                    f"The {encoder.modality} encoder {type(encoder).__qualname__} gave features that are not finite "
+                    f"(NaN or infinity) for {', '.join(map(repr, broken[:3]))}; nothing of them is cached and training "
+                    "does not start. Check those files, and the encoder's weights and dtype."
                 )
             for key, features in zip(chunk, encoded, strict=True):
                 cache.put(key, features.to("cpu", copy=True))  # (N, D)

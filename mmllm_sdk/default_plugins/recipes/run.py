@@ -12,10 +12,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.utils.data import Dataset
 
-from mmllm_sdk.data.examples import Example, MediaPart
+from mmllm_sdk.data.examples import Example, MediaPart, PreferencePair, TextPart
 from mmllm_sdk.data.formats import DataReport, as_example, estimate_length
-from mmllm_sdk.errors import CheckpointError, PluginError, SpecError, TrainingError
+from mmllm_sdk.errors import CheckpointError, DataError, PluginError, SpecError, TrainingError
 from mmllm_sdk.files import atomic_write, load_json, read_text
+from mmllm_sdk.model.processor import MAX_CHARS_PER_TOKEN
 from mmllm_sdk.model.trainable import select, spec_patterns, with_trainable
 from mmllm_sdk.registry import get_registry
 from mmllm_sdk.spec import ENCODER, LLM, ModelSpec, load_spec
@@ -40,7 +41,7 @@ TRAINING_FORCED: dict[str, Any] = {"remove_unused_columns": False}  # examples a
 class CachedFeatures:
     """Frozen encoders' features in a feature cache: per modality, the encoder's fingerprint and feature shape."""
 
-    cache: Any  # a mmllm_sdk.data.feature_cache.FeatureCache
+    cache: Any  # a mmllm_sdk.default_plugins.recipes.feature_cache.FeatureCache
     encoders: dict[str, tuple[str, tuple[int, int]]]
 
     def attach(self, item: MediaPart) -> MediaPart:
@@ -77,21 +78,23 @@ class TrainResult:
     steps_trained: int | None = None  # optimizer steps this call ran (0: a resumed run that was already complete)
 
 
-def resolve_model(source: str | dict[str, Any]) -> tuple[ModelSpec, dict[str, torch.Tensor] | None, str]:
+def resolve_model(
+    source: str | dict[str, Any], trust_remote_code: bool = False
+) -> tuple[ModelSpec, dict[str, torch.Tensor] | None, str]:
     """The model spec to train and, when continuing from a checkpoint, its trained tensors and path."""
-    from mmllm_sdk.model.checkpoint import MANIFEST, check_plugins, read_manifest, read_trained
+    from mmllm_sdk.model.build import open_checkpoint
+    from mmllm_sdk.model.checkpoint import MANIFEST
 
     if isinstance(source, dict):
         return validate(ModelSpec, source, where="model"), None, ""
     path = Path(source)
     if path.is_dir():
-        if not (path / MANIFEST).is_file():
+        if not (path / MANIFEST).exists():
             raise SpecError(
                 f"model: {source!r} is a folder without {MANIFEST}; give a model spec file or an SDK checkpoint."
             )
-        data = read_manifest(path)
-        check_plugins(data)
-        return validate(ModelSpec, data["spec"], source=str(path / MANIFEST)), read_trained(path), str(path)
+        spec, state, _, _ = open_checkpoint(path, trust_remote_code)
+        return spec, state, str(path)
     return load_spec(path), None, ""
 
 
@@ -100,11 +103,13 @@ def train(
     *,
     resume: bool = False,
     overwrite: bool = False,
+    trust_remote_code: bool = False,
     callbacks: list[Any] | None = None,
 ) -> TrainResult:
     """Run one recipe, the spec and the data checked before any weight loads. ``resume=True`` continues from the
     newest ``checkpoint-N`` in ``training.output_dir``; a folder holding anything else is refused unless
-    ``overwrite=True`` lets the run write over it. ``callbacks`` are handed to the Trainer (TrainerCallback)."""
+    ``overwrite=True`` lets the run write over it. A model that asks for ``trust_remote_code`` is refused unless
+    ``trust_remote_code=True``. ``callbacks`` are handed to the Trainer (TrainerCallback)."""
     from transformers import TrainingArguments
     from transformers.utils import logging as hf_logging
 
@@ -116,7 +121,7 @@ def train(
     registry = get_registry()
     recipe = registry.get("recipes", spec.recipe, where="recipe").value
     options = validate(recipe.options, spec.options, where="options")
-    base_spec, init_state, init_origin = resolve_model(spec.model)
+    base_spec, init_state, init_origin = resolve_model(spec.model, trust_remote_code)
     trainable = spec.trainable if spec.trainable is not None else list(recipe.default_trainable)
     if spec.trainable is None and init_state is None:  # a model spec (not a checkpoint) that opts components in
         trainable += [path for path in spec_patterns(base_spec) if path == LLM or path.endswith(".encoder")]
@@ -141,13 +146,16 @@ def train(
         raise SpecError(f"training: {exc}") from exc
     if not is_main_process():  # one set of progress bars (transformers' weight loading too), not one per process
         hf_logging.disable_progress_bar()
-    model = build_model(model_spec, progress=is_main_process())
+    model = build_model(model_spec, progress=is_main_process(), trust_remote_code=trust_remote_code)
     if init_state is not None:
         load_trained(model, init_state, init_origin, complete=False)
     tokens_per_item = {m: len(ids) for m, ids in model.signal_ids.items()}  # an output part: its k signal tokens
     for m, projector in model.input_projectors.items():  # an input part: the projector's tokens (the larger count)
         tokens_per_item[m] = max(projector.num_tokens, tokens_per_item.get(m, 0))
     typed = {split: [as_example(e, modalities) for e in report.examples] for split, report in reports.items()}
+    if model.llm.max_positions is not None:  # what the collator would refuse hours in, refused now
+        for examples in typed.values():
+            _refuse_long_text(examples, model.llm.max_positions)
     datasets = {
         split: ExampleDataset(ex, [estimate_length(e, tokens_per_item) for e in ex]) for split, ex in typed.items()
     }
@@ -195,7 +203,7 @@ def _fill_feature_cache(
     model: MMLLM, spec: RecipeSpec, examples: dict[str, list[Example]], args: Any
 ) -> tuple[dict[str, int], CachedFeatures | None]:
     """Encode the data's media files with each frozen encoder into the feature cache: (items encoded now, features)."""
-    from mmllm_sdk.data.feature_cache import FeatureCache, encoder_fingerprint, fill_cache
+    from mmllm_sdk.default_plugins.recipes.feature_cache import FeatureCache, encoder_fingerprint, fill_cache
 
     cache = FeatureCache(spec.cache.dir)
     encoders, encoded = {}, {}
@@ -216,6 +224,20 @@ def _fill_feature_cache(
             f"{len(set(sources)) - encoded[modality]} already cached"
         )
     return encoded, CachedFeatures(cache, encoders) if encoders else None
+
+
+def _refuse_long_text(examples: list[Example], positions: int) -> None:
+    """Each example's text fits the LLM's positions at the processor's bound (characters per token)."""
+    limit = positions * MAX_CHARS_PER_TOKEN
+    for example in examples:
+        conversations = example.conversations() if isinstance(example, PreferencePair) else (example,)
+        chars = max(sum(len(p.text) for p in c.parts() if isinstance(p, TextPart)) for c in conversations)
+        if chars > limit:
+            raise DataError(
+                f"{example.source or 'An example'} holds {chars:,} characters of text, more than the LLM's "
+                f"{positions:,} positions can hold (at most {limit:,}: {MAX_CHARS_PER_TOKEN} a token); shorten it "
+                "or remove it from the data."
+            )
 
 
 def is_main_process() -> bool:
