@@ -45,11 +45,11 @@ def _umask() -> int:
 
 @contextlib.contextmanager
 def atomic_directory(target: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield an empty staging folder beside ``target``; once the block ends it replaces ``target``.
+    """Yield an empty staging folder beside ``target``; once the block ends it replaces ``target`` (:func:`swap_in`).
     If the block raises (or the process dies), ``target`` is left as it was and the staging folder is removed (or,
     after a kill, left as a hidden ``.NAME.tmp-*`` folder). It gets 0777 less the umask, not mkdtemp's 0700.
     """
-    target = Path(target).resolve()
+    target = Path(os.path.abspath(target))
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     try:
@@ -58,21 +58,27 @@ def atomic_directory(target: str | os.PathLike[str]) -> Iterator[Path]:
         os.chmod(staging, mode)
         for path in staging.rglob("*"):
             os.chmod(path, mode if path.is_dir() else mode & 0o666)
-        if target.exists():  # the old target is removed only once the new one is in place
-            retired = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-            retired.rmdir()
-            target.rename(retired)
-            try:
-                staging.rename(target)
-            except BaseException:
-                retired.rename(target)
-                raise
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            staging.rename(target)
+        swap_in(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def swap_in(new: Path, target: Path) -> None:
+    """Rename ``new`` (beside it) to ``target``. What was at ``target`` (a folder, a file, or a symlink itself, never
+    what it points to) is set aside, removed once ``new`` is in place, and put back if that rename fails."""
+    if not os.path.lexists(target):
+        os.rename(new, target)
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+    os.rename(target, aside / "old")
+    try:
+        os.rename(new, target)
+    except BaseException:
+        os.rename(aside / "old", target)
+        raise
+    finally:
+        shutil.rmtree(aside, ignore_errors=True)
 
 
 def atomic_write(path: str | os.PathLike[str], data: bytes | str | Callable[[Path], None]) -> Path:

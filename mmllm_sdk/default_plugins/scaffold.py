@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from mmllm_sdk.errors import SpecError
+from mmllm_sdk.files import swap_in
 
 TEMPLATE = "cookiecutter-mmllm-plugin"
 PREFIX = "mmllm-"  # `mmllm new-plugin mmllm-thermal` and `mmllm new-plugin thermal` make the same package
@@ -225,7 +226,7 @@ def new_plugin(
         try:
             project = Path(generate_files(repo_dir=str(template), context=rendered, output_dir=str(staging)))
             check_generated(project)
-            _move_into_place(project, target, staging / ".replaced", overwrite)
+            _move_into_place(project, target, overwrite)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     except FailedHookException as exc:
@@ -239,20 +240,12 @@ def new_plugin(
     return target
 
 
-def _move_into_place(project: Path, target: Path, retired: Path, overwrite: bool) -> None:
-    """Rename the rendered ``project`` to ``target``; an existing one (only with ``overwrite``) goes to ``retired``,
-    and comes back if the rename fails. A symlink at ``target`` is replaced itself, never its target."""
+def _move_into_place(project: Path, target: Path, overwrite: bool) -> None:
+    """Rename the rendered ``project`` to ``target`` (:func:`~mmllm_sdk.files.swap_in`: an existing one, only with
+    ``overwrite``, is replaced whole, a symlink itself and never its target)."""
+    if os.path.lexists(target) and not overwrite:  # it appeared while rendering
+        raise SpecError(f"new-plugin: {str(target)!r} appeared meanwhile and is left as it is; run again.")
     try:
-        if os.path.lexists(target):
-            if not overwrite:  # it appeared while rendering
-                raise SpecError(f"new-plugin: {str(target)!r} appeared meanwhile and is left as it is; run again.")
-            os.rename(target, retired)
-            try:
-                os.rename(project, target)
-            except BaseException:
-                os.rename(retired, target)
-                raise
-        else:
-            os.rename(project, target)
+        swap_in(project, target)
     except OSError as exc:
         raise SpecError(f"new-plugin: cannot create {str(target)!r}: {exc.strerror}; it is left as it was.") from None

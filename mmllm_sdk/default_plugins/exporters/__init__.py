@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from mmllm_sdk.errors import ExportError
+from mmllm_sdk.files import swap_in
 from mmllm_sdk.hookspecs import hookimpl
 from mmllm_sdk.plugins import Lazy
 from mmllm_sdk.registry import Exporter
@@ -82,23 +83,14 @@ def staged_output(
             )
         _readable(staging / output.name)
         refuse_existing(output, overwrite)  # something may have appeared meanwhile
-        _swap(staging / output.name, output, staging / ".replaced")
+        _swap(staging / output.name, output)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _swap(new: Path, output: Path, retired: Path) -> None:
-    """Move ``new`` to ``output``; an existing ``output`` is moved to ``retired`` first, and back if that fails."""
+def _swap(new: Path, output: Path) -> None:
     try:
-        if os.path.lexists(output):
-            os.rename(output, retired)
-            try:
-                os.rename(new, output)
-            except BaseException:
-                os.rename(retired, output)
-                raise
-        else:
-            os.rename(new, output)
+        swap_in(new, output)
     except OSError as exc:
         raise ExportError(
             f"Cannot put the export at {str(output)!r}: {exc.strerror or exc}; what was there is left as it was."
