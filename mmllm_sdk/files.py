@@ -4,6 +4,7 @@ appears whole or not at all, and an old one survives a failed write); and the on
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import http.client
 import importlib.util
@@ -70,6 +71,8 @@ def swap_in(new: Path, target: Path) -> None:
     if not os.path.lexists(target):
         os.rename(new, target)
         return
+    if not stat.S_ISREG(mode := os.lstat(target).st_mode) and not stat.S_ISDIR(mode) and not stat.S_ISLNK(mode):
+        raise OSError(errno.EPERM, "it is a device, FIFO or socket, which is never replaced")
     aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
     os.rename(target, aside / "old")
     try:

@@ -142,7 +142,7 @@ class ModelSpec(StrictModel):
     llm: LLMSpec
     inputs: dict[str, InputSpec] = Field(default_factory=dict)  # modality name -> encoder + projector
     outputs: dict[str, OutputSpec] = Field(default_factory=dict)  # modality name -> signal tokens, projector, generator
-    seed: int = 0  # components built from ``config:`` are initialised from this seed, so they rebuild identically
+    seed: int = Field(0, ge=0, lt=2**32)  # ``config:`` components are initialised from it: they rebuild identically
 
 
 def load_spec(path: str | os.PathLike[str]) -> ModelSpec:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 
 import pytest
 import torch
@@ -201,3 +202,12 @@ def test_overwrite_replaces_a_checkpoint_whole(saved, image_model):
     image_model.save_pretrained(saved, overwrite=True)
     assert sorted(path.name for path in saved.iterdir()) == [MANIFEST, WEIGHTS]
     load(saved)
+
+
+def test_a_fifo_in_the_way_is_never_replaced_even_with_overwrite(image_model, tmp_path):
+    os.mkfifo(tmp_path / "pipe")  # stands in for a device: a path that is not a file, folder or link
+    with pytest.raises(
+        CheckpointError, match=r"Cannot save the checkpoint at '.*pipe': it is a device, FIFO or socket"
+    ):
+        image_model.save_pretrained(tmp_path / "pipe", overwrite=True)
+    assert stat.S_ISFIFO(os.lstat(tmp_path / "pipe").st_mode) and os.listdir(tmp_path) == ["pipe"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -146,6 +147,13 @@ def test_chat_with_non_utf8_standard_input_names_the_line(saved):
     assert result.returncode == 2, result.stderr
     assert b"Line 2 of standard input is not UTF-8 text (byte 0" in result.stderr
     assert b"Traceback" not in result.stderr
+
+
+def test_export_over_a_fifo_is_refused_even_with_overwrite(capsys, saved, tmp_path):
+    os.mkfifo(tmp_path / "pipe")  # stands in for a device
+    code, err = run(capsys, "export", str(saved), "--format", "hf-llava", str(tmp_path / "pipe"), "--overwrite")
+    assert code == 2 and "pipe': it is a device, FIFO or socket, which is never replaced" in err
+    assert stat.S_ISFIFO(os.lstat(tmp_path / "pipe").st_mode)
 
 
 # --- what no check foresaw: one paragraph naming the plugin, --debug for the traceback ----------------------------------

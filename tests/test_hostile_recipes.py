@@ -60,6 +60,11 @@ def spec_with(**training):
         ("gradient_accumulation_steps", 0, r"training.gradient_accumulation_steps: .* than or equal to 1 \(got 0\)"),
         ("num_train_epochs", -1, r"training.num_train_epochs: Input should be greater than or equal to 0 \(got -1\)"),
         (
+            "seed",
+            2**70,
+            r"training.seed: Input should be less than or equal to 4294967295 \(got 1180591620717411303424\)",
+        ),
+        (
             "learning_rate",
             "-1e-3",
             r"training.learning_rate: Input should be greater than or equal to 0 \(got '-1e-3'\)",

@@ -106,6 +106,12 @@ def test_a_seed_that_is_not_a_number_names_the_field(tmp_path, spec):
         mmllm_sdk.load_spec(write(tmp_path / "seed.yaml", spec))
 
 
+def test_a_seed_beyond_what_the_random_generators_take_names_the_field(tmp_path, spec):
+    spec["seed"] = 2**70
+    with pytest.raises(SpecError, match=r"seed: Input should be less than 4294967296 \(got 1180591620717411303424\)"):
+        mmllm_sdk.load_spec(write(tmp_path / "seed.yaml", spec))
+
+
 # --- configuration mistakes are SpecErrors naming the field, never a PluginError --------------------------------------
 
 

@@ -89,8 +89,11 @@ def save_checkpoint(model: Any, directory: str | os.PathLike[str], overwrite: bo
             f"{str(target)!r} already exists{' and is not empty' if target.is_dir() else ''}; pass overwrite=True to "
             "replace it, or save to another folder."
         )
-    with atomic_directory(directory) as staging:
-        write_checkpoint_files(model, staging)
+    try:
+        with atomic_directory(directory) as staging:
+            write_checkpoint_files(model, staging)
+    except OSError as exc:  # a full disk, no permission, a device in the way
+        raise CheckpointError(f"Cannot save the checkpoint at {str(target)!r}: {exc.strerror or exc}.") from exc
     return Path(directory).resolve()
 
 

@@ -102,7 +102,10 @@ def _argument_fields() -> dict[str, TypeAdapter]:
             options = (Literal[values], *(o for o in options if o not in (str, *enums)))
         least = 1 if field.name.endswith(("batch_size", "accumulation_steps")) else 0
         least = least if type(field.default) in (int, float) and field.default >= 0 else None
-        bounded = [Annotated[o, Field(ge=least, allow_inf_nan=False)] if o in (int, float) else o for o in options]
+        most = 2**32 - 1 if field.name.endswith("seed") else None  # numpy's seeds are 32-bit
+        bounded = [
+            Annotated[o, Field(ge=least, le=most, allow_inf_nan=False)] if o in (int, float) else o for o in options
+        ]
         try:
             fields[field.name] = TypeAdapter(functools.reduce(operator.or_, bounded))
         except PydanticSchemaGenerationError:  # a type pydantic cannot check: passed through as it is
