@@ -293,6 +293,12 @@ def test_an_encoder_that_outputs_nan_stops_training_at_step_1_naming_it(faulty, 
     assert not list(run.glob("checkpoint-*")) and not (run / "trainable.safetensors").exists()
 
 
+def test_settings_the_trainer_refuses_for_this_data_are_a_spec_error_naming_training(faulty, tmp_path):
+    with pytest.raises(SpecError, match=r"training: the Trainer of recipe 'pt' refuses these settings: .*eval_dataset"):
+        train(faulty(None, eval_strategy="steps"))  # evaluation asked for, but the recipe has no data.eval
+    assert not list((tmp_path / "run").glob("checkpoint-*"))
+
+
 def test_nan_features_never_enter_the_feature_cache_and_training_does_not_start(faulty, tmp_path):
     spec = faulty("nan")
     spec["cache"] = {"dir": str(tmp_path / "cache")}

@@ -165,6 +165,14 @@ def test_a_model_too_large_for_memory_is_refused_at_validation_naming_its_larges
     assert str(error).index("llm ") < str(error).index("inputs.image")  # the largest component first
 
 
+def test_more_prefix_tokens_than_the_llm_has_positions_is_refused_at_validation(spec):
+    spec["llm"]["peft"] = {"method": "prefix", "num_virtual_tokens": 10**6}
+    with pytest.raises(
+        SpecError, match=r"llm\.peft\.num_virtual_tokens is 1,000,000, but the LLM has positions for 512"
+    ):
+        skeleton(spec)
+
+
 # --- the chat template is checked when the LLM is built ------------------------------------------------------------
 
 

@@ -75,6 +75,11 @@ def apply_peft(llm: LLMBackbone, spec: PeftSpec) -> None:
             f"The LLM already has peft adapters ({llm.model.active_peft_config.peft_type.value}); "
             "apply llm.peft once, to the base model."
         )
+    if spec.method == "prefix" and llm.max_positions is not None and spec.num_virtual_tokens >= llm.max_positions:
+        raise SpecError(
+            f"llm.peft.num_virtual_tokens is {spec.num_virtual_tokens:,}, but the LLM has positions for "
+            f"{llm.max_positions:,} in all; leave room for the text (a few dozen virtual tokens is usual)."
+        )
     config = spec.peft_config()
     try:
         with warnings.catch_warnings():

@@ -161,16 +161,19 @@ def train(
     }
     output_dir = Path(args.output_dir)
     state_cache_dir = str(Path(spec.cache.dir).parent / "signal-states") if spec.cache.enabled else None  # align-output
-    trainer = recipe.trainer_class(
-        model=model,
-        args=args,
-        train_dataset=datasets["train"],
-        eval_dataset=datasets.get("eval"),
-        data_collator=recipe.collator(model, spec.data.max_length),
-        callbacks=callbacks,
-        **options.model_dump(),
-        **({"state_cache_dir": state_cache_dir} if recipe.caches_signal_states else {}),
-    )
+    try:  # the Trainer checks the settings against the data it gets (eval_strategy without eval data …)
+        trainer = recipe.trainer_class(
+            model=model,
+            args=args,
+            train_dataset=datasets["train"],
+            eval_dataset=datasets.get("eval"),
+            data_collator=recipe.collator(model, spec.data.max_length),
+            callbacks=callbacks,
+            **options.model_dump(),
+            **({"state_cache_dir": state_cache_dir} if recipe.caches_signal_states else {}),
+        )
+    except ValueError as exc:
+        raise SpecError(f"training: the Trainer of recipe {spec.recipe!r} refuses these settings: {exc}") from exc
     checkpoint = _last_checkpoint(output_dir) if resume else None
     start_step = _checkpoint_step(checkpoint) if checkpoint is not None else 0
     # the optimizer steps the whole run takes (max_steps, or the epochs over this data), as the Trainer counts them
