@@ -407,3 +407,29 @@ def test_a_feature_cache_fill_names_the_encoder_whose_preprocess_raises(tmp_path
         PluginError, match=rf"BrokenEncoder.preprocess\(\) failed on 1 image input\(s\) \('{image_file}'"
     ):
         fill_cache(BrokenEncoder(), cache, FINGERPRINT, [str(image_file)], IMAGE.load)
+
+
+# text that is not text, and generation options -----------------------------------------------------------------
+
+
+def test_a_lone_surrogate_in_a_message_is_refused_before_the_tokenizer_sees_it(image_model):
+    with pytest.raises(InputError, match=r"Conversation 0 holds a lone surrogate \('\\udcff'\), which is not text"):
+        image_model.processor([chat(question="caf\udcff")])
+
+
+def test_max_new_tokens_beyond_the_llms_positions_is_refused_with_the_numbers(image_model):
+    with pytest.raises(InputError, match=r"max_new_tokens asks for 1,000,000,000 more, beyond the LLM's 512; ask for"):
+        image_model.generate([{"role": "user", "content": "Hi"}], max_new_tokens=10**9)
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        ({"max_new_tokens": 0}, "max_new_tokens"),
+        ({"do_sample": True, "temperature": -1.0}, "temperature"),
+        ({"tempreature": 0.5}, "tempreature"),
+    ],
+)
+def test_a_generation_option_transformers_refuses_is_an_input_error_naming_it(image_model, options, named):
+    with pytest.raises(InputError, match=rf"generate\(\): .*{named}"):
+        image_model.generate([{"role": "user", "content": "Hi"}], **options)

@@ -17,6 +17,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 from transformers import LogitsProcessor, LogitsProcessorList
 
+from mmllm_sdk.errors import InputError
 from mmllm_sdk.model.heads import EmbeddingHead, TextHead
 
 if TYPE_CHECKING:
@@ -58,8 +59,16 @@ def generate_batch(
         processors = generation_kwargs.pop("logits_processor", None) or LogitsProcessorList()
         processors.append(SignalForcing(forced, model.llm.get_input_embeddings().weight.shape[0]))
         generation_kwargs["logits_processor"] = processors
-    # (B, T_new), right-padded with pad ids after a row's end-of-turn token
-    new_tokens = model.llm.generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **generation_kwargs)
+    budget, room = generation_kwargs.get("max_new_tokens"), model.llm.max_positions
+    if isinstance(budget, int) and room is not None and input_ids.shape[1] + budget > room:
+        raise InputError(
+            f"The prompt takes {input_ids.shape[1]:,} positions and max_new_tokens asks for {budget:,} more, beyond "
+            f"the LLM's {room:,}; ask for at most {max(room - input_ids.shape[1], 0):,} new tokens."
+        )
+    try:  # (B, T_new), right-padded with pad ids after a row's end-of-turn token
+        new_tokens = model.llm.generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **generation_kwargs)
+    except ValueError as exc:  # transformers' checks of the options: an unknown one, max_new_tokens below 1 …
+        raise InputError(f"generate(): {exc}") from exc
     ends, rows = model.llm.end_token_ids(), []
     for row in new_tokens.tolist():  # each row up to and including its first end token (the rest is batch padding)
         end = next((i + 1 for i, token_id in enumerate(row) if token_id in ends), len(row))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from mmllm_sdk.data.messages import ROLES, TEXT_SLOT, MessageParser, Placeholder
 from mmllm_sdk.errors import InputError, PlaceholderMismatchError
 
 IGNORE_INDEX = -100  # the label of positions that carry no loss (torch's cross-entropy default)
+_SURROGATE = re.compile("[\ud800-\udfff]")
 MAX_CHARS_PER_TOKEN = 32  # no tokenizer averages more: text over the LLM's positions × this is refused untokenized
 
 
@@ -128,6 +130,8 @@ class MMLLMProcessor:
                 f"most {limit * MAX_CHARS_PER_TOKEN:,}: {MAX_CHARS_PER_TOKEN} a token); shorten it."
             )
         text, spans = self._render(messages, add_generation_prompt)
+        if bad := _SURROGATE.search(text):  # the tokenizer cannot take it
+            raise InputError(f"{where} holds a lone surrogate ({bad[0]!r}), which is not text; decode it properly.")
         spans = spans[-1:] if train_on == "last_assistant" else spans
         bound = {} if limit is None else {"truncation": True, "max_length": limit + 1}  # one more: too long is seen
         encoding = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, **bound)
