@@ -426,7 +426,7 @@ def test_max_new_tokens_beyond_the_llms_positions_is_refused_with_the_numbers(im
     ("options", "named"),
     [
         ({"max_new_tokens": 0}, "max_new_tokens"),
-        ({"do_sample": True, "temperature": -1.0}, "temperature"),
+        ({"do_sample": True, "temperature": -1.0, "max_new_tokens": 2}, "temperature"),
         ({"tempreature": 0.5}, "tempreature"),
     ],
 )
