@@ -22,7 +22,7 @@ from torch import nn
 from mmllm_sdk.cli import main
 from mmllm_sdk.components.encoder import ModalityEncoder
 from mmllm_sdk.default_plugins.recipes.run import train
-from mmllm_sdk.errors import CheckpointError, SpecError, TrainingError
+from mmllm_sdk.errors import CheckpointError, DataError, SpecError, TrainingError
 from mmllm_sdk.hookspecs import hookimpl
 from mmllm_sdk.testing import tiny_spec
 from mmllm_sdk.training.spec import load_recipe, parse_recipe
@@ -297,6 +297,16 @@ def test_settings_the_trainer_refuses_for_this_data_are_a_spec_error_naming_trai
     with pytest.raises(SpecError, match=r"training: the Trainer of recipe 'pt' refuses these settings: .*eval_dataset"):
         train(faulty(None, eval_strategy="steps"))  # evaluation asked for, but the recipe has no data.eval
     assert not list((tmp_path / "run").glob("checkpoint-*"))
+
+
+def test_an_example_too_long_for_the_llm_is_refused_before_training_naming_file_and_line(faulty, tmp_path):
+    spec = faulty(None)
+    captions = tmp_path / "captions.jsonl"
+    long = json.dumps({"image": str(tmp_path / "0.png"), "text": "A" * 20_000})  # positions 512 x 32 = 16,384 chars
+    captions.write_text(captions.read_text() + long + "\n")
+    with pytest.raises(DataError, match=rf"{re.escape(str(captions))}:5 holds 20,00\d characters of text, more than"):
+        train(spec)
+    assert not list((tmp_path / "run").glob("checkpoint-*")) and not (tmp_path / "run" / "data_report.json").exists()
 
 
 def test_nan_features_never_enter_the_feature_cache_and_training_does_not_start(faulty, tmp_path):
