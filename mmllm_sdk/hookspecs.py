@@ -101,3 +101,12 @@ def register_exporters(register):
     :param register: callback taking the format name and ``exporter(model, output_dir) -> Path``
         (or an :class:`~mmllm_sdk.registry.Exporter`, which adds what ``mmllm export`` says about it).
     """
+
+
+@hookspec
+def register_metrics(register):
+    """Register ways to score answers for ``mmllm eval --metric NAME``: ``register(name, metric)``.
+
+    :param register: callback taking the metric name and ``score(prediction, reference) -> float`` (0 wrong, 1 right),
+        or a :class:`~mmllm_sdk.registry.Metric`, which adds its description and how it is computed.
+    """

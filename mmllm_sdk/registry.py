@@ -36,6 +36,7 @@ KINDS = {
         Kind("recipes", "register_recipes", "recipe", False),
         Kind("datasets", "register_datasets", "dataset", False),
         Kind("exporters", "register_exporters", "exporter", False),
+        Kind("metrics", "register_metrics", "metric", False),
     )
 }
 
@@ -53,6 +54,21 @@ class Exporter:
     def __call__(self, model: Any, output_dir: str | Path) -> Path:
         function = self.export.resolve() if isinstance(self.export, plugins.Lazy) else self.export
         return Path(function(model, Path(output_dir)))
+
+
+@dataclass(frozen=True)
+class Metric:
+    """How answers are scored (``register_metrics``): ``score(prediction, reference)``, from 0 (wrong) to 1 (right),
+    for each item. ``by_likelihood``: the model picks among the item's options by log-likelihood, without
+    generating, and that option is scored as the prediction. ``labels``: references are labels (a confusion matrix)."""
+
+    score: Callable[[str, str], float]
+    description: str = ""  # completes "NAME …" in `mmllm eval --help`: "is right when …"
+    by_likelihood: bool = False
+    labels: bool = False
+
+    def __call__(self, prediction: str, reference: str) -> float:
+        return float(self.score(prediction, reference))
 
 
 @dataclass(frozen=True)
@@ -131,6 +147,8 @@ class Registry:
             if isinstance(value, Exporter) and not (callable(value.export) or isinstance(value.export, plugins.Lazy)):
                 raise PluginError(f"{where} for {args[-2]!r} with an Exporter whose export is not callable.")
             value = value if isinstance(value, Exporter) else Exporter(value)
+        if kind.name == "metrics" and not isinstance(value, Metric):
+            value = Metric(value)  # a plain score(prediction, reference) function
         return modality, args[-2], value
 
     def _add(self, entry: Registration) -> None:

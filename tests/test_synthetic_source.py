@@ -9,12 +9,12 @@ import pytest
 
 from mmllm_sdk.default_plugins.datasets.shapes import NUMBER_WORDS, PALETTE, POSITIONS, QUESTION_TYPES, SHAPES
 from mmllm_sdk.default_plugins.datasets.synthetic import (
-    LEADING_FILLER,
     SyntheticParams,
     build_synthetic_dataset,
     generate_examples,
     score_answer,
 )
+from mmllm_sdk.default_plugins.metrics import LEADING_FILLER
 from mmllm_sdk.errors import InputError, SpecError
 
 # scoring -------------------------------------------------------------------------------------------------------

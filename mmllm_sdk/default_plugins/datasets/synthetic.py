@@ -7,7 +7,6 @@ the scene's ground truth, so a held-out answer can be scored exactly (:func:`sco
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -20,7 +19,6 @@ from mmllm_sdk.default_plugins.datasets.shapes import (
     DEFAULT_IMAGE_SIZE,
     MAX_IMAGE_SIZE,
     MIN_IMAGE_SIZE,
-    NUMBER_WORDS,
     POSITIONS,
     QUESTION_TYPES,
     QUESTIONS,
@@ -32,6 +30,7 @@ from mmllm_sdk.default_plugins.datasets.shapes import (
     image_file_name,
     wrong_answer,
 )
+from mmllm_sdk.default_plugins.metrics import answer_words, prefix
 from mmllm_sdk.errors import InputError
 from mmllm_sdk.files import atomic_write
 from mmllm_sdk.validation import StrictModel, validate
@@ -176,30 +175,6 @@ build_synthetic_dataset.Params = SyntheticParams  # type: ignore[attr-defined]
 
 # Scoring --------------------------------------------------------------------------------------------------------
 
-LEADING_FILLER = frozenset(  # words skipped at the start of an answer before its first content word
-    "a an the it its is this thats there theres are they i see answer shape object colour color in at on".split()
-)
-SYNONYMS = {"centre": "center", **{str(n): word for n, word in enumerate(NUMBER_WORDS)}}
-_SENTENCE_END = re.compile(r"[.!?\n]")
-_WORD = re.compile(r"[a-z0-9]+")
-
-
-def answer_words(text: str) -> list[str]:
-    """The content words of an answer's first sentence, as :func:`score_answer` compares them.
-
-    Lower-cased; apostrophes dropped (``it's`` -> ``its``); only the text before the first
-    ``.``, ``!``, ``?`` or newline (after leading punctuation and spaces); split into runs of
-    letters and digits; ``centre`` -> ``center`` and digits -> number words; then the words of
-    :data:`LEADING_FILLER` are dropped from the start (only from the start).
-    """
-    text = text.lower().replace("\u2019", "").replace("'", "").lstrip(' \t\r\n.,;:!?-"')
-    first_sentence = _SENTENCE_END.split(text, maxsplit=1)[0]
-    words = [SYNONYMS.get(word, word) for word in _WORD.findall(first_sentence)]
-    start = 0
-    while start < len(words) and words[start] in LEADING_FILLER:
-        start += 1
-    return words[start:]
-
 
 def score_answer(question_type: str, generated_text: str, expected_text: str) -> bool:
     """Whether a generated answer is right: its first content words are the expected answer's content words.
@@ -213,7 +188,6 @@ def score_answer(question_type: str, generated_text: str, expected_text: str) ->
     one of :data:`QUESTION_TYPES` (the rule is the same for all).
     """
     check_question_type(question_type)
-    expected = answer_words(expected_text)
-    if not expected:
+    if not answer_words(expected_text):
         raise InputError(f"The expected answer {expected_text!r} has no content word to compare with.")
-    return answer_words(generated_text)[: len(expected)] == expected
+    return bool(prefix(generated_text, expected_text))
