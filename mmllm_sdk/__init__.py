@@ -15,6 +15,7 @@ _EXPORTS = {
     "load_spec": "mmllm_sdk.spec",
     "list_components": "mmllm_sdk.registry",
     "train": "mmllm_sdk.default_plugins.recipes.run",
+    "evaluate": "mmllm_sdk.default_plugins.evaluation.run",
     "hookimpl": "mmllm_sdk.hookspecs",
 }
 

@@ -36,6 +36,7 @@ DEFAULT_PLUGINS = (
     "mmllm_sdk.default_plugins.commands.training",  # train, demo
     "mmllm_sdk.default_plugins.commands.new_plugin",  # new-plugin
     "mmllm_sdk.default_plugins.commands.export",  # export
+    "mmllm_sdk.default_plugins.commands.evaluation",  # eval
 )
 
 

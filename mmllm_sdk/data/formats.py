@@ -41,6 +41,8 @@ class DataReport:
     kind: str  # "conversation" (pt, sft) or "preference" (dpo)
     files: list[str] = field(default_factory=list)  # the data files, as given
     formats: dict[str, int] = field(default_factory=dict)  # examples read per record format
+    categories: list[str] | None = None  # per example, what groups it for scores per category (colour, shape …)
+    metric: str | None = None  # the metric ``mmllm eval`` scores this data with unless told another
 
     def summary(self) -> str:
         shown = ", ".join(self.files) if len(self.files) <= SHOWN_FILES else f"{len(self.files)} files"

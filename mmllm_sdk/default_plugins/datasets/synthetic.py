@@ -167,6 +167,8 @@ def build_synthetic_dataset(params: SyntheticParams | dict[str, Any]) -> DataRep
         kind=kind,
         files=[out_dir],
         formats={record_format: len(items)},
+        categories=[item.question_type for item in items] if params.task != "captions" else None,
+        metric="prefix",  # the demo's rule (score_answer)
     )
 
 

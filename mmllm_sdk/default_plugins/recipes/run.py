@@ -258,10 +258,28 @@ def _read(
     spec: RecipeSpec, paths: str | list[str] | DatasetSource, modalities: dict[str, Any], kind: str
 ) -> DataReport:
     """Examples from a registered data source, checked against the recipe's kind and the model's modalities."""
-    source = paths
-    if not isinstance(source, DatasetSource):  # data files: the built-in ``files`` data source reads them
-        data = spec.data.model_dump(include={"format", "base_dir", "skip_invalid"})
-        source = DatasetSource(dataset="files", params={"paths": paths, **data, "modalities": list(modalities)})
+    options = spec.data.model_dump(include={"format", "base_dir", "skip_invalid"})
+    report = read_data(paths, modalities, **options)
+    if report.kind != kind:
+        raise SpecError(
+            f"recipe {spec.recipe!r} trains on {kind} examples, but {paths} holds {report.kind} examples; "
+            "pick the recipe that fits the data (pt/sft: conversations or captions; dpo: preference pairs)."
+        )
+    return report
+
+
+def read_data(
+    source: str | list[str] | DatasetSource | dict[str, Any], modalities: dict[str, Any], **file_options: Any
+) -> DataReport:
+    """Examples from data files (the built-in ``files`` data source reads them, with ``file_options``: ``format``,
+    ``base_dir``, ``skip_invalid``) or a registered data source (``{"dataset": name, "params": {…}}``), checked
+    against the model's modalities."""
+    if isinstance(source, dict):
+        source = validate(DatasetSource, source, where="data")
+    if not isinstance(source, DatasetSource):
+        source = DatasetSource(
+            dataset="files", params={"paths": source, **file_options, "modalities": list(modalities)}
+        )
     entry = get_registry().get("datasets", source.dataset, where="data: dataset")
     params = source.params
     if (schema := getattr(entry.value, "Params", None)) is not None:
@@ -277,11 +295,6 @@ def _read(
                 f"data: dataset {source.dataset!r} gives {modality} inputs, but the model takes only "
                 f"{', '.join(modalities) or 'text'}; add an inputs.{modality} entry or pick another data source."
             )
-    if report.kind != kind:
-        raise SpecError(
-            f"recipe {spec.recipe!r} trains on {kind} examples, but {paths} holds {report.kind} examples; "
-            "pick the recipe that fits the data (pt/sft: conversations or captions; dpo: preference pairs)."
-        )
     return report
 
 
