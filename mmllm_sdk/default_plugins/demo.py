@@ -142,21 +142,16 @@ def _dataset(task: str, num_examples: int, data_dir: Path, seed: int, split: str
 
 
 def evaluate(model: Any, heldout: list[Any], batch_size: int = 40) -> dict[str, float]:
-    """Share of right greedy answers per question type (:func:`~.datasets.synthetic.score_answer`)."""
-    from mmllm_sdk.default_plugins.datasets.synthetic import score_answer
+    """Share of right greedy answers per question type, scored by ``mmllm_sdk.evaluate`` with the ``prefix`` metric
+    (:func:`~.datasets.synthetic.score_answer`'s rule), as ``mmllm eval`` scores the held-out split."""
+    from mmllm_sdk.data.formats import CONVERSATION, DataReport
+    from mmllm_sdk.default_plugins.evaluation.run import evaluate as score
 
-    model.eval()
-    right = dict.fromkeys(QUESTION_TYPES, 0)
-    asked = dict.fromkeys(QUESTION_TYPES, 0)
-    for start in range(0, len(heldout), batch_size):
-        chunk = heldout[start : start + batch_size]
-        replies = model.generate_batch(
-            [item.example["messages"][:1] for item in chunk], max_new_tokens=6, do_sample=False
-        )
-        for item, reply in zip(chunk, replies, strict=True):
-            asked[item.question_type] += 1
-            right[item.question_type] += score_answer(item.question_type, reply.text, item.answer)
-    return {kind: right[kind] / asked[kind] for kind in QUESTION_TYPES if asked[kind]}
+    data = DataReport(
+        [item.example for item in heldout], [], CONVERSATION, categories=[i.question_type for i in heldout]
+    )
+    result = score(model, data, metric="prefix", batch_size=batch_size, max_new_tokens=6, progress=False)
+    return {kind: result.categories[kind].mean for kind in QUESTION_TYPES if kind in result.categories}
 
 
 def run_demo(output_dir: str | Path, *, quick: bool = False, seed: int = 0) -> DemoResult:
