@@ -108,6 +108,7 @@ def test_every_builtin_command_comes_from_a_builtin_plugin():
         "demo": "training",
         "new-plugin": "new_plugin",
         "export": "export",
+        "eval": "evaluation",
     }
     assert all(plugin.startswith("mmllm_sdk.default_plugins.commands.") for plugin in command_plugins().values())
 
