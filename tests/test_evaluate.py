@@ -105,6 +105,9 @@ def test_mmllm_eval_prints_the_table_and_writes_the_files(image_model, qa_file, 
     assert main([*argv, "--output-dir", str(tmp_path / "ev")]) == 0
     out = capsys.readouterr().out
     assert out.startswith("exact on 3 items:\nall  ") and f"Wrote {tmp_path / 'ev' / 'results.json'}" in out
+    saved = json.loads((tmp_path / "ev" / "results.json").read_text())["checkpoint"]
+    manifest = json.loads((tmp_path / "ckpt" / "mmllm.json").read_text())
+    assert saved == {"path": str((tmp_path / "ckpt").resolve()), "digest": manifest["digest"]}
 
 
 def test_mmllm_eval_refuses_a_data_param_without_a_value(capsys, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -65,6 +66,7 @@ def data_source(data: str, params: list[str]) -> Any:
 def run_eval(args: argparse.Namespace) -> int:
     from mmllm_sdk.default_plugins.commands.chat import load_any
     from mmllm_sdk.default_plugins.evaluation.run import evaluate
+    from mmllm_sdk.model.checkpoint import MANIFEST
 
     source = data_source(args.data, args.data_param)
     model = load_any(args.model, args.trust_remote_code)
@@ -77,6 +79,7 @@ def run_eval(args: argparse.Namespace) -> int:
         limit=args.limit,
         output_dir=args.output_dir,
         overwrite=args.overwrite,
+        checkpoint=args.model if (Path(args.model) / MANIFEST).exists() else None,
     )
     print(f"{result.metric} on {len(result.predictions)} items:")
     print(result.table())

@@ -92,6 +92,7 @@ def evaluate(
     limit: int | None = None,
     output_dir: str | Path | None = None,
     overwrite: bool = False,
+    checkpoint: str | Path | None = None,
     progress: bool = True,
 ) -> EvalResult:
     """Score ``model`` on ``data`` (a :class:`DataReport`, data file paths, or ``{"dataset": name, "params": …}``).
@@ -99,7 +100,8 @@ def evaluate(
     Greedy answers are generated in batches of ``batch_size`` and scored with ``metric`` (a registered name, a
     :class:`Metric`, or the data source's default, else ``exact``). With ``output_dir``, ``results.json`` and
     ``predictions.jsonl`` are written there, each whole or not at all, once every item is scored; those of an earlier
-    run are replaced only with ``overwrite=True`` (refused before anything runs)."""
+    run are replaced only with ``overwrite=True`` (refused before anything runs). ``checkpoint``: the folder ``model``
+    was loaded from, whose path and digests ``results.json`` records."""
     from mmllm_sdk.default_plugins.recipes.run import read_data
 
     if batch_size < 1 or max_new_tokens < 1 or (limit is not None and limit < 1):
@@ -144,7 +146,7 @@ def evaluate(
     per_category = by_category(values, categories) if all(c is not None for c in categories) else {}
     result = EvalResult(name, score(values), per_category, predictions, time.perf_counter() - start)
     if output_dir is not None:
-        result.files = _write(result, Path(output_dir), model, report)
+        result.files = _write(result, Path(output_dir), model, report, checkpoint)
     return result
 
 
@@ -154,14 +156,18 @@ def _text(conversation: Conversation) -> str:
     return "\n".join(f"{m.role}: {parts(m)}" for m in conversation.messages if isinstance(m, Message))
 
 
-def _write(result: EvalResult, folder: Path, model: Any, report: DataReport) -> list[Path]:
+def _write(result: EvalResult, folder: Path, model: Any, report: DataReport, checkpoint: Any) -> list[Path]:
     """results.json (what was measured, on which model and data, with which versions) and predictions.jsonl."""
+    from mmllm_sdk.model.checkpoint import read_manifest
     from mmllm_sdk.plugins import plugin_info
 
     plugins = {entry.plugin for entry in getattr(model, "sources", {}).values()}
     details = {
         "sdk_version": __version__,
         "model": model.spec.model_dump(mode="json"),
+        "checkpoint": None
+        if checkpoint is None
+        else {"path": str(Path(checkpoint).resolve()), "digest": read_manifest(Path(checkpoint)).get("digest")},
         "data": report.to_dict(),
         "plugins": {name: plugin_info(name).version for name in sorted(plugins)},
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
