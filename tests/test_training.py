@@ -176,7 +176,7 @@ def preferences(tmp_path, images):
 def preference_margin(model, data_path):
     """Mean over pairs of (log π(chosen) - log π(rejected)), on the final answers."""
     from mmllm_sdk.default_plugins.datasets.files import read_examples
-    from mmllm_sdk.default_plugins.recipes.dpo import sequence_logprobs
+    from mmllm_sdk.model.scoring import sequence_logprobs
     from mmllm_sdk.training.recipes import PreferenceCollator
 
     examples = read_examples(data_path).examples

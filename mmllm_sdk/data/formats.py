@@ -43,6 +43,7 @@ class DataReport:
     formats: dict[str, int] = field(default_factory=dict)  # examples read per record format
     categories: list[str] | None = None  # per example, what groups it for scores per category (colour, shape …)
     metric: str | None = None  # the metric ``mmllm eval`` scores this data with unless told another
+    choices: list[list[str] | None] | None = None  # per example, its options (for a metric that picks among them)
 
     def summary(self) -> str:
         shown = ", ".join(self.files) if len(self.files) <= SHOWN_FILES else f"{len(self.files)} files"

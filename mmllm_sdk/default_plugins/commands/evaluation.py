@@ -45,6 +45,17 @@ def register_commands(cli):
     command.add_argument(
         "--overwrite", action="store_true", help="replace the results.json and predictions.jsonl of an earlier run"
     )
+    command.add_argument("--cache-dir", help="the feature cache of frozen encoders (default: $MMLLM_CACHE/features)")
+    command.add_argument("--no-cache", action="store_true", help="encode every input now; read and write no cache")
+    command.add_argument("--no-plots", action="store_true", help="write no PNG plots with the results")
+    command.add_argument(
+        "--compare",
+        nargs="+",
+        default=[],
+        metavar="OTHER",
+        help="also score these checkpoints (or specs) on the same items and compare each with CKPT_OR_SPEC "
+        "(McNemar's test on the items one gets right and the other wrong)",
+    )
     add_trust_remote_code(command)
 
 
@@ -64,12 +75,37 @@ def data_source(data: str, params: list[str]) -> Any:
 
 
 def run_eval(args: argparse.Namespace) -> int:
+    from mmllm_sdk.default_plugins.evaluation.compare import COMPARISON, compare_results
+
+    source, models = data_source(args.data, args.data_param), [args.model, *args.compare]
+    together = args.output_dir is None or not args.compare
+    folders = [args.output_dir] * len(models) if together else _folders(args.output_dir, models)
+    if args.compare and args.output_dir is not None and not args.overwrite:
+        if (earlier := Path(args.output_dir) / COMPARISON).exists() or earlier.is_symlink():
+            raise MMLLMError(f"{earlier} exists from an earlier run; pass --overwrite to replace it.")
+    results = [_score(args, model, source, folder) for model, folder in zip(models, folders, strict=True)]
+    if not args.compare:
+        return 0
+    comparison = compare_results(models, results)
+    print(f"\n{results[0].metric} on the same {len(results[0].predictions)} items:")
+    print(comparison.table())
+    if args.output_dir is not None:
+        print(f"Wrote {comparison.write(args.output_dir)}")
+    return 0
+
+
+def _folders(output_dir: str, models: list[str]) -> list[str]:
+    """Where each compared model's files go: ``OUTPUT_DIR/<n>-<its folder or file name>``."""
+    return [str(Path(output_dir) / f"{index}-{Path(model).name or 'model'}") for index, model in enumerate(models)]
+
+
+def _score(args: argparse.Namespace, model_path: str, source: Any, output_dir: str | None) -> Any:
+    """One model loaded, scored (its table printed), and let go before the next is loaded."""
     from mmllm_sdk.default_plugins.commands.chat import load_any
     from mmllm_sdk.default_plugins.evaluation.run import evaluate
     from mmllm_sdk.model.checkpoint import MANIFEST
 
-    source = data_source(args.data, args.data_param)
-    model = load_any(args.model, args.trust_remote_code)
+    model = load_any(model_path, args.trust_remote_code)
     result = evaluate(
         model,
         source,
@@ -77,12 +113,17 @@ def run_eval(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens,
         limit=args.limit,
-        output_dir=args.output_dir,
+        output_dir=output_dir,
         overwrite=args.overwrite,
-        checkpoint=args.model if (Path(args.model) / MANIFEST).exists() else None,
+        checkpoint=model_path if (Path(model_path) / MANIFEST).exists() else None,
+        cache=not args.no_cache,
+        cache_dir=args.cache_dir,
+        plots=not args.no_plots,
     )
-    print(f"{result.metric} on {len(result.predictions)} items:")
+    named = f"{model_path}: " if args.compare else ""
+    print(f"{named}{result.metric} on {len(result.predictions)} items:")
     print(result.table())
     for path in result.files:
         print(f"Wrote {path}")
-    return 0
+    del model
+    return result

@@ -40,6 +40,7 @@ FORMAT_SHAPES = {
 }
 CAPTION_KEY = "text"
 SHOWN_REASONS = 3  # skipped records quoted when no record at all could be read
+MAX_CHOICES, MAX_LABEL_CHARS = 64, 1_000  # a record's options for loglik-choice, and the length of one (or a category)
 
 
 class Params(StrictModel):
@@ -50,6 +51,9 @@ class Params(StrictModel):
     base_dir: str | None = None  # media paths are relative to this; default: each file's folder
     skip_invalid: bool = False  # skip malformed records (listed in the report) instead of stopping
     modalities: list[str] | None = None  # the registered modalities records may use; default: all
+    category_field: str = "category"  # the record key whose text groups items for scores per category
+    choices_field: str = "choices"  # the record key listing an item's options (the loglik-choice metric)
+    metric: str | None = None  # the metric mmllm eval scores these files with unless told another
 
 
 def build_files_dataset(params: Params | dict[str, Any]) -> DataReport:
@@ -60,13 +64,17 @@ def build_files_dataset(params: Params | dict[str, Any]) -> DataReport:
     if params.modalities is not None:
         where = f"{DATASET_NAME}.params.modalities"
         modalities = {name: get_registry().modality(name, where=where) for name in params.modalities}
-    return read_examples(
+    report = read_examples(
         params.paths,
         format=params.format,
         modalities=modalities,
         base_dir=params.base_dir,
         skip_invalid=params.skip_invalid,
+        category_field=params.category_field,
+        choices_field=params.choices_field,
     )
+    report.metric = params.metric
+    return report
 
 
 build_files_dataset.Params = Params  # type: ignore[attr-defined]
@@ -79,12 +87,16 @@ def read_examples(
     modalities: Mapping[str, ModalitySpec] | None = None,
     base_dir: str | os.PathLike[str] | None = None,
     skip_invalid: bool = False,
+    category_field: str = "category",
+    choices_field: str = "choices",
 ) -> DataReport:
     """Read and check every record of ``.jsonl`` / ``.json`` data files into typed examples.
 
     ``format``: one of :data:`FORMAT_KINDS` or ``"auto"`` (per record, by its keys); ``modalities``: default every
     registered one; relative media paths start at ``base_dir`` (default: the data file's folder). A malformed record
-    raises :class:`DataError` naming its ``file:line``, or with ``skip_invalid`` is listed in ``skipped``.
+    raises :class:`DataError` naming its ``file:line``, or with ``skip_invalid`` is listed in ``skipped``. A record's
+    ``category_field`` (text) and ``choices_field`` (a list of options) go into the report's ``categories`` and
+    ``choices`` for ``mmllm eval``, when any record has them.
     """
     if format != "auto" and format not in FORMAT_KINDS:
         raise InputError(f"format={format!r} is not a data format; use one of: auto, {', '.join(FORMAT_KINDS)}.")
@@ -97,6 +109,8 @@ def read_examples(
     reader = FileRecordReader(_modality_specs(modalities), format)
     report = DataReport(examples=[], skipped=[], kind=CONVERSATION, files=files)
     first_of_kind: dict[str, str] = {}
+    categories: list[str | None] = []
+    choices: list[list[str] | None] = []
     for label in files:
         reader.folder = folder or Path(os.path.abspath(label)).parent
         for source, record in read_records(label):
@@ -104,6 +118,7 @@ def read_examples(
                 if isinstance(record, RecordError):
                     raise record
                 name, example = reader.read(record, source)
+                category, options = _item_fields(record, category_field, choices_field)
             except RecordError as reason:
                 if not skip_invalid:
                     raise DataError(f"{source}: {reason}") from None
@@ -111,6 +126,8 @@ def read_examples(
                 continue
             _check_kind(FORMAT_KINDS[name], source, first_of_kind)
             report.examples.append(example)
+            categories.append(category)
+            choices.append(options)
             report.formats[name] = report.formats.get(name, 0) + 1
     if not report.examples:
         reasons = "; ".join(f"{source}: {reason}" for source, reason in report.skipped[:SHOWN_REASONS])
@@ -119,7 +136,41 @@ def read_examples(
             f"fix the records, first: {reasons}"
         )
     report.kind = next(iter(first_of_kind))
+    if any(category is not None for category in categories):
+        report.categories = [UNCATEGORISED if category is None else category for category in categories]
+    if any(options is not None for options in choices):
+        report.choices = choices
     return report
+
+
+UNCATEGORISED = "(none)"  # the category of a record without one, among records that have one
+
+
+def _item_fields(record: Any, category_field: str, choices_field: str) -> tuple[str | None, list[str] | None]:
+    """A record's category (text) and options (a list of distinct texts), each None when the record has none."""
+    if not isinstance(record, Mapping):
+        return None, None
+    category, options = record.get(category_field), record.get(choices_field)
+    if category is not None and not (isinstance(category, str) and 0 < len(category.strip()) <= MAX_LABEL_CHARS):
+        got = f"{len(category):,} characters" if isinstance(category, str) else f"a JSON {json_type(category)}"
+        raise RecordError(
+            f"'{category_field}' groups items for scores per category and must be text of 1 to "
+            f"{MAX_LABEL_CHARS:,} characters; got {got}."
+        )
+    if options is None:
+        return category, None
+    if (
+        not isinstance(options, list)
+        or not 2 <= len(options) <= MAX_CHOICES
+        or not all(isinstance(o, str) and 0 < len(o.strip()) <= MAX_LABEL_CHARS for o in options)
+        or len(set(options)) != len(options)
+    ):
+        got = f"a list of {len(options)}" if isinstance(options, list) else f"a JSON {json_type(options)}"
+        raise RecordError(
+            f"'{choices_field}' lists an item's options and must be a list of 2 to {MAX_CHOICES} different texts "
+            f"(each 1 to {MAX_LABEL_CHARS:,} characters), e.g. [\"red\", \"green\", \"blue\"]; got {got}."
+        )
+    return category, list(options)
 
 
 class FileRecordReader(RecordReader):

@@ -9,16 +9,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from mmllm_sdk.model.processor import IGNORE_INDEX
+from mmllm_sdk.model.scoring import sequence_logprobs
 from mmllm_sdk.training.trainer import MMTrainer
-
-
-def sequence_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Sum of the log-probabilities of each row's supervised target tokens: (B, K, V), (B, K) -> (B,)."""
-    logprobs = F.log_softmax(logits.float(), dim=-1)  # (B, K, V)
-    supervised = targets != IGNORE_INDEX  # (B, K)
-    picked = logprobs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # (B, K)
-    return (picked * supervised).sum(dim=-1)
 
 
 class DPOTrainer(MMTrainer):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -187,7 +189,11 @@ def train(
         if args.should_save and not (output_dir / MANIFEST).is_file():  # killed between the last save and the end
             write_checkpoint_files(model, output_dir)
         return TrainResult(model=model, output_dir=output_dir, steps_trained=0)
-    encoded, features = _fill_feature_cache(model, spec, typed, args) if spec.cache.enabled else ({}, None)
+    encoded, features = ({}, None)
+    if spec.cache.enabled:
+        every = [example for split in typed.values() for example in split]
+        first = lambda desc: args.main_process_first(desc=desc)  # noqa: E731
+        encoded, features = cache_features(model, spec.cache.dir, every, args.per_device_train_batch_size, first)
     for dataset in datasets.values():
         dataset.features = features
     if args.should_save:
@@ -202,15 +208,21 @@ def train(
     return TrainResult(model, output_dir, dict(result.metrics), encoded, stats, trainer.state.global_step - start_step)
 
 
-def _fill_feature_cache(
-    model: MMLLM, spec: RecipeSpec, examples: dict[str, list[Example]], args: Any
+def cache_features(
+    model: MMLLM,
+    directory: str | os.PathLike[str],
+    examples: list[Example],
+    batch_size: int,
+    first: Callable[[str], AbstractContextManager[Any]] = lambda desc: nullcontext(),
 ) -> tuple[dict[str, int], CachedFeatures | None]:
-    """Encode the data's media files with each frozen encoder into the feature cache: (items encoded now, features)."""
+    """Encode the examples' media files with each frozen encoder into the feature cache in ``directory``: (items
+    encoded now per modality, the features to attach to items). ``first(desc)``: a context in which the main process
+    fills the cache before the others read it (the Trainer's ``main_process_first``)."""
     from mmllm_sdk.default_plugins.recipes.feature_cache import FeatureCache, encoder_fingerprint, fill_cache
 
-    cache = FeatureCache(spec.cache.dir)
+    cache = FeatureCache(directory)
     encoders, encoded = {}, {}
-    media = [part for split in examples.values() for e in split for part in e.parts() if isinstance(part, MediaPart)]
+    media = [part for e in examples for part in e.parts() if isinstance(part, MediaPart)]
     for modality, encoder in model.encoders.items():
         if not model.is_frozen(ENCODER.format(modality)):
             continue  # a trained encoder's features change every step
@@ -218,12 +230,12 @@ def _fill_feature_cache(
         sources = [part.source for part in media if part.modality == modality]
         if not sources:
             continue  # the data hold no file of this modality: nothing to cache, nothing to say
-        with args.main_process_first(desc=f"{modality} feature cache"):
-            load, batch_size = get_registry().modality(modality).load, args.per_device_train_batch_size
+        with first(f"{modality} feature cache"):
+            load = get_registry().modality(modality).load
             encoded[modality] = fill_cache(encoder, cache, fingerprint, sources, load, batch_size=batch_size)
         encoders[modality] = (fingerprint, (encoder.num_tokens, encoder.output_dim))
         _say(
-            f"{modality} feature cache ({spec.cache.dir}): {encoded[modality]} item(s) encoded now, "
+            f"{modality} feature cache ({directory}): {encoded[modality]} item(s) encoded now, "
             f"{len(set(sources)) - encoded[modality]} already cached"
         )
     return encoded, CachedFeatures(cache, encoders) if encoders else None
