@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
+import json
 
 import pytest
 
 from mmllm_sdk import MMLLM
+from mmllm_sdk.cli import main
 from mmllm_sdk.default_plugins.demo import DemoResult, StageResult, format_table, locate_weights, run_demo
 from mmllm_sdk.errors import MissingPluginError
 
@@ -19,16 +23,33 @@ def mean(accuracy: dict[str, float]) -> float:
     return sum(accuracy.values()) / len(accuracy)
 
 
-def test_quick_demo_beats_the_untrained_baseline_by_a_wide_margin(tmp_path, capsys):
-    result = run_demo(tmp_path / "demo", quick=True)
+@pytest.fixture(scope="module")
+def quick_demo(tmp_path_factory):
+    """One quick run for the tests below: its result and what it printed."""
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        result = run_demo(tmp_path_factory.mktemp("demo") / "demo", quick=True)
+    return result, printed.getvalue()
+
+
+def test_quick_demo_beats_the_untrained_baseline_by_a_wide_margin(quick_demo):
+    result, printed = quick_demo
     before, after = result.accuracy("untrained"), result.accuracy("SFT (LoRA)")
     assert mean(after) >= mean(before) + WIDE_MARGIN["mean"], format_table(result)
     for kind in ("colour", "shape"):
         assert after[kind] >= before[kind] + WIDE_MARGIN[kind], format_table(result)
-    printed = capsys.readouterr().out
     assert format_table(result) in printed and f"Answer:   {result.answer}" in printed
     reloaded = MMLLM.from_pretrained(result.checkpoint, progress=False)  # the saved checkpoint is whole
     assert set(reloaded.encoders) == {"image"}
+
+
+def test_mmllm_eval_on_the_demos_checkpoint_reproduces_its_last_row(quick_demo):
+    result, printed = quick_demo
+    command = next(line for line in printed.splitlines() if line.startswith("Score it again: mmllm "))
+    assert main(command.removeprefix("Score it again: mmllm ").split()) == 0
+    saved = json.loads((result.checkpoint.parent / "eval" / "results.json").read_text())
+    scored = {kind: value["mean"] for kind, value in saved["categories"].items()}
+    assert scored == pytest.approx(result.stages[-1].accuracy), format_table(result)
 
 
 def test_missing_weights_say_which_package_to_install(monkeypatch):

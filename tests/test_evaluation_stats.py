@@ -47,6 +47,11 @@ def test_a_confusion_matrix_counts_each_reference_against_each_prediction():
     assert labels == ["red", "blue", "green"] and counts == [[1, 0, 1], [1, 0, 0], [0, 0, 0]]
 
 
+def test_a_confusion_matrix_lists_the_labels_in_the_order_given_first():
+    labels, counts = confusion(["red", "blue"], ["red", "(other)"], order=["blue", "red"])
+    assert labels == ["blue", "red", "(other)"] and counts == [[0, 0, 1], [0, 1, 0], [0, 0, 0]]
+
+
 @pytest.mark.parametrize("values", [[], [1.5], [-0.1]])
 def test_nothing_to_score_or_a_score_out_of_range_is_an_input_error(values):
     with pytest.raises(InputError, match=r"nothing to score|between 0 \(wrong\) and 1 \(right\)"):

@@ -11,16 +11,20 @@ answered. The weights arrive by pip (``make demo`` installs them)::
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mmllm_sdk.default_plugins.datasets.shapes import answer_choices
 from mmllm_sdk.errors import MissingPluginError
-from mmllm_sdk.files import package_folder
+from mmllm_sdk.files import atomic_write, package_folder
 
 QUESTION_TYPES = ("colour", "shape")  # what the demo teaches and scores
 IMAGE_SIZE = 224  # generated images and the encoder's input
+EVAL_NEW_TOKENS = 6  # the longest answer scored ("A triangle." and its end of turn)
+HELDOUT_FILE = "heldout.jsonl"
 # EfficientNet-Lite0's stride-16 stage (112 channels, 14 x 14: the shape) and its first, stride-2 stage
 # (16 channels, max-pooled to 14 x 14: the colour, which ImageNet features lose by the last stage)
 FEATURE_LAYERS, FEATURE_WIDTHS = [-2, -5], [112, 16]
@@ -64,6 +68,7 @@ class StageResult:
 class DemoResult:
     stages: list[StageResult] = field(default_factory=list)
     checkpoint: Path | None = None
+    heldout_file: Path | None = None  # the held-out questions as a data file for `mmllm eval`
     question: str = ""
     image_path: str = ""
     answer: str = ""
@@ -141,6 +146,16 @@ def _dataset(task: str, num_examples: int, data_dir: Path, seed: int, split: str
     return params
 
 
+def write_heldout(heldout: list[Any], path: Path) -> Path:
+    """The held-out questions as messages JSONL, each with its question type as category and its options, so that
+    ``mmllm eval CHECKPOINT FILE --metric prefix --max-new-tokens 6`` scores a stage's checkpoint as the table does."""
+    rows = (
+        {**item.example, "category": item.question_type, "choices": answer_choices(item.question_type)}
+        for item in heldout
+    )
+    return atomic_write(path, "".join(json.dumps(row) + "\n" for row in rows))
+
+
 def evaluate(model: Any, heldout: list[Any], batch_size: int = 40) -> dict[str, float]:
     """Share of right greedy answers per question type, scored by ``mmllm_sdk.evaluate`` with the ``prefix`` metric
     (:func:`~.datasets.synthetic.score_answer`'s rule), as ``mmllm eval`` scores the held-out split."""
@@ -150,7 +165,7 @@ def evaluate(model: Any, heldout: list[Any], batch_size: int = 40) -> dict[str, 
     data = DataReport(
         [item.example for item in heldout], [], CONVERSATION, categories=[i.question_type for i in heldout]
     )
-    result = score(model, data, metric="prefix", batch_size=batch_size, max_new_tokens=6, progress=False)
+    result = score(model, data, metric="prefix", batch_size=batch_size, max_new_tokens=EVAL_NEW_TOKENS, progress=False)
     return {kind: result.categories[kind].mean for kind in QUESTION_TYPES if kind in result.categories}
 
 
@@ -164,7 +179,7 @@ def run_demo(output_dir: str | Path, *, quick: bool = False, seed: int = 0) -> D
     data_dir = output_dir / "data"
     spec = demo_model_spec(*locate_weights())
     heldout = generate_examples(_dataset("qa", plan.heldout_examples, data_dir, seed, split="heldout"))
-    result = DemoResult()
+    result = DemoResult(heldout_file=write_heldout(heldout, data_dir / HELDOUT_FILE))
     training = {
         "per_device_train_batch_size": plan.batch_size,
         "num_train_epochs": 1,
@@ -240,5 +255,10 @@ def print_summary(result: DemoResult) -> None:
     print(format_table(result))
     if result.checkpoint is not None:
         print(f'\nCheckpoint: {result.checkpoint} (mmllm chat {result.checkpoint} --input image=PNG "question")')
+        if result.heldout_file is not None:
+            print(
+                f"Score it again: mmllm eval {result.checkpoint} {result.heldout_file} --metric prefix "
+                f"--max-new-tokens {EVAL_NEW_TOKENS} --output-dir {result.checkpoint.parent / 'eval'}"
+            )
     print(f"\nImage:    {result.image_path}\nQuestion: {result.question}\nAnswer:   {result.answer}")
     print(f"Truth:    {result.expected}")

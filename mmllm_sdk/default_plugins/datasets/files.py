@@ -168,7 +168,7 @@ def _item_fields(record: Any, category_field: str, choices_field: str) -> tuple[
         got = f"a list of {len(options)}" if isinstance(options, list) else f"a JSON {json_type(options)}"
         raise RecordError(
             f"'{choices_field}' lists an item's options and must be a list of 2 to {MAX_CHOICES} different texts "
-            f"(each 1 to {MAX_LABEL_CHARS:,} characters), e.g. [\"red\", \"green\", \"blue\"]; got {got}."
+            f'(each 1 to {MAX_LABEL_CHARS:,} characters), e.g. ["red", "green", "blue"]; got {got}.'
         )
     return category, list(options)
 

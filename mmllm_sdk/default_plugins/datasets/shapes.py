@@ -307,10 +307,15 @@ def wrong_answer(scene: Scene, question_type: str, max_shapes: int = 3) -> str:
     Counts are drawn from 1..max(max_shapes, 2) without the right one.
     """
     right = scene.answer(question_type)
-    if question_type == "count":
-        choices = [_count_answer(n) for n in range(1, max(max_shapes, 2) + 1)]
-    else:
-        vocabulary = {"colour": sorted(PALETTE), "shape": SHAPES, "position": POSITIONS}[question_type]
-        choices = [_answer(question_type, value) for value in vocabulary]
     rng = _stream(scene.seed, scene.split, scene.index, f"rejected:{question_type}")
-    return rng.choice([choice for choice in choices if choice != right])
+    return rng.choice([choice for choice in answer_choices(question_type, max_shapes) if choice != right])
+
+
+def answer_choices(question_type: str, max_shapes: int = 3) -> list[str]:
+    """Every answer a question of this type can have, in the answers' wording: the options of a multiple-choice
+    reading (counts 1..max(max_shapes, 2))."""
+    check_question_type(question_type)
+    if question_type == "count":
+        return [_count_answer(n) for n in range(1, max(max_shapes, 2) + 1)]
+    vocabulary = {"colour": sorted(PALETTE), "shape": SHAPES, "position": POSITIONS}[question_type]
+    return [_answer(question_type, value) for value in vocabulary]

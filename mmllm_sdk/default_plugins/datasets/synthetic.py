@@ -25,6 +25,7 @@ from mmllm_sdk.default_plugins.datasets.shapes import (
     SINGLE_SHAPE_QUESTIONS,
     QuestionType,
     Scene,
+    answer_choices,
     check_question_type,
     generate_scene,
     image_file_name,
@@ -169,6 +170,9 @@ def build_synthetic_dataset(params: SyntheticParams | dict[str, Any]) -> DataRep
         formats={record_format: len(items)},
         categories=[item.question_type for item in items] if params.task != "captions" else None,
         metric="prefix",  # the demo's rule (score_answer)
+        choices=[answer_choices(item.question_type, params.max_shapes) for item in items]
+        if params.task == "qa"
+        else None,
     )
 
 

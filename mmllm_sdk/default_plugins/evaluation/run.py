@@ -230,7 +230,7 @@ def label_confusion(scorer: Metric, predictions: list[dict[str, Any]]) -> tuple[
     answered = [
         next((label for label in labels if scorer(row["prediction"], label) >= 0.5), OTHER_LABEL) for row in predictions
     ]
-    return confusion([row["reference"] for row in predictions], answered)
+    return confusion([row["reference"] for row in predictions], answered, order=labels)
 
 
 def _text(conversation: Conversation) -> str:

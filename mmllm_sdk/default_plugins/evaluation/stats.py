@@ -92,9 +92,12 @@ def mcnemar(only_a: int, only_b: int) -> float:
     return min(1.0, 2 * tail)
 
 
-def confusion(references: Sequence[str], predictions: Sequence[str]) -> tuple[list[str], list[list[int]]]:
-    """The labels (references' first, then other predictions) and counts[reference][prediction] for label answers."""
-    labels = list(dict.fromkeys([*references, *predictions]))
+def confusion(
+    references: Sequence[str], predictions: Sequence[str], order: Sequence[str] = ()
+) -> tuple[list[str], list[list[int]]]:
+    """The labels (those of ``order``, then references', then other predictions', each first seen first) and
+    counts[reference][prediction] for label answers."""
+    labels = list(dict.fromkeys([*order, *references, *predictions]))
     index: Mapping[str, int] = {label: i for i, label in enumerate(labels)}
     counts = [[0] * len(labels) for _ in labels]
     for reference, prediction in zip(references, predictions, strict=True):
