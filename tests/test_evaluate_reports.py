@@ -164,3 +164,29 @@ def test_compare_refuses_an_earlier_comparison_without_overwrite(image_spec, col
     assert main(["eval", "a", str(colours_file), "--compare", "b", "--output-dir", str(tmp_path / "ev")]) == 2
     assert "comparison.json exists from an earlier run; pass --overwrite" in capsys.readouterr().err
     assert (tmp_path / "ev" / "comparison.json").read_text() == "earlier"
+
+
+def test_a_run_that_stops_midway_leaves_the_earlier_results_whole(image_model, colours_file, tmp_path):
+    from mmllm_sdk.registry import Metric
+
+    mmllm_sdk.evaluate(image_model, str(colours_file), metric="exact", max_new_tokens=1, output_dir=tmp_path / "ev")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "ev").iterdir()}
+    calls = []
+
+    def breaks_on_the_fourth(prediction, reference):
+        calls.append(prediction)
+        if len(calls) == 4:
+            raise RuntimeError("the metric broke")
+        return 1.0
+
+    with pytest.raises(RuntimeError, match="the metric broke"):
+        mmllm_sdk.evaluate(
+            image_model,
+            str(colours_file),
+            metric=Metric(breaks_on_the_fourth),
+            max_new_tokens=1,
+            batch_size=2,
+            output_dir=tmp_path / "ev",
+            overwrite=True,
+        )
+    assert {p.name: p.read_bytes() for p in (tmp_path / "ev").iterdir()} == before  # no half-written or temporary file

@@ -11,11 +11,11 @@ import stat
 
 import pytest
 import torch
+from hostile import finishes
 
 from mmllm_sdk import MMLLM
 from mmllm_sdk.errors import CheckpointError
 from mmllm_sdk.model.checkpoint import MANIFEST, WEIGHTS, spec_digest
-from tests.hostile import finishes
 
 
 @pytest.fixture

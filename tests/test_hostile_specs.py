@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hostile import finishes
 
 import mmllm_sdk
 from mmllm_sdk.errors import DimensionError, SpecError
 from mmllm_sdk.testing import tiny_spec
-from tests.hostile import finishes
 
 
 @pytest.fixture

@@ -6,8 +6,10 @@ import json
 
 import pytest
 import torch
+import yaml
 
 import mmllm_sdk
+from mmllm_sdk.cli import main
 from mmllm_sdk.registry import get_registry
 from mmllm_sdk.testing import caption_loss, check_discovered, check_pt, tiny_clip_vision_config, tiny_spec
 
@@ -122,3 +124,22 @@ def test_pt_on_the_four_modalities_lowers_the_caption_loss(tmp_path, four_modali
     }
     reloaded = mmllm_sdk.MMLLM.from_pretrained(tmp_path / "run")  # the plugins' trained encoders come back too
     assert caption_loss(reloaded, examples) == pytest.approx(check.loss_after, abs=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("modality", "categories"),
+    [
+        ("depth", {"box", "sphere", "cylinder"}),
+        ("imu", {"standing still", "walking", "running", "turning on the spot"}),
+        ("pointcloud", {"cube", "sphere", "cylinder", "cone", "torus"}),
+    ],
+)
+def test_mmllm_eval_scores_a_plugins_data_source_per_category(tmp_path, tokenizer_dir, modality, categories, capsys):
+    encoder, (source, params) = ENCODERS[modality]
+    spec = tiny_spec(tokenizer_dir, encoders={modality: encoder})
+    (tmp_path / "model.yaml").write_text(yaml.safe_dump(spec))
+    held_out = [f"--data-param={key}={value}" for key, value in {**params, "seed": 7, "num_examples": 12}.items()]
+    argv = ["eval", str(tmp_path / "model.yaml"), source, *held_out, f"--data-param=out_dir={tmp_path / 'data'}"]
+    assert main([*argv, "--max-new-tokens", "2", "--output-dir", str(tmp_path / "ev")]) == 0
+    saved = json.loads((tmp_path / "ev" / "results.json").read_text())
+    assert saved["score"]["count"] == 12 and set(saved["categories"]) <= categories and len(saved["categories"]) > 1

@@ -62,7 +62,9 @@ def build_imu_dataset(params: dict[str, Any]) -> DataReport:
         lines = [",".join(COLUMNS), *(",".join(f"{v:.5f}" for v in row) for row in values)]
         path.write_text("\n".join(lines) + "\n", encoding="utf-8")
         examples.append(caption_example("imu", path, f"The wearer is {activity}.", f"{DATASET}:{index}"))
-    return caption_report(examples, out_dir)
+    report = caption_report(examples, out_dir)
+    report.categories = [names[index % len(names)] for index in range(p.num_examples)]  # mmllm eval: per activity
+    return report
 
 
 build_imu_dataset.Params = IMUSyntheticParams  # type: ignore[attr-defined]
