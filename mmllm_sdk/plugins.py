@@ -37,6 +37,7 @@ DEFAULT_PLUGINS = (
     "mmllm_sdk.default_plugins.commands.new_plugin",  # new-plugin
     "mmllm_sdk.default_plugins.commands.export",  # export
     "mmllm_sdk.default_plugins.commands.evaluation",  # eval
+    "mmllm_sdk.default_plugins.commands.serving",  # serve
 )
 
 

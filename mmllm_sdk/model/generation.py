@@ -32,6 +32,7 @@ class Response:
     outputs: dict[str, list[Any]] = field(default_factory=dict)  # modality -> generated items (PIL images, AudioClips)
     token_ids: list[int] = field(default_factory=list)
     files: dict[str, list[str]] = field(default_factory=dict)  # modality -> where the items were saved (output_dir)
+    prompt_tokens: int = 0  # the prompt's length in tokens, placeholders expanded (what a server reports as usage)
 
 
 @torch.no_grad()
@@ -73,7 +74,9 @@ def generate_batch(
     for row in new_tokens.tolist():  # each row up to and including its first end token (the rest is batch padding)
         end = next((i + 1 for i, token_id in enumerate(row) if token_id in ends), len(row))
         rows.append(row[:end])
-    responses = [Response(text=model.processor.decode(ids), token_ids=ids) for ids in rows]
+    prompts = attention_mask.sum(dim=1).tolist()
+    decode = model.processor.decode
+    responses = [Response(decode(ids), token_ids=ids, prompt_tokens=n) for ids, n in zip(rows, prompts, strict=True)]
     if model.output_heads:
         _generate_outputs(model, input_ids, attention_mask, modality_inputs, rows, responses, generator_kwargs or {})
         if output_dir is not None:
