@@ -112,27 +112,53 @@ def test_a_plugin_modality_part_is_read_by_its_own_loaders(tokenizer_dir, tmp_pa
     assert listed.id == "mmllm" and listed.modalities == {"input": ["text", "depth"], "output": ["text"]}
 
 
+def drawing_model(tokenizer_dir, modality):
+    """A tiny any-to-any model whose LLM always starts its answer with ``modality``'s first signal token."""
+    from mmllm_sdk.testing import tiny_audioldm_config, tiny_sd_config
+
+    generators = {
+        "image": {"name": "diffusers-sd", "params": {"config": tiny_sd_config(), "num_inference_steps": 2}},
+        "audio": {"name": "diffusers-audioldm", "params": {"config": tiny_audioldm_config(), "num_inference_steps": 2}},
+    }
+    spec = tiny_spec(tokenizer_dir, initializer_range=0.2)
+    head = {"signal_tokens": 2, "output_projector": {"name": "mlp"}, "generator": generators[modality]}
+    spec["outputs"] = {modality: head}
+    model = mmllm_sdk.build_model(spec, progress=False)
+    model.llm.model.generation_config.sequence_bias = {(model.signal_ids[modality][0],): 100.0}
+    return model
+
+
 def test_an_any_to_any_answer_carries_its_generated_image_as_a_png_data_url(tokenizer_dir):
     from PIL import Image
 
-    from mmllm_sdk.testing import tiny_sd_config
-
-    spec = tiny_spec(tokenizer_dir, initializer_range=0.2)
-    spec["outputs"] = {
-        "image": {
-            "signal_tokens": 2,
-            "output_projector": {"name": "mlp"},
-            "generator": {"name": "diffusers-sd", "params": {"config": tiny_sd_config(), "num_inference_steps": 2}},
-        }
-    }
-    model = mmllm_sdk.build_model(spec, progress=False)
-    model.llm.model.generation_config.sequence_bias = {(model.signal_ids["image"][0],): 100.0}  # it always draws
-    reply = served_answer(model, "Draw a circle.", max_tokens=6)
-    images = reply.choices[0].message.model_extra["images"]
-    url = images[0]["image_url"]["url"]
+    reply = served_answer(drawing_model(tokenizer_dir, "image"), "Draw a circle.", max_tokens=6)
+    url = reply.choices[0].message.model_extra["images"][0]["image_url"]["url"]
     assert url.startswith("data:image/png;base64,")
     with Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))) as image:
         assert image.format == "PNG" and image.width > 0
+
+
+def test_generated_audio_is_in_openais_audio_shape(tokenizer_dir):
+    import wave
+
+    reply = served_answer(drawing_model(tokenizer_dir, "audio"), "Play a tone.", max_tokens=6)
+    audio = reply.choices[0].message.audio
+    with wave.open(io.BytesIO(base64.b64decode(audio.data))) as clip:
+        assert clip.getnframes() > 0
+    assert audio.id.startswith("audio-") and audio.transcript == reply.choices[0].message.content
+
+
+def test_a_streamed_any_to_any_answer_brings_its_image_in_the_last_chunk(tokenizer_dir):
+    model = drawing_model(tokenizer_dir, "image")
+    with running_server(build_app(model)) as url:
+        chunks = list(
+            client(url).chat.completions.create(
+                model="mmllm", messages=[{"role": "user", "content": "Draw."}], max_tokens=6, temperature=0, stream=True
+            )
+        )
+    last = chunks[-1].choices[0].delta.model_extra
+    assert last["images"][0]["image_url"]["url"].startswith("data:image/png;base64,")
+    assert chunks[-1].usage.completion_tokens > 0
 
 
 def test_each_request_gets_one_log_line_with_its_id_status_and_tokens(served, caplog):
@@ -143,3 +169,14 @@ def test_each_request_gets_one_log_line_with_its_id_status_and_tokens(served, ca
     request_id = raw.headers["x-request-id"]
     lines = [r.getMessage() for r in caplog.records if request_id in r.getMessage()]
     assert len(lines) == 1 and " POST /v1/chat/completions 200 prompt_tokens=" in lines[0]
+
+
+def test_a_stop_string_ends_the_answer_before_it_streamed_or_not(served):
+    asked = {"model": "mmllm", "messages": [{"role": "user", "content": "Go on"}], "max_tokens": 10, "temperature": 0}
+    whole = client(served).chat.completions.create(**asked).choices[0].message.content
+    stop = whole[len(whole) // 2 : len(whole) // 2 + 2]
+    plain = client(served).chat.completions.create(**asked, stop=[stop]).choices[0]
+    chunks = list(client(served).chat.completions.create(**asked, stop=[stop], stream=True))
+    assert plain.message.content == whole[: whole.index(stop)] and plain.finish_reason == "stop"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == plain.message.content
+    assert chunks[-1].choices[0].finish_reason == "stop"

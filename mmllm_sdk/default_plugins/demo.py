@@ -260,5 +260,6 @@ def print_summary(result: DemoResult) -> None:
                 f"Score it again: mmllm eval {result.checkpoint} {result.heldout_file} --metric prefix "
                 f"--max-new-tokens {EVAL_NEW_TOKENS} --output-dir {result.checkpoint.parent / 'eval'}"
             )
+        print(f"Serve it:       mmllm serve {result.checkpoint} (an OpenAI-compatible API and a chat page)")
     print(f"\nImage:    {result.image_path}\nQuestion: {result.question}\nAnswer:   {result.answer}")
     print(f"Truth:    {result.expected}")

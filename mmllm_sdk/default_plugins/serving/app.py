@@ -132,7 +132,7 @@ class _Server:
                 chat.top_p,
                 chat.seed,
             )
-            request_id = request.state.request_id
+            request_id = completion_id(request)
             if chat.stream:
                 events = self.events(request, chat, messages, options, scratch)
                 scratch = None  # the stream owns it now
@@ -152,7 +152,7 @@ class _Server:
         """The server-sent events of a streamed answer: a role chunk, text chunks, a last chunk with the finish
         reason, any generated items and the usage, then ``[DONE]``. An error after the first byte is sent as an
         error event (the status is already 200)."""
-        request_id, model_id = request.state.request_id, self.settings.model_id
+        request_id, model_id = completion_id(request), self.settings.model_id
         stream = self.batcher.stream(messages, options)
         try:
             yield sse(chunk(request_id, model_id, {"role": "assistant", "content": ""}))
@@ -181,9 +181,9 @@ class _Server:
             request.state.stream_error = error.status
             yield sse(error.body())
         except Exception:
-            log.exception("request %s failed while streaming", request_id)
+            log.exception("request %s failed while streaming", request.state.request_id)
             request.state.stream_error = 500
-            yield sse(internal_error(request_id).body())
+            yield sse(internal_error(request.state.request_id).body())
         finally:
             stream.stop()
             scratch.cleanup()
@@ -246,6 +246,11 @@ async def _answered(awaitable: Any) -> Answer:
         raise
     except MMLLMError as error:
         raise APIError(400, str(error)) from None
+
+
+def completion_id(request: Request) -> str:
+    """The answer's id: ``chatcmpl-`` and the hex of the request id its log line and ``x-request-id`` show."""
+    return "chatcmpl-" + request.state.request_id.removeprefix("req-")
 
 
 def cut(text: str, stops: list[str], finished: str | None) -> tuple[str, str | None]:
