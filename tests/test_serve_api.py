@@ -10,12 +10,12 @@ import logging
 import numpy as np
 import openai
 import pytest
-from serving import running_server
 
 import mmllm_sdk
 from mmllm_sdk.default_plugins.serving.app import ServerSettings, build_app
 from mmllm_sdk.default_plugins.serving.media import MediaPolicy
 from mmllm_sdk.testing import tiny_spec
+from mmllm_sdk.testing.serving import running_server
 
 QUESTION = "What is in the picture?"
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import threading
 
 import openai
-from serving import running_server
 
 from mmllm_sdk.default_plugins.serving.app import ServerSettings, build_app
+from mmllm_sdk.testing.serving import running_server
 
 PROMPTS = [f"Question {n}: what comes after {n}?" for n in range(8)]
 

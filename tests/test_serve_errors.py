@@ -8,12 +8,12 @@ import json
 import httpx
 import openai
 import pytest
-from serving import running_server
 
 import mmllm_sdk
 from mmllm_sdk.default_plugins.serving.app import ServerSettings, build_app
 from mmllm_sdk.hookspecs import hookimpl
 from mmllm_sdk.testing import tiny_sd_config, tiny_spec
+from mmllm_sdk.testing.serving import running_server
 
 HELLO = [{"role": "user", "content": "Hello"}]
 

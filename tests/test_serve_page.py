@@ -9,7 +9,8 @@ import pytest
 from browser import BrowserMissing, chromium, wait_for
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
-from serving import running_server
+
+from mmllm_sdk.testing.serving import running_server
 
 QUESTION = "What is in this picture?"
 NEW_TOKENS = 8

@@ -1,4 +1,4 @@
-"""A real server for the tests: uvicorn serving an app on an ephemeral 127.0.0.1 port, in a thread, stopped after."""
+"""A real server for tests and benchmarks: uvicorn serving an ASGI app on an ephemeral 127.0.0.1 port, in a thread."""
 
 from __future__ import annotations
 
