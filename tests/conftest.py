@@ -76,3 +76,29 @@ def wav_file(tmp_path):
         handle.setframerate(16000)
         handle.writeframes(samples.tobytes())
     return path
+
+
+@pytest.fixture
+def drawing_model(tokenizer_dir):
+    """make(modality): a tiny any-to-any model whose LLM always starts its answer with that output modality's first
+    signal token (a sequence bias in its generation config), so that every answer carries a generated item."""
+    import mmllm_sdk
+    from mmllm_sdk.testing import tiny_audioldm_config, tiny_sd_config, tiny_spec
+
+    def make(modality):
+        generators = {
+            "image": {"name": "diffusers-sd", "params": {"config": tiny_sd_config(), "num_inference_steps": 2}},
+            "audio": {
+                "name": "diffusers-audioldm",
+                "params": {"config": tiny_audioldm_config(), "num_inference_steps": 2},
+            },
+        }
+        spec = tiny_spec(tokenizer_dir, initializer_range=0.2)
+        spec["outputs"] = {
+            modality: {"signal_tokens": 2, "output_projector": {"name": "mlp"}, "generator": generators[modality]}
+        }
+        model = mmllm_sdk.build_model(spec, progress=False)
+        model.llm.model.generation_config.sequence_bias = {(model.signal_ids[modality][0],): 100.0}
+        return model
+
+    return make

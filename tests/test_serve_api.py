@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import logging
+import time
 
 import numpy as np
 import openai
@@ -112,44 +113,28 @@ def test_a_plugin_modality_part_is_read_by_its_own_loaders(tokenizer_dir, tmp_pa
     assert listed.id == "mmllm" and listed.modalities == {"input": ["text", "depth"], "output": ["text"]}
 
 
-def drawing_model(tokenizer_dir, modality):
-    """A tiny any-to-any model whose LLM always starts its answer with ``modality``'s first signal token."""
-    from mmllm_sdk.testing import tiny_audioldm_config, tiny_sd_config
-
-    generators = {
-        "image": {"name": "diffusers-sd", "params": {"config": tiny_sd_config(), "num_inference_steps": 2}},
-        "audio": {"name": "diffusers-audioldm", "params": {"config": tiny_audioldm_config(), "num_inference_steps": 2}},
-    }
-    spec = tiny_spec(tokenizer_dir, initializer_range=0.2)
-    head = {"signal_tokens": 2, "output_projector": {"name": "mlp"}, "generator": generators[modality]}
-    spec["outputs"] = {modality: head}
-    model = mmllm_sdk.build_model(spec, progress=False)
-    model.llm.model.generation_config.sequence_bias = {(model.signal_ids[modality][0],): 100.0}
-    return model
-
-
-def test_an_any_to_any_answer_carries_its_generated_image_as_a_png_data_url(tokenizer_dir):
+def test_an_any_to_any_answer_carries_its_generated_image_as_a_png_data_url(drawing_model):
     from PIL import Image
 
-    reply = served_answer(drawing_model(tokenizer_dir, "image"), "Draw a circle.", max_tokens=6)
+    reply = served_answer(drawing_model("image"), "Draw a circle.", max_tokens=6)
     url = reply.choices[0].message.model_extra["images"][0]["image_url"]["url"]
     assert url.startswith("data:image/png;base64,")
     with Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))) as image:
         assert image.format == "PNG" and image.width > 0
 
 
-def test_generated_audio_is_in_openais_audio_shape(tokenizer_dir):
+def test_generated_audio_is_in_openais_audio_shape(drawing_model):
     import wave
 
-    reply = served_answer(drawing_model(tokenizer_dir, "audio"), "Play a tone.", max_tokens=6)
+    reply = served_answer(drawing_model("audio"), "Play a tone.", max_tokens=6)
     audio = reply.choices[0].message.audio
     with wave.open(io.BytesIO(base64.b64decode(audio.data))) as clip:
         assert clip.getnframes() > 0
     assert audio.id.startswith("audio-") and audio.transcript == reply.choices[0].message.content
 
 
-def test_a_streamed_any_to_any_answer_brings_its_image_in_the_last_chunk(tokenizer_dir):
-    model = drawing_model(tokenizer_dir, "image")
+def test_a_streamed_any_to_any_answer_brings_its_image_in_the_last_chunk(drawing_model):
+    model = drawing_model("image")
     with running_server(build_app(model)) as url:
         chunks = list(
             client(url).chat.completions.create(
@@ -166,9 +151,12 @@ def test_each_request_gets_one_log_line_with_its_id_status_and_tokens(served, ca
         raw = client(served).chat.completions.with_raw_response.create(
             model="mmllm", messages=[{"role": "user", "content": "Hi"}], max_tokens=3, temperature=0
         )
-    request_id = raw.headers["x-request-id"]
-    lines = [r.getMessage() for r in caplog.records if request_id in r.getMessage()]
-    assert len(lines) == 1 and " POST /v1/chat/completions 200 prompt_tokens=" in lines[0]
+        request_id = raw.headers["x-request-id"]
+        lines = lambda: [r.getMessage() for r in caplog.records if request_id in r.getMessage()]  # noqa: E731
+        deadline = time.monotonic() + 30
+        while not lines() and time.monotonic() < deadline:  # the server logs once the response is sent
+            time.sleep(0.05)
+    assert len(lines()) == 1 and " POST /v1/chat/completions 200 prompt_tokens=" in lines()[0]
 
 
 def test_a_stop_string_ends_the_answer_before_it_streamed_or_not(served):

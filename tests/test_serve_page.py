@@ -115,3 +115,15 @@ def test_page_shows_the_401_message_until_the_api_key_is_entered(browser, image_
         ask(browser, "Hello")
         answer = wait_for(browser, last_answer, "the answer sent with the key")
         assert answer.get_attribute("data-state") == "done", error.text
+
+
+def test_page_shows_a_generated_image_and_plays_generated_audio(browser, drawing_model):
+    for modality, selector in (("image", "#messages .message.assistant img"), ("audio", "#messages audio")):
+        with serve(drawing_model(modality)) as url:
+            browser.get(f"{url}/")
+            wait_for(browser, lambda d: page_state(d) == "ready", "the model list read")
+            ask(browser, "Make something.")
+            answer = wait_for(browser, last_answer, "the streamed answer finished")
+            assert answer.get_attribute("data-state") == "done", browser.find_element(By.ID, "error").text
+            items = browser.find_elements(By.CSS_SELECTOR, selector)  # one per signal-token run in the answer
+            assert items and all(item.get_attribute("src").startswith(f"data:{modality}/") for item in items)
