@@ -109,6 +109,7 @@ def test_every_builtin_command_comes_from_a_builtin_plugin():
         "new-plugin": "new_plugin",
         "export": "export",
         "eval": "evaluation",
+        "probe": "evaluation",
         "serve": "serving",
     }
     assert all(plugin.startswith("mmllm_sdk.default_plugins.commands.") for plugin in command_plugins().values())

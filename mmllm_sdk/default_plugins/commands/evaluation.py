@@ -1,4 +1,5 @@
-"""``mmllm eval``: score a checkpoint (or a model built from a spec) on held-out data with a metric."""
+"""``mmllm eval``: score a checkpoint (or a model built from a spec) on held-out data with a metric; ``mmllm probe``:
+the accuracy the frozen encoder's own features reach on the same answers, next to the model's."""
 
 from __future__ import annotations
 
@@ -57,6 +58,57 @@ def register_commands(cli):
         "(McNemar's test on the items one gets right and the other wrong)",
     )
     add_trust_remote_code(command)
+    add_probe(cli)
+
+
+def add_probe(cli: Any) -> None:
+    command = cli.command(
+        "probe",
+        run_probe,
+        help="how well the frozen encoder's own features answer labelled data, next to the model",
+        description="Train a linear classifier and a small MLP on the frozen encoder's pooled features against the "
+        "answers of DATA (labels: classes, colours, counts), per category, and print their held-out accuracy with "
+        "95 % intervals next to the aligned model's answers on the same held-out items: the ceiling alignment can "
+        "reach, and how far the model is from it. Without --heldout, a seeded fifth of DATA is held out.",
+    )
+    command.add_argument("model", metavar="CKPT_OR_SPEC", help="a checkpoint folder or a YAML model spec")
+    command.add_argument("data", metavar="DATA", help="labelled data: a data file, or a registered data source's name")
+    command.add_argument("--data-param", action="append", default=[], metavar="KEY=VALUE", help="a param of DATA")
+    command.add_argument("--heldout", metavar="HELDOUT", help="held-out data (default: a fifth of DATA)")
+    command.add_argument("--heldout-param", action="append", default=[], metavar="KEY=VALUE", help="a param of HELDOUT")
+    command.add_argument("--metric", help="the metric of the model's answers (default: the data's, else exact)")
+    command.add_argument("--max-new-tokens", type=positive(int), default=16, help="per answer of the model (16)")
+    command.add_argument("--batch-size", type=positive(int), default=16, help="items at once (default 16)")
+    command.add_argument("--no-model", action="store_true", help="probe only; do not ask the model")
+    command.add_argument("--seed", type=int, default=0, help="of the split and the probes' training (default 0)")
+    add_trust_remote_code(command)
+
+
+def run_probe(args: argparse.Namespace) -> int:
+    from mmllm_sdk.default_plugins.commands.chat import load_any
+    from mmllm_sdk.default_plugins.evaluation.probe import as_report, probe, probe_data
+    from mmllm_sdk.default_plugins.evaluation.run import evaluate
+
+    data = data_source(args.data, args.data_param)
+    heldout = data_source(args.heldout, args.heldout_param) if args.heldout else None
+    model = load_any(args.model, args.trust_remote_code)
+    train, test = probe_data(model, data, heldout, seed=args.seed)
+    probes = probe(model, train, test, batch_size=args.batch_size, seed=args.seed)
+    answered, header = {}, ""
+    if not args.no_model:
+        result = evaluate(
+            model, as_report(test), metric=args.metric, batch_size=args.batch_size, max_new_tokens=args.max_new_tokens
+        )
+        answered, header = result.categories, f"model ({result.metric})"
+    rows = [("category", "classes", "train", "linear probe", "MLP probe", header)]
+    for p in probes:
+        model_score = str(answered[p.category]) if p.category in answered else ""
+        rows.append((p.category, str(len(p.classes)), str(p.train_items), str(p.linear), str(p.mlp), model_score))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    print(f"held-out accuracy on {len(test)} items ({len(train)} trained the probes):")
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+    return 0
 
 
 def data_source(data: str, params: list[str]) -> Any:

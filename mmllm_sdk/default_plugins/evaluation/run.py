@@ -138,7 +138,7 @@ def evaluate(
     _check_items(model, items, name if scorer.by_likelihood else None)
     start = time.perf_counter()
     if cache:
-        items = _with_cached_features(model, items, cache_dir, batch_size)
+        items = with_cached_features(model, items, cache_dir, batch_size)
     model.eval()
     answer = _pick if scorer.by_likelihood else _generate
     predictions = []
@@ -190,7 +190,7 @@ def _check_items(model: Any, items: list[Item], picking: str | None) -> None:
             )
 
 
-def _with_cached_features(model: Any, items: list[Item], cache_dir: Any, batch_size: int) -> list[Item]:
+def with_cached_features(model: Any, items: list[Item], cache_dir: Any, batch_size: int) -> list[Item]:
     """The items with their frozen encoders' features from the feature cache, encoded into it first if missing."""
     from mmllm_sdk.default_plugins.recipes.run import cache_features
 
