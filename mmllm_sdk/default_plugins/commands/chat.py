@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mmllm_sdk.default_plugins.commands.options import add_trust_remote_code, positive
+from mmllm_sdk.default_plugins.commands.options import add_model, add_trust_remote_code, positive
 from mmllm_sdk.errors import InputError, MMLLMError
 from mmllm_sdk.hookspecs import hookimpl
 
@@ -22,9 +22,7 @@ def register_commands(cli):
         description="Load a checkpoint folder (or build a model from a spec) and answer a question. "
         "Without a question, read questions from standard input, one per line.",
     )
-    chat.add_argument(
-        "model", metavar="CKPT_OR_SPEC", help="a checkpoint folder (with mmllm.json) or a YAML model spec"
-    )
+    add_model(chat)
     chat.add_argument("question", nargs="?", help="the question; omit it for an interactive session")
     chat.add_argument(
         "--input",

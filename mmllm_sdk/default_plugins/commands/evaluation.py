@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from mmllm_sdk.default_plugins.commands.options import add_trust_remote_code, positive
+from mmllm_sdk.default_plugins.commands.options import add_data_params, add_model, add_trust_remote_code, positive
 from mmllm_sdk.errors import MMLLMError
 from mmllm_sdk.hookspecs import hookimpl
 
@@ -25,17 +25,9 @@ def register_commands(cli):
         "captions; the last assistant turn is the reference) or the name of a registered data source with "
         "--data-param KEY=VALUE.",
     )
-    command.add_argument(
-        "model", metavar="CKPT_OR_SPEC", help="a checkpoint folder (with mmllm.json) or a YAML model spec"
-    )
+    add_model(command)
     command.add_argument("data", metavar="DATA", help="a data file, or a registered data source's name")
-    command.add_argument(
-        "--data-param",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="a param of the data source named by DATA (the value is read as YAML), e.g. --data-param split=heldout",
-    )
+    add_data_params(command)
     command.add_argument("--metric", help="a registered metric (default: the data source's, else exact)")
     command.add_argument("--batch-size", type=positive(int), default=8, help="items answered at once (default 8)")
     command.add_argument(
@@ -71,11 +63,11 @@ def add_probe(cli: Any) -> None:
         "95 % intervals next to the aligned model's answers on the same held-out items: the ceiling alignment can "
         "reach, and how far the model is from it. Without --heldout, a seeded fifth of DATA is held out.",
     )
-    command.add_argument("model", metavar="CKPT_OR_SPEC", help="a checkpoint folder or a YAML model spec")
+    add_model(command)
     command.add_argument("data", metavar="DATA", help="labelled data: a data file, or a registered data source's name")
-    command.add_argument("--data-param", action="append", default=[], metavar="KEY=VALUE", help="a param of DATA")
+    add_data_params(command)
     command.add_argument("--heldout", metavar="HELDOUT", help="held-out data (default: a fifth of DATA)")
-    command.add_argument("--heldout-param", action="append", default=[], metavar="KEY=VALUE", help="a param of HELDOUT")
+    add_data_params(command, "--heldout-param", "HELDOUT")
     command.add_argument("--metric", help="the metric of the model's answers (default: the data's, else exact)")
     command.add_argument("--max-new-tokens", type=positive(int), default=16, help="per answer of the model (16)")
     command.add_argument("--batch-size", type=positive(int), default=16, help="items at once (default 16)")

@@ -1,4 +1,5 @@
-"""Options several commands share, defined once: a positive number, the opt-in to code from model folders."""
+"""Options several commands share, defined once: a positive number, the model argument, a data source's params,
+the opt-in to code from model folders."""
 
 from __future__ import annotations
 
@@ -28,4 +29,22 @@ def add_trust_remote_code(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="allow a checkpoint or spec that sets trust_remote_code to run Python code from its model folders or "
         "hub repositories (without it, such a model is refused)",
+    )
+
+
+def add_model(parser: argparse.ArgumentParser) -> None:
+    """``CKPT_OR_SPEC``: the model a command loads (``chat.load_any`` reads either)."""
+    parser.add_argument(
+        "model", metavar="CKPT_OR_SPEC", help="a checkpoint folder (with mmllm.json) or a YAML model spec"
+    )
+
+
+def add_data_params(parser: argparse.ArgumentParser, flag: str = "--data-param", of: str = "DATA") -> None:
+    """``--data-param KEY=VALUE`` (repeatable): a param of the registered data source that ``of`` names."""
+    parser.add_argument(
+        flag,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"a param of the data source named by {of} (the value is read as YAML), e.g. {flag} split=heldout",
     )

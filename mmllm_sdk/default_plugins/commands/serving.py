@@ -10,7 +10,7 @@ import socket
 import sys
 from pathlib import Path
 
-from mmllm_sdk.default_plugins.commands.options import add_trust_remote_code, positive
+from mmllm_sdk.default_plugins.commands.options import add_model, add_trust_remote_code, positive
 from mmllm_sdk.errors import MMLLMError
 from mmllm_sdk.hookspecs import hookimpl
 
@@ -27,9 +27,7 @@ def register_commands(cli):
         "request and response shapes, streaming included) and a chat page at /. Requests that arrive within the "
         "batch window are answered by one batched generation. Needs the serve extra: pip install 'mmllm-sdk[serve]'.",
     )
-    command.add_argument(
-        "model", metavar="CKPT_OR_SPEC", help="a checkpoint folder (with mmllm.json) or a YAML model spec"
-    )
+    add_model(command)
     command.add_argument("--host", default="127.0.0.1", help="the address to listen on (default 127.0.0.1)")
     command.add_argument("--port", type=int, default=8000, help="the port (default 8000; 0: one the OS picks)")
     command.add_argument(

@@ -45,8 +45,8 @@ def split(items: list[Item], seed: int = 0) -> tuple[list[Item], list[Item]]:
     return [items[i] for i in sorted(order[cut:])], [items[i] for i in sorted(order[:cut])]
 
 
-def pooled_features(model: Any, items: list[Item], batch_size: int = 16) -> tuple[str, torch.Tensor]:
-    """Each item's one input item through its frozen encoder, mean-pooled over tokens: (modality, (items, D)).
+def pooled_features(model: Any, items: list[Item], batch_size: int = 16) -> torch.Tensor:
+    """Each item's one input item through its frozen encoder, mean-pooled over tokens: (items, D).
     Cached features are used where the items carry them."""
     parts = []
     for item in items:
@@ -71,7 +71,7 @@ def pooled_features(model: Any, items: list[Item], batch_size: int = 16) -> tupl
             else:
                 features = encoder(**{k: v.to(model.device) for k, v in inputs.items()})  # (B, N, D)
             pooled.append(features.float().mean(dim=1).cpu())
-    return modality, torch.cat(pooled)
+    return torch.cat(pooled)
 
 
 def fit(features: torch.Tensor, labels: torch.Tensor, classes: int, hidden: int | None, seed: int = 0) -> nn.Module:
@@ -119,8 +119,8 @@ def probe(
     if cache:
         train = with_cached_features(model, train, cache_dir, batch_size)
         heldout = with_cached_features(model, heldout, cache_dir, batch_size)
-    _, train_features = pooled_features(model, train, batch_size)
-    _, heldout_features = pooled_features(model, heldout, batch_size)
+    train_features = pooled_features(model, train, batch_size)
+    heldout_features = pooled_features(model, heldout, batch_size)
     results = []
     for category in sorted({item.category or "all" for item in train}):
         train_rows = [i for i, item in enumerate(train) if (item.category or "all") == category]

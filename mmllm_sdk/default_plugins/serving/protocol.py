@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import Field, ValidationError, field_validator
 
@@ -83,14 +83,6 @@ class ChatRequest(StrictModel):
             )
         return stops
 
-    @property
-    def new_tokens(self) -> int:
-        return self.max_completion_tokens or self.max_tokens or DEFAULT_MAX_TOKENS
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0
-
     def refuse_unsupported(self) -> None:
         """A 400 for each asked-for feature the server does not have, naming the field and what to send."""
         unsupported = [
@@ -166,6 +158,3 @@ def chunk(
     if counts is not None:
         body["usage"] = counts
     return body
-
-
-FinishReason = Literal["stop", "length"]
