@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from mmllm_sdk.validation import StrictModel
@@ -30,6 +30,10 @@ class Recipe:
     requires_peft: bool = False  # the recipe needs adapters on the LLM (DPO trains them by default)
     collator_class: str | None = None  # module:Class of a collator(model, max_length) other than the kind's
     caches_signal_states: bool = False  # the trainer takes state_cache_dir (align-output: the LLM's signal states)
+    # TrainingArguments the recipe spec's ``training:`` overrides (a recipe's learning rate, its schedule)
+    training_defaults: Mapping[str, Any] = field(default_factory=dict)
+    # component path (glob) -> learning rate, unless the recipe spec's ``learning_rates`` names that component
+    default_learning_rates: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def trainer_class(self) -> type:

@@ -32,6 +32,9 @@ class DataSpec(StrictModel):
     base_dir: str | None = None  # media paths are relative to this (LLaVA's image_folder); default: each file's folder
     skip_invalid: bool = False  # skip malformed records (counted, printed and saved) instead of stopping
     max_length: int | None = Field(None, ge=1)  # a longer example is an error, never cut
+    # the registered metric that scores data.eval's answers (greedy) at each evaluation and at the end; default: when
+    # the answers are labels (classes, counts: at most 64 values), the eval data's metric, else exact. "none": loss only
+    metric: str | None = None
 
 
 class CacheSpec(StrictModel):
@@ -48,6 +51,8 @@ class RecipeSpec(StrictModel):
     trainable: list[str] | None = None  # component paths (globs): llm, inputs.*.encoder, inputs.*.projector
     peft: dict[str, Any] | None = None  # applied to the LLM: {method: lora | prefix | ln-tuning, …}
     training: dict[str, Any] = Field(default_factory=dict)  # transformers.TrainingArguments fields
+    # component path (glob) -> its learning rate, e.g. {inputs.*.projector: 1e-3}; the rest: training.learning_rate
+    learning_rates: dict[str, Annotated[float, Field(gt=0, allow_inf_nan=False)]] = Field(default_factory=dict)
     cache: CacheSpec = Field(default_factory=CacheSpec)  # the on-disk cache of frozen encoder outputs
     options: dict[str, Any] = Field(default_factory=dict)  # the recipe's own options (dpo: beta)
 

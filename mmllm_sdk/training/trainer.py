@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import functools
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,40 @@ class MMTrainer(Trainer):
         super().__init__(*args, **kwargs)
         self.model_accepts_loss_kwargs = self.token_weighted_loss  # the Trainer then counts num_items_in_batch
         self._staging_root: Path | None = None
+        # model -> {name: value}: more metrics of each evaluation (logged as eval_<name>), e.g. held-out answers scored
+        self.answer_scorer: Callable[[torch.nn.Module], dict[str, float]] | None = None
+        self.learning_rates: dict[str, float] = {}  # component path glob -> its learning rate (the rest: the args')
+
+    def create_optimizer(self, model=None):
+        """The Trainer's optimizer, its groups split so that each component :attr:`learning_rates` names trains at
+        its own rate (the schedule scales every group alike)."""
+        optimizer = super().create_optimizer(model)
+        if not self.learning_rates:
+            return optimizer
+        unwrapped = self.accelerator.unwrap_model(model if model is not None else self.model)
+        rate_of = {}
+        for path, part in unwrapped.components().items():
+            rate = next((lr for glob, lr in self.learning_rates.items() if fnmatch.fnmatchcase(path, glob)), None)
+            rate_of.update({id(p): rate for p in part.parameters()} if rate is not None else {})
+        groups = []
+        for group in optimizer.param_groups:
+            by_rate: dict[float, list[torch.nn.Parameter]] = {}
+            for parameter in group["params"]:
+                by_rate.setdefault(rate_of.get(id(parameter), group["lr"]), []).append(parameter)
+            groups += [{**group, "params": params, "lr": lr} for lr, params in by_rate.items()]
+        optimizer.param_groups.clear()
+        for group in groups:
+            optimizer.add_param_group(group)
+        return optimizer
+
+    def evaluation_loop(
+        self, dataloader, description, prediction_loss_only=None, ignore_keys=None, metric_key_prefix="eval"
+    ):
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+        if self.answer_scorer is not None:  # logged with the loss, and seen by metric_for_best_model and early stopping
+            scores = self.answer_scorer(self.accelerator.unwrap_model(self.model))
+            output.metrics.update({f"{metric_key_prefix}_{name}": value for name, value in scores.items()})
+        return output
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         outputs = model(**inputs, supervised_only=True, num_items_in_batch=num_items_in_batch)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import sys
@@ -133,7 +134,9 @@ def train(
             f"recipe {spec.recipe!r} needs adapters on the LLM (it trains them); add "
             "peft: {method: lora, r: 8} to the recipe, or continue from a checkpoint that has them."
         )
-    model_spec = with_trainable(base_spec, select(base_spec, trainable, strict=spec.trainable is not None), peft)
+    chosen = select(base_spec, trainable, strict=spec.trainable is not None)
+    model_spec = with_trainable(base_spec, chosen, peft)
+    learning_rates = _learning_rates(spec, recipe, sorted(chosen | ({LLM} if peft else set())))
 
     # the modalities examples may hold: inputs in user turns, outputs (signal tokens) in assistant turns
     modalities = {name: registry.modality(name) for name in [*model_spec.inputs, *model_spec.outputs]}
@@ -141,9 +144,12 @@ def train(
     reports = {split: _read(spec, data, modalities, recipe.kind) for split, data in splits.items() if data is not None}
     for split, report in reports.items():
         _say(f"{split} data: {report.summary()}")
+    answer_metric = _answer_metric(spec, reports.get("eval"))
 
     try:  # before any weight loads: transformers' own checks of the combination (strategies that must match…)
-        args = TrainingArguments(**{**TRAINING_DEFAULTS, **spec.training, **TRAINING_FORCED})
+        args = TrainingArguments(
+            **{**TRAINING_DEFAULTS, **recipe.training_defaults, **spec.training, **TRAINING_FORCED}
+        )
     except (ValueError, TypeError) as exc:
         raise SpecError(f"training: {exc}") from exc
     if not is_main_process():  # one set of progress bars (transformers' weight loading too), not one per process
@@ -176,6 +182,14 @@ def train(
         )
     except ValueError as exc:
         raise SpecError(f"training: the Trainer of recipe {spec.recipe!r} refuses these settings: {exc}") from exc
+    trainer.learning_rates = learning_rates
+    scorer = None
+    if answer_metric is not None:
+        from mmllm_sdk.default_plugins.evaluation.heldout import HeldoutScorer
+
+        cache_dir = spec.cache.dir if spec.cache.enabled else None
+        scorer = HeldoutScorer(reports["eval"], answer_metric, args.per_device_eval_batch_size, cache_dir)
+        trainer.answer_scorer = scorer
     checkpoint = _last_checkpoint(output_dir) if resume else None
     start_step = _checkpoint_step(checkpoint) if checkpoint is not None else 0
     # the optimizer steps the whole run takes (max_steps, or the epochs over this data), as the Trainer counts them
@@ -205,7 +219,54 @@ def train(
     stats = features.cache.stats if features is not None else None
     if stats is not None:
         _say(f"feature cache: {stats}")
-    return TrainResult(model, output_dir, dict(result.metrics), encoded, stats, trainer.state.global_step - start_step)
+    metrics = dict(result.metrics)
+    if scorer is not None:
+        metrics.update(_final_score(trainer, scorer, model, reports["train"]))
+    return TrainResult(model, output_dir, metrics, encoded, stats, trainer.state.global_step - start_step)
+
+
+def _learning_rates(spec: RecipeSpec, recipe: Any, trained: list[str]) -> dict[str, float]:
+    """Component globs and their learning rates: the spec's ``learning_rates`` (each must name a component this run
+    trains), then the recipe's defaults; a component trains at the first rate whose glob names it."""
+    for glob in spec.learning_rates:
+        if not any(fnmatch.fnmatchcase(path, glob) for path in trained):
+            raise SpecError(
+                f"learning_rates: {glob!r} names no component this run trains; it trains {', '.join(trained)}."
+            )
+    defaults = {glob: rate for glob, rate in recipe.default_learning_rates.items() if glob not in spec.learning_rates}
+    return {**spec.learning_rates, **defaults}  # the spec's first: a component takes the first glob that names it
+
+
+def _answer_metric(spec: RecipeSpec, heldout: DataReport | None) -> str | None:
+    """The metric that scores ``data.eval``'s answers, checked against the registered metrics before any weight loads;
+    None when none is scored (see :func:`~mmllm_sdk.default_plugins.evaluation.heldout.answer_metric`)."""
+    from mmllm_sdk.default_plugins.evaluation.heldout import answer_metric
+
+    if heldout is None or spec.data.metric == "none":
+        return None
+    name = answer_metric(heldout, spec.data.metric)
+    if name is not None:
+        get_registry().get("metrics", name, where="data.metric")
+    return name
+
+
+def _final_score(trainer: Any, scorer: Any, model: MMLLM, train: DataReport) -> dict[str, float]:
+    """The held-out score of the model the run ends with (the last evaluation's, when it was of this model) and the
+    linear probe's ceiling on the same items, said and returned as metrics."""
+    state = trainer.state
+    scored = [entry for entry in state.log_history if "eval_score" in entry]
+    ended_on_last = (
+        bool(scored) and scored[-1].get("step") == state.global_step and not trainer.args.load_best_model_at_end
+    )
+    if not ended_on_last or scorer.last is None:
+        scorer(model)
+    final, ceiling = scorer.last, scorer.ceiling(model, train)
+    line = f"held-out score ({scorer.metric}, {final.count} items): {final}"
+    if ceiling is not None:
+        line += f"; linear probe on the frozen encoder's features (the ceiling, mmllm probe): {ceiling}"
+    _say(line)
+    metrics = {"heldout_score": final.mean}
+    return metrics | ({"probe_score": ceiling.mean} if ceiling is not None else {})
 
 
 def cache_features(

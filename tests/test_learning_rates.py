@@ -1,0 +1,59 @@
+"""``learning_rates``: a component trains at its own rate (LLaVA's projector rate next to the adapters')."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from transformers import TrainerCallback
+
+from mmllm_sdk.default_plugins.recipes.run import train
+from mmllm_sdk.errors import SpecError
+
+
+class Rates(TrainerCallback):
+    def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+        names = {id(p): n for n, p in model.named_parameters()}
+        self.rates = {
+            names[id(p)]: group.get("initial_lr", group["lr"])
+            for group in optimizer.param_groups
+            for p in group["params"]
+        }
+
+
+def recipe(image_spec, tmp_path, learning_rates):
+    from PIL import Image
+
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(tmp_path / "a.png")
+    row = {
+        "messages": [
+            {"role": "user", "content": [{"type": "image", "path": "a.png"}, {"type": "text", "text": "Colour?"}]},
+            {"role": "assistant", "content": "Red."},
+        ]
+    }
+    (tmp_path / "train.jsonl").write_text(json.dumps(row) + "\n")
+    return {
+        "recipe": "sft",
+        "model": image_spec,
+        "data": {"train": str(tmp_path / "train.jsonl")},
+        "peft": {"method": "lora", "r": 4},
+        "learning_rates": learning_rates,
+        "cache": {"enabled": False},
+        "training": {"output_dir": str(tmp_path / "run"), "learning_rate": 1e-4, "max_steps": 1, "save_strategy": "no"},
+    }
+
+
+def test_the_projector_trains_at_its_own_rate_and_the_adapters_at_the_runs(image_spec, tmp_path):
+    rates = Rates()
+    train(recipe(image_spec, tmp_path, {"inputs.*.projector": 1e-2}), callbacks=[rates])
+    projector = {r for n, r in rates.rates.items() if n.startswith("input_projectors.")}
+    adapters = {r for n, r in rates.rates.items() if "lora_" in n}
+    assert projector == {1e-2} and adapters == {1e-4}
+
+
+def test_a_rate_for_a_component_that_does_not_train_is_refused_naming_what_trains(image_spec, tmp_path):
+    with pytest.raises(
+        SpecError,
+        match=r"learning_rates: 'inputs\.\*\.encoder' names no component this run trains; it trains inputs\.image\.projector, llm",
+    ):
+        train(recipe(image_spec, tmp_path, {"inputs.*.encoder": 1e-2}))
