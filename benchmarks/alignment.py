@@ -36,6 +36,8 @@ class Settings:
     caption_examples: int = 400  # PT captions (0: no PT stage)
     batch_size: int = 8
     pt_epochs: float = 1.0
+    prealign_epochs: float = 0.0  # a prealign stage on the captions before PT (0: none)
+    prealign_learning_rate: float = 1e-3
     sft_epochs: float = 2.0
     pt_learning_rate: float = 1e-3
     sft_learning_rate: float = 2e-4
@@ -108,12 +110,29 @@ def run_task(task: TaskData, settings: Settings, work: Path) -> Row:
     }
     source: Any = spec
     pt_seconds = 0.0
+    if settings.caption_examples and settings.prealign_epochs > 0:
+        started = time.perf_counter()
+        mmllm_sdk.train(
+            {
+                "recipe": "prealign",
+                "model": spec,
+                "data": {"train": str(task.captions)},
+                "training": {
+                    **common,
+                    "output_dir": str(work / "prealign"),
+                    "learning_rate": settings.prealign_learning_rate,
+                    "num_train_epochs": settings.prealign_epochs,
+                },
+            },
+            overwrite=True,
+        )
+        pt_seconds, source = time.perf_counter() - started, str(work / "prealign")
     if settings.caption_examples and settings.pt_epochs > 0:
         started = time.perf_counter()
         mmllm_sdk.train(
             {
                 "recipe": "pt",
-                "model": spec,
+                "model": source,
                 "data": {"train": str(task.captions)},
                 "options": settings.pt_options,
                 "training": {
@@ -125,7 +144,7 @@ def run_task(task: TaskData, settings: Settings, work: Path) -> Row:
             },
             overwrite=True,
         )
-        pt_seconds, source = time.perf_counter() - started, str(work / "pt")
+        pt_seconds, source = pt_seconds + time.perf_counter() - started, str(work / "pt")
     started = time.perf_counter()
     trained = mmllm_sdk.train(
         {

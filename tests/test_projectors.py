@@ -222,3 +222,24 @@ def test_pool_more_tokens_than_input_is_a_dimension_error():
 def test_pool_unknown_mode_is_a_spec_error():
     with pytest.raises(SpecError, match="mode"):
         build(PoolProjector, mode="median")
+
+
+@pytest.mark.parametrize("cls", PROJECTORS, ids=lambda c: c.name)
+def test_initialise_makes_the_first_layers_read_standardised_features(cls):
+    """Features that share one large direction across items: after initialise, each first layer computes on them what
+    it computed before on the standardised features (per channel, over the sample's items and tokens)."""
+    projector = build(cls)
+    features = 5.0 + torch.randn(D_IN) * 3 + 0.05 * torch.randn(32, N, D_IN)  # a shared offset, small differences
+    seen, before = {}, {layer: (layer.weight.clone(), layer.bias.clone()) for layer in projector.input_layers()}
+    hooks = [layer.register_forward_hook(lambda m, args, out: seen.update({m: (args[0], out)})) for layer in before]
+    projector.initialise(features)
+    seen.clear()
+    projector(features)
+    for hook in hooks:
+        hook.remove()
+    assert before and set(seen) == set(before)
+    for layer, (inputs, output) in seen.items():
+        flat = inputs.reshape(-1, inputs.shape[-1])
+        standard = (inputs - flat.mean(dim=0)) / flat.std(dim=0)
+        weight, bias = before[layer]
+        torch.testing.assert_close(output, standard @ weight.T + bias, atol=1e-3, rtol=1e-3)

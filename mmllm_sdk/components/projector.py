@@ -30,3 +30,34 @@ class InputProjector(nn.Module, ABC):
     @abstractmethod
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """(B, N, D_in) -> (B, M, D_llm)."""
+
+    def input_layers(self) -> list[nn.Linear]:
+        """The linear layers that first read the features (after any pooling or normalisation): those that
+        :meth:`initialise` standardises. Default: none."""
+        return []
+
+    @torch.no_grad()
+    def initialise(self, features: torch.Tensor) -> None:
+        """Called once before a new projector's first training stage, with a sample of the training data's encoder
+        features (items, N, D_in). Each of :meth:`input_layers` absorbs its inputs' per-channel mean and standard
+        deviation over the sample, so that it starts on standardised inputs (as a linear probe does): a frozen
+        encoder's features often share one large direction across items, and the differences that carry the answer
+        would otherwise reach the LLM as a small part of nearly identical soft tokens."""
+        seen: dict[nn.Module, torch.Tensor] = {}
+
+        def keep(module: nn.Module, args: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+            seen.setdefault(module, args[0].detach())  # returns None: the output stays as it is
+
+        hooks = [layer.register_forward_hook(keep) for layer in self.input_layers()]
+        try:
+            self(features)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        for layer, inputs in seen.items():
+            flat = inputs.reshape(-1, inputs.shape[-1]).float()  # (items x tokens, D)
+            mean, std = flat.mean(dim=0), flat.std(dim=0).clamp(min=1e-3 * flat.std().clamp(min=1e-12))
+            weight = layer.weight / std.to(layer.weight.dtype)  # (out, D): W x / std
+            if layer.bias is not None:
+                layer.bias -= weight @ mean.to(weight.dtype)
+            layer.weight.copy_(weight)

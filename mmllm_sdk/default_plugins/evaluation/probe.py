@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmllm_sdk.data.examples import FEATURES_KEY, MediaPart
+from mmllm_sdk.data.examples import MediaPart
 from mmllm_sdk.default_plugins.evaluation.run import Item, items_of, with_cached_features
 from mmllm_sdk.default_plugins.evaluation.stats import Score, score
 from mmllm_sdk.default_plugins.metrics import normalise
@@ -61,17 +61,10 @@ def pooled_features(model: Any, items: list[Item], batch_size: int = 16) -> torc
     modalities = {part.modality for part in parts}
     if len(modalities) != 1:
         raise InputError(f"The probe's items mix modalities ({', '.join(sorted(modalities))}); probe one at a time.")
-    modality = modalities.pop()
-    encoder, pooled = model.encoders[modality], []
-    with torch.no_grad():
-        for first in range(0, len(parts), batch_size):
-            inputs = model.processor.modality_inputs(modality, parts[first : first + batch_size])
-            if FEATURES_KEY in inputs:
-                features = inputs[FEATURES_KEY]
-            else:
-                features = encoder(**{k: v.to(model.device) for k, v in inputs.items()})  # (B, N, D)
-            pooled.append(features.float().mean(dim=1).cpu())
-    return torch.cat(pooled)
+    from mmllm_sdk.default_plugins.recipes.features import encoder_feature_batches
+
+    batches = encoder_feature_batches(model, modalities.pop(), parts, batch_size)
+    return torch.cat([features.mean(dim=1) for features in batches])
 
 
 def fit(features: torch.Tensor, labels: torch.Tensor, classes: int, hidden: int | None, seed: int = 0) -> nn.Module:

@@ -192,7 +192,7 @@ def _check_items(model: Any, items: list[Item], picking: str | None) -> None:
 
 def with_cached_features(model: Any, items: list[Item], cache_dir: Any, batch_size: int) -> list[Item]:
     """The items with their frozen encoders' features from the feature cache, encoded into it first if missing."""
-    from mmllm_sdk.default_plugins.recipes.run import cache_features
+    from mmllm_sdk.default_plugins.recipes.features import cache_features
 
     folder = cache_dir if cache_dir is not None else cache_root() / "features"
     _, features = cache_features(model, folder, [item.prompt for item in items], batch_size)

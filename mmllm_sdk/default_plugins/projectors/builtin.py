@@ -61,6 +61,9 @@ class LinearProjector(BuiltinProjector):
         self.check_features(features)
         return self.linear(features)  # (B, N, D_in) -> (B, N, D_llm)
 
+    def input_layers(self) -> list[nn.Linear]:
+        return [self.linear]
+
 
 # mlp -----------------------------------------------------------------------------------------
 
@@ -92,6 +95,9 @@ class MLPProjector(BuiltinProjector):
         for i in range(2, self.params.num_layers + 1):
             x = getattr(self, f"linear_{i}")(self.act(x))  # (B, N, H), the last one (B, N, D_llm)
         return x
+
+    def input_layers(self) -> list[nn.Linear]:
+        return [self.linear_1]
 
 
 # qformer and resampler: M learned queries attend to the encoder features ---------------------
@@ -129,6 +135,9 @@ class LearnedQueryProjector(BuiltinProjector):
         self.norm = nn.LayerNorm(hidden)
         self.output_proj = nn.Linear(hidden, out_dim)
         self.reset_parameters()
+
+    def input_layers(self) -> list[nn.Linear]:
+        return [self.input_proj]
 
     @abstractmethod
     def make_layer(self, hidden: int, heads: int) -> nn.Module:
@@ -268,6 +277,9 @@ class PoolProjector(BuiltinProjector):
         groups = self.pool(features).split(self.widths, dim=-1)  # each (B, K, width)
         tokens = [mlp(norm(group)) for group, norm, mlp in zip(groups, self.norms, self.mlps, strict=True)]
         return torch.cat(tokens, dim=1)  # (B, K x groups, D_llm)
+
+    def input_layers(self) -> list[nn.Linear]:
+        return [mlp.linear_1 for mlp in self.mlps]
 
 
 PROJECTORS: tuple[type[BuiltinProjector], ...] = (

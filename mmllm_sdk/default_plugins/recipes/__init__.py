@@ -30,6 +30,13 @@ PT = Recipe(
     kind="conversation",
     default_trainable=("inputs.*.projector",),
 )
+PREALIGN = Recipe(
+    description="Pre-alignment without the LLM: pulls each item's soft tokens towards its caption's mean token "
+    "embedding; trains the input projectors, a cheap first stage before PT or SFT.",
+    kind="conversation",
+    default_trainable=("inputs.*.projector",),
+    trainer="mmllm_sdk.default_plugins.recipes.prealign:PrealignTrainer",
+)
 SFT = Recipe(
     description="Instruction tuning: conversations, loss on assistant turns, projectors plus PEFT adapters "
     "(and, for any-to-any models, the signal tokens' rows, so that the LLM learns when to emit them).",
@@ -61,6 +68,7 @@ ALIGN_OUTPUT = Recipe(
 
 @hookimpl
 def register_recipes(register):
+    register("prealign", PREALIGN)
     register("pt", PT)
     register("sft", SFT)
     register("dpo", DPO)

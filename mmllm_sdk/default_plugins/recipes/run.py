@@ -5,24 +5,23 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
-import sys
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch.utils.data import Dataset
 
-from mmllm_sdk.data.examples import Example, MediaPart, PreferencePair, TextPart
+from mmllm_sdk.data.examples import Example, PreferencePair, TextPart
 from mmllm_sdk.data.formats import DataReport, as_example, estimate_length
+from mmllm_sdk.default_plugins.recipes.features import CachedFeatures, cache_features, initialise_projectors
+from mmllm_sdk.default_plugins.recipes.processes import is_main_process, say
 from mmllm_sdk.errors import CheckpointError, DataError, PluginError, SpecError, TrainingError
 from mmllm_sdk.files import atomic_write, load_json, read_text
 from mmllm_sdk.model.processor import MAX_CHARS_PER_TOKEN
 from mmllm_sdk.model.trainable import select, spec_patterns, with_trainable
 from mmllm_sdk.registry import get_registry
-from mmllm_sdk.spec import ENCODER, LLM, ModelSpec, load_spec
+from mmllm_sdk.spec import LLM, ModelSpec, load_spec
 from mmllm_sdk.training.spec import DatasetSource, RecipeSpec, parse_recipe
 from mmllm_sdk.validation import validate
 
@@ -38,22 +37,6 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "use_cpu": not torch.accelerator.is_available(),  # so a CPU torchrun is data-parallel (gloo), not N full copies
 }
 TRAINING_FORCED: dict[str, Any] = {"remove_unused_columns": False}  # examples are typed; the collator makes tensors
-
-
-@dataclass(frozen=True)
-class CachedFeatures:
-    """Frozen encoders' features in a feature cache: per modality, the encoder's fingerprint and feature shape."""
-
-    cache: Any  # a mmllm_sdk.default_plugins.recipes.feature_cache.FeatureCache
-    encoders: dict[str, tuple[str, tuple[int, int]]]
-
-    def attach(self, item: MediaPart) -> MediaPart:
-        """``item`` carrying its cached features, or as it is when the cache has none for it."""
-        if item.modality not in self.encoders:
-            return item
-        fingerprint, shape = self.encoders[item.modality]
-        (features,) = self.cache.get_many([self.cache.item_key(fingerprint, item.source)], shape=shape)
-        return item if features is None else replace(item, features=features)
 
 
 @dataclass(eq=False)
@@ -143,7 +126,7 @@ def train(
     splits = {"train": spec.data.train, "eval": spec.data.eval}
     reports = {split: _read(spec, data, modalities, recipe.kind) for split, data in splits.items() if data is not None}
     for split, report in reports.items():
-        _say(f"{split} data: {report.summary()}")
+        say(f"{split} data: {report.summary()}")
     answer_metric = _answer_metric(spec, reports.get("eval"))
 
     try:  # before any weight loads: transformers' own checks of the combination (strategies that must match…)
@@ -195,7 +178,7 @@ def train(
     # the optimizer steps the whole run takes (max_steps, or the epochs over this data), as the Trainer counts them
     planned = trainer.set_initial_training_values(trainer.args, trainer.get_train_dataloader())[-1] if checkpoint else 0
     if checkpoint is not None and start_step >= planned:  # nothing left: say so, encode and save nothing new
-        _say(
+        say(
             f"--resume: {checkpoint} is at step {start_step} and this run takes {planned} steps; nothing to train. "
             "Raise training.max_steps or num_train_epochs to train further, or start a new output_dir."
         )
@@ -210,6 +193,8 @@ def train(
         encoded, features = cache_features(model, spec.cache.dir, every, args.per_device_train_batch_size, first)
     for dataset in datasets.values():
         dataset.features = features
+    if init_state is None and checkpoint is None:  # new projectors: their first layers standardise the features
+        initialise_projectors(model, datasets["train"], args.per_device_train_batch_size, args.seed)
     if args.should_save:
         report_data = {split: report.to_dict() for split, report in reports.items()}
         atomic_write(output_dir / DATA_REPORT, json.dumps(report_data, indent=2) + "\n")
@@ -218,7 +203,7 @@ def train(
         write_checkpoint_files(model, output_dir)
     stats = features.cache.stats if features is not None else None
     if stats is not None:
-        _say(f"feature cache: {stats}")
+        say(f"feature cache: {stats}")
     metrics = dict(result.metrics)
     if scorer is not None:
         metrics.update(_final_score(trainer, scorer, model, reports["train"]))
@@ -264,42 +249,9 @@ def _final_score(trainer: Any, scorer: Any, model: MMLLM, train: DataReport) -> 
     line = f"held-out score ({scorer.metric}, {final.count} items): {final}"
     if ceiling is not None:
         line += f"; linear probe on the frozen encoder's features (the ceiling, mmllm probe): {ceiling}"
-    _say(line)
+    say(line)
     metrics = {"heldout_score": final.mean}
     return metrics | ({"probe_score": ceiling.mean} if ceiling is not None else {})
-
-
-def cache_features(
-    model: MMLLM,
-    directory: str | os.PathLike[str],
-    examples: list[Example],
-    batch_size: int,
-    first: Callable[[str], AbstractContextManager[Any]] = lambda desc: nullcontext(),
-) -> tuple[dict[str, int], CachedFeatures | None]:
-    """Encode the examples' media files with each frozen encoder into the feature cache in ``directory``: (items
-    encoded now per modality, the features to attach to items). ``first(desc)``: a context in which the main process
-    fills the cache before the others read it (the Trainer's ``main_process_first``)."""
-    from mmllm_sdk.default_plugins.recipes.feature_cache import FeatureCache, encoder_fingerprint, fill_cache
-
-    cache = FeatureCache(directory)
-    encoders, encoded = {}, {}
-    media = [part for e in examples for part in e.parts() if isinstance(part, MediaPart)]
-    for modality, encoder in model.encoders.items():
-        if not model.is_frozen(ENCODER.format(modality)):
-            continue  # a trained encoder's features change every step
-        fingerprint = encoder_fingerprint(encoder, model.spec.inputs[modality].encoder, model.spec.seed)
-        sources = [part.source for part in media if part.modality == modality]
-        if not sources:
-            continue  # the data hold no file of this modality: nothing to cache, nothing to say
-        with first(f"{modality} feature cache"):
-            load = get_registry().modality(modality).load
-            encoded[modality] = fill_cache(encoder, cache, fingerprint, sources, load, batch_size=batch_size)
-        encoders[modality] = (fingerprint, (encoder.num_tokens, encoder.output_dim))
-        _say(
-            f"{modality} feature cache ({directory}): {encoded[modality]} item(s) encoded now, "
-            f"{len(set(sources)) - encoded[modality]} already cached"
-        )
-    return encoded, CachedFeatures(cache, encoders) if encoders else None
 
 
 def _refuse_long_text(examples: list[Example], positions: int) -> None:
@@ -314,17 +266,6 @@ def _refuse_long_text(examples: list[Example], positions: int) -> None:
                 f"{positions:,} positions can hold (at most {limit:,}: {MAX_CHARS_PER_TOKEN} a token); shorten it "
                 "or remove it from the data."
             )
-
-
-def is_main_process() -> bool:
-    """True in a plain run and in the first process of a torchrun / accelerate launch (the one that talks)."""
-    return int(os.environ.get("RANK", "0")) == 0
-
-
-def _say(line: str) -> None:
-    """A line for the person running the job, on standard error, once per torchrun launch."""
-    if is_main_process():
-        print(line, file=sys.stderr, flush=True)
 
 
 def _read(
