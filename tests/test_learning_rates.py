@@ -57,3 +57,10 @@ def test_a_rate_for_a_component_that_does_not_train_is_refused_naming_what_train
         match=r"learning_rates: 'inputs\.\*\.encoder' names no component this run trains; it trains inputs\.image\.projector, llm",
     ):
         train(recipe(image_spec, tmp_path, {"inputs.*.encoder": 1e-2}))
+
+
+def test_sft_trains_at_its_default_rate_when_the_spec_names_none(image_spec, tmp_path):
+    rates, spec = Rates(), recipe(image_spec, tmp_path, {})
+    del spec["training"]["learning_rate"]
+    train(spec, callbacks=[rates])
+    assert set(rates.rates.values()) == {1e-3}  # not the Trainer's 5e-5

@@ -32,8 +32,6 @@ class Recipe:
     caches_signal_states: bool = False  # the trainer takes state_cache_dir (align-output: the LLM's signal states)
     # TrainingArguments the recipe spec's ``training:`` overrides (a recipe's learning rate, its schedule)
     training_defaults: Mapping[str, Any] = field(default_factory=dict)
-    # component path (glob) -> learning rate, unless the recipe spec's ``learning_rates`` names that component
-    default_learning_rates: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def trainer_class(self) -> type:

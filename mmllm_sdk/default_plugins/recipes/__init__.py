@@ -25,10 +25,15 @@ class DPOOptions(StrictModel):
     beta: float = Field(0.1, gt=0)  # strength of the KL constraint to the reference policy (the DPO paper's β)
 
 
+# A projector and LoRA adapters trained for a few hundred steps learn fastest at 1e-3 (docs/alignment.md measures
+# 2e-4, LoRA's usual rate, and the Trainer's 5e-5 against it); the recipe spec's training.learning_rate overrides it.
+LEARNING_RATE = {"learning_rate": 1e-3}
+
 PT = Recipe(
     description="Multimodal pre-training: X-text pairs, caption loss, trains the input projectors.",
     kind="conversation",
     default_trainable=("inputs.*.projector",),
+    training_defaults=LEARNING_RATE,
 )
 PREALIGN = Recipe(
     description="Pre-alignment without the LLM: pulls each item's soft tokens towards its caption's mean token "
@@ -36,12 +41,14 @@ PREALIGN = Recipe(
     kind="conversation",
     default_trainable=("inputs.*.projector",),
     trainer="mmllm_sdk.default_plugins.recipes.prealign:PrealignTrainer",
+    training_defaults=LEARNING_RATE,
 )
 SFT = Recipe(
     description="Instruction tuning: conversations, loss on assistant turns, projectors plus PEFT adapters "
     "(and, for any-to-any models, the signal tokens' rows, so that the LLM learns when to emit them).",
     kind="conversation",
     default_trainable=("inputs.*.projector", "outputs.*.signal_tokens"),  # adapters train whenever `peft:` is set
+    training_defaults=LEARNING_RATE,
 )
 DPO = Recipe(
     description="Preference tuning with DPO: trains the adapters; the reference policy is the model as DPO starts.",

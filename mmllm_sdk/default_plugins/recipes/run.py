@@ -119,7 +119,7 @@ def train(
         )
     chosen = select(base_spec, trainable, strict=spec.trainable is not None)
     model_spec = with_trainable(base_spec, chosen, peft)
-    learning_rates = _learning_rates(spec, recipe, sorted(chosen | ({LLM} if peft else set())))
+    learning_rates = _learning_rates(spec, sorted(chosen | ({LLM} if peft else set())))
 
     # the modalities examples may hold: inputs in user turns, outputs (signal tokens) in assistant turns
     modalities = {name: registry.modality(name) for name in [*model_spec.inputs, *model_spec.outputs]}
@@ -210,16 +210,14 @@ def train(
     return TrainResult(model, output_dir, metrics, encoded, stats, trainer.state.global_step - start_step)
 
 
-def _learning_rates(spec: RecipeSpec, recipe: Any, trained: list[str]) -> dict[str, float]:
-    """Component globs and their learning rates: the spec's ``learning_rates`` (each must name a component this run
-    trains), then the recipe's defaults; a component trains at the first rate whose glob names it."""
+def _learning_rates(spec: RecipeSpec, trained: list[str]) -> dict[str, float]:
+    """``learning_rates``, each glob checked to name a component this run trains (a component takes the first)."""
     for glob in spec.learning_rates:
         if not any(fnmatch.fnmatchcase(path, glob) for path in trained):
             raise SpecError(
                 f"learning_rates: {glob!r} names no component this run trains; it trains {', '.join(trained)}."
             )
-    defaults = {glob: rate for glob, rate in recipe.default_learning_rates.items() if glob not in spec.learning_rates}
-    return {**spec.learning_rates, **defaults}  # the spec's first: a component takes the first glob that names it
+    return dict(spec.learning_rates)
 
 
 def _answer_metric(spec: RecipeSpec, heldout: DataReport | None) -> str | None:
