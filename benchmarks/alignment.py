@@ -33,14 +33,14 @@ class Settings:
 
     train_examples: int = 1200  # SFT questions
     heldout_examples: int = 200
-    caption_examples: int = 400  # PT captions (0: no PT stage)
+    caption_examples: int = 0  # captions for PT (and prealign); 0: SFT alone, the documented walk for labelled tasks
     batch_size: int = 8
     pt_epochs: float = 1.0
     prealign_epochs: float = 0.0  # a prealign stage on the captions before PT (0: none)
-    prealign_learning_rate: float = 1e-3
+    prealign_learning_rate: float | None = None  # None: the recipe's default
     sft_epochs: float = 2.0
-    pt_learning_rate: float = 1e-3
-    sft_learning_rate: float = 2e-4
+    pt_learning_rate: float | None = None
+    sft_learning_rate: float | None = None
     lr_scheduler_type: str = "linear"
     warmup_steps: float = 0.0  # a share of the steps when under 1
     lora_r: int = 8
@@ -86,6 +86,10 @@ def table(rows: list[Row]) -> str:
     return "\n".join(out)
 
 
+def rate(learning_rate: float | None) -> dict[str, float]:
+    return {} if learning_rate is None else {"learning_rate": learning_rate}
+
+
 def run_task(task: TaskData, settings: Settings, work: Path) -> Row:
     import mmllm_sdk
     from mmllm_sdk.default_plugins.evaluation.probe import probe, probe_data
@@ -120,7 +124,7 @@ def run_task(task: TaskData, settings: Settings, work: Path) -> Row:
                 "training": {
                     **common,
                     "output_dir": str(work / "prealign"),
-                    "learning_rate": settings.prealign_learning_rate,
+                    **rate(settings.prealign_learning_rate),
                     "num_train_epochs": settings.prealign_epochs,
                 },
             },
@@ -138,7 +142,7 @@ def run_task(task: TaskData, settings: Settings, work: Path) -> Row:
                 "training": {
                     **common,
                     "output_dir": str(work / "pt"),
-                    "learning_rate": settings.pt_learning_rate,
+                    **rate(settings.pt_learning_rate),
                     "num_train_epochs": settings.pt_epochs,
                 },
             },
@@ -158,7 +162,7 @@ def run_task(task: TaskData, settings: Settings, work: Path) -> Row:
                 **common,
                 **settings.sft_extra,
                 "output_dir": str(work / "sft"),
-                "learning_rate": settings.sft_learning_rate,
+                **rate(settings.sft_learning_rate),
                 "num_train_epochs": settings.sft_epochs,
             },
         },
@@ -174,7 +178,13 @@ def run_task(task: TaskData, settings: Settings, work: Path) -> Row:
 # The walk a user followed before issue 16 (docs/training.md's PT -> SFT with LoRA: two epochs each, batch 8, learning
 # rates 1e-3 and 2e-4), and the one docs/alignment.md gives now. Run the first on a checkout from before to compare.
 PRESETS: dict[str, dict[str, Any]] = {
-    "documented-before": {"pt_epochs": 2.0, "sft_epochs": 2.0, "pt_learning_rate": 1e-3, "sft_learning_rate": 2e-4},
+    "documented-before": {
+        "caption_examples": 400,
+        "pt_epochs": 2.0,
+        "sft_epochs": 2.0,
+        "pt_learning_rate": 1e-3,
+        "sft_learning_rate": 2e-4,
+    },
     "documented": {},  # the Settings defaults
 }
 

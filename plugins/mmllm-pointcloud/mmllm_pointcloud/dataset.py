@@ -1,10 +1,11 @@
-"""``pointcloud-synthetic``: coloured shapes sampled as point clouds, written as PLY files, with captions."""
+"""``pointcloud-synthetic``: coloured shapes sampled as point clouds, written as PLY files, with captions or labelled
+questions (which solid, which colour)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from mmllm_sdk.data.formats import DataReport, caption_example, caption_report
@@ -36,6 +37,11 @@ class Params(StrictModel):
     num_examples: int = Field(16, ge=1)  # clouds to generate
     seed: int = 0  # every cloud is drawn from (seed, index): the same seed gives the same data
     num_points: int = Field(256, ge=1)  # points sampled on each shape's surface
+    # captions ("A red cube."), or one labelled question per cloud: its solid ("Cube.") or its colour ("Red.")
+    task: Literal["captions", "shape", "colour"] = "captions"
+
+
+QUESTIONS = {"shape": "What solid is this?", "colour": "What colour is this?"}
 
 
 def _unit_vectors(rng: np.random.Generator, count: int) -> np.ndarray:
@@ -130,7 +136,14 @@ def build_pointcloud_dataset(params: Params | dict[str, Any]) -> DataReport:
     for index in range(params.num_examples):
         shape, colour, cloud = make_shape(params.seed, index, params.num_points)
         path = write_ply(out_dir / f"pointcloud-{params.seed}-{index:05d}.ply", cloud)
-        examples.append(caption_example("pointcloud", path, f"A {colour} {shape}.", f"{DATASET_NAME}:{index}"))
+        source = f"{DATASET_NAME}:{index}"
+        if params.task == "captions":
+            examples.append(caption_example("pointcloud", path, f"A {colour} {shape}.", source))
+        else:
+            label = (shape if params.task == "shape" else colour).capitalize() + "."
+            question = [{"type": "pointcloud", "path": str(path)}, {"type": "text", "text": QUESTIONS[params.task]}]
+            messages = [{"role": "user", "content": question}, {"role": "assistant", "content": label}]
+            examples.append({"messages": messages, "source": source})
         shapes.append(shape)
     report = caption_report(examples, out_dir)
     report.categories = shapes  # mmllm eval scores each shape apart (another seed is a held-out set)
