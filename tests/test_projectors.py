@@ -240,6 +240,21 @@ def test_initialise_makes_the_first_layers_read_standardised_features(cls):
     assert before and set(seen) == set(before)
     for layer, (inputs, output) in seen.items():
         flat = inputs.reshape(-1, inputs.shape[-1])
-        standard = (inputs - flat.mean(dim=0)) / flat.std(dim=0)
+        standard = (inputs - flat.mean(dim=0)) / flat.std(dim=0, correction=0)
         weight, bias = before[layer]
         torch.testing.assert_close(output, standard @ weight.T + bias, atol=1e-3, rtol=1e-3)
+
+
+def test_initialise_leaves_constant_channels_unscaled_and_non_finite_samples_alone():
+    projector = build(MLPProjector)
+    weight = projector.linear_1.weight.clone()
+    features = torch.randn(8, N, D_IN)
+    features[..., 0] = 3.0  # one channel never varies
+    projector.initialise(features)
+    assert torch.isfinite(projector.linear_1.weight).all() and torch.equal(
+        projector.linear_1.weight[:, 0], weight[:, 0]
+    )
+    before = projector.linear_1.weight.clone()
+    features[0, 0, 1] = float("nan")
+    projector.initialise(features)
+    assert torch.equal(projector.linear_1.weight, before)

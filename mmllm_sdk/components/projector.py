@@ -56,7 +56,10 @@ class InputProjector(nn.Module, ABC):
                 hook.remove()
         for layer, inputs in seen.items():
             flat = inputs.reshape(-1, inputs.shape[-1]).float()  # (items x tokens, D)
-            mean, std = flat.mean(dim=0), flat.std(dim=0).clamp(min=1e-3 * flat.std().clamp(min=1e-12))
+            if not flat.isfinite().all():
+                continue  # left as built: the run's own checks name non-finite features
+            mean, std = flat.mean(dim=0), flat.std(dim=0, correction=0)
+            std = torch.where(std > 1e-6 * std.max(), std, torch.ones_like(std))  # a constant channel is not scaled
             weight = layer.weight / std.to(layer.weight.dtype)  # (out, D): W x / std
             if layer.bias is not None:
                 layer.bias -= weight @ mean.to(weight.dtype)

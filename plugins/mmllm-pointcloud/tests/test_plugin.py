@@ -73,7 +73,7 @@ def test_the_dataset_writes_the_same_readable_clouds_with_captions_for_a_seed(tm
 )
 def test_the_dataset_asks_a_labelled_question_about_each_cloud(tmp_path, task, question, answers):
     report = build_pointcloud_dataset({"out_dir": str(tmp_path), "num_examples": 3, "num_points": 20, "task": task})
-    user, assistant = report.examples[0]["messages"]
+    user, _ = report.examples[0]["messages"]
     assert user["content"][0]["type"] == "pointcloud" and user["content"][1] == {"type": "text", "text": question}
     assert [e["messages"][1]["content"] for e in report.examples] == answers
     assert report.categories == ["sphere", "cube", "cylinder"]
