@@ -98,3 +98,20 @@ def test_free_text_answers_are_scored_only_when_a_metric_is_named():
     labels = report(["Red.", "Blue."] * 40, metric="prefix")
     assert answer_metric(captions, None) is None and answer_metric(captions, "contains") == "contains"
     assert answer_metric(labels, None) == "prefix" and answer_metric(report(["Red."]), None) == "exact"
+
+
+def test_early_stopping_ends_the_run_when_the_score_stops_improving(image_spec, tmp_path):
+    logs, spec = Logs(), recipe(image_spec, tmp_path, metric="prefix")
+    spec["training"]["num_train_epochs"] = 6
+    spec["early_stopping"] = {"patience": 1, "threshold": 2.0}  # no change of a score is that large
+    result = train(spec, callbacks=[logs])
+    assert len([entry for entry in logs.entries if "eval_score" in entry]) == 2  # the first, then one without gain
+    assert result.steps_trained == 6  # 2 of 6 epochs of 3 steps
+
+
+def test_early_stopping_without_heldout_data_is_refused_before_anything_loads(image_spec, tmp_path):
+    spec = recipe(image_spec, tmp_path)
+    del spec["data"]["eval"], spec["training"]["eval_strategy"]
+    spec["early_stopping"] = {"patience": 2}
+    with pytest.raises(SpecError, match=r"early_stopping needs held-out data to watch: add data\.eval"):
+        train(spec)

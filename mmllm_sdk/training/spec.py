@@ -12,7 +12,15 @@ import types
 import typing
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, PydanticSchemaGenerationError, TypeAdapter, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    Field,
+    PydanticSchemaGenerationError,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from mmllm_sdk.files import cache_root
@@ -42,6 +50,13 @@ class CacheSpec(StrictModel):
     dir: str = Field(default_factory=lambda: str(cache_root() / "features"))  # $MMLLM_CACHE/features at parse time
 
 
+class EarlyStopping(StrictModel):
+    """Stop when the held-out metric (``training.metric_for_best_model``) has not improved for ``patience`` evaluations."""
+
+    patience: int = Field(ge=1)  # evaluations without an improvement larger than threshold
+    threshold: float = Field(0.0, ge=0)  # the smallest change that counts as an improvement
+
+
 class RecipeSpec(StrictModel):
     """One training run: ``mmllm train RECIPE`` or ``mmllm_sdk.train(spec)``."""
 
@@ -55,6 +70,16 @@ class RecipeSpec(StrictModel):
     learning_rates: dict[str, Annotated[float, Field(gt=0, allow_inf_nan=False)]] = Field(default_factory=dict)
     cache: CacheSpec = Field(default_factory=CacheSpec)  # the on-disk cache of frozen encoder outputs
     options: dict[str, Any] = Field(default_factory=dict)  # the recipe's own options (dpo: beta)
+    early_stopping: EarlyStopping | None = None  # needs data.eval; the metric: metric_for_best_model (default: score)
+
+    @model_validator(mode="after")
+    def _early_stopping_needs_eval(self) -> RecipeSpec:
+        if self.early_stopping is not None and self.data.eval is None:
+            raise ValueError(
+                "early_stopping needs held-out data to watch: add data.eval (and training.eval_strategy), "
+                "or remove early_stopping"
+            )
+        return self
 
     @field_validator("training")
     @classmethod

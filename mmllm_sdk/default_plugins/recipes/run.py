@@ -130,8 +130,10 @@ def train(
     answer_metric = _answer_metric(spec, reports.get("eval"))
 
     try:  # before any weight loads: transformers' own checks of the combination (strategies that must match…)
+        watched = "score" if answer_metric is not None else "loss"  # what early stopping watches unless told
+        stopping = {} if spec.early_stopping is None else {"metric_for_best_model": watched}
         args = TrainingArguments(
-            **{**TRAINING_DEFAULTS, **recipe.training_defaults, **spec.training, **TRAINING_FORCED}
+            **{**TRAINING_DEFAULTS, **recipe.training_defaults, **stopping, **spec.training, **TRAINING_FORCED}
         )
     except (ValueError, TypeError) as exc:
         raise SpecError(f"training: {exc}") from exc
@@ -165,6 +167,10 @@ def train(
         )
     except ValueError as exc:
         raise SpecError(f"training: the Trainer of recipe {spec.recipe!r} refuses these settings: {exc}") from exc
+    if spec.early_stopping is not None:
+        from transformers import EarlyStoppingCallback
+
+        trainer.add_callback(EarlyStoppingCallback(spec.early_stopping.patience, spec.early_stopping.threshold))
     trainer.learning_rates = learning_rates
     scorer = None
     if answer_metric is not None:
