@@ -187,10 +187,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     "documented": {},  # the Settings defaults
 }
+QUICK = {"train_examples": 24, "heldout_examples": 10, "sft_epochs": 1.0}  # --quick: a smoke run, not for numbers
 
 
-def parse_settings(preset: str, pairs: list[str]) -> Settings:
-    settings, names = Settings(**PRESETS[preset]), {f.name for f in fields(Settings)}
+def parse_settings(preset: str, pairs: list[str], quick: bool = False) -> Settings:
+    settings, names = Settings(**{**PRESETS[preset], **(QUICK if quick else {})}), {f.name for f in fields(Settings)}
     for pair in pairs:
         key, _, value = pair.partition("=")
         if key not in names:
@@ -202,6 +203,7 @@ def parse_settings(preset: str, pairs: list[str]) -> Settings:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", default=",".join(TASKS), help=f"comma-separated, of {', '.join(TASKS)}")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: 24 training and 10 held-out items")
     parser.add_argument("--preset", choices=PRESETS, default="documented", help="the settings to start from")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="change one setting")
     parser.add_argument("--work", default="/tmp/mmllm-alignment", help="data and checkpoints (reused)")
@@ -209,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", metavar="FILE", help="also write the machine and the table as markdown to FILE")
     parser.add_argument("--threads", type=int, help="torch threads (default: one per core)")
     args = parser.parse_args(argv)
-    settings = parse_settings(args.preset, args.set)
+    settings = parse_settings(args.preset, args.set, args.quick)
     quiet_and_seeded(args.threads)
     started, rows, work = time.perf_counter(), [], Path(args.work)
     for name in args.tasks.split(","):
