@@ -112,63 +112,35 @@ def run_task(task: TaskData, settings: Settings, work: Path) -> Row:
         "seed": settings.seed,
         "disable_tqdm": True,
     }
+
+    def stage(recipe: str, source: Any, data: Path, epochs: float, learning_rate: float | None, **more: Any) -> Any:
+        """One recipe run in ``work/recipe``: (its seconds, its TrainResult)."""
+        started = time.perf_counter()
+        training = {**common, **more.pop("training", {}), "num_train_epochs": epochs, **rate(learning_rate)}
+        spec = {"recipe": recipe, "model": source, "data": {"train": str(data)}, **more}
+        result = mmllm_sdk.train({**spec, "training": {**training, "output_dir": str(work / recipe)}}, overwrite=True)
+        return time.perf_counter() - started, result
+
     source: Any = spec
     pt_seconds = 0.0
-    if settings.caption_examples and settings.prealign_epochs > 0:
-        started = time.perf_counter()
-        mmllm_sdk.train(
-            {
-                "recipe": "prealign",
-                "model": spec,
-                "data": {"train": str(task.captions)},
-                "training": {
-                    **common,
-                    "output_dir": str(work / "prealign"),
-                    **rate(settings.prealign_learning_rate),
-                    "num_train_epochs": settings.prealign_epochs,
-                },
-            },
-            overwrite=True,
-        )
-        pt_seconds, source = time.perf_counter() - started, str(work / "prealign")
-    if settings.caption_examples and settings.pt_epochs > 0:
-        started = time.perf_counter()
-        mmllm_sdk.train(
-            {
-                "recipe": "pt",
-                "model": source,
-                "data": {"train": str(task.captions)},
-                "options": settings.pt_options,
-                "training": {
-                    **common,
-                    "output_dir": str(work / "pt"),
-                    **rate(settings.pt_learning_rate),
-                    "num_train_epochs": settings.pt_epochs,
-                },
-            },
-            overwrite=True,
-        )
-        pt_seconds, source = pt_seconds + time.perf_counter() - started, str(work / "pt")
-    started = time.perf_counter()
-    trained = mmllm_sdk.train(
-        {
-            "recipe": "sft",
-            "model": source,
-            "data": {"train": str(task.train)},
-            "peft": {"method": "lora", "r": settings.lora_r},
-            "learning_rates": settings.sft_learning_rates,
-            "options": settings.sft_options,
-            "training": {
-                **common,
-                **settings.sft_extra,
-                "output_dir": str(work / "sft"),
-                **rate(settings.sft_learning_rate),
-                "num_train_epochs": settings.sft_epochs,
-            },
-        },
-        overwrite=True,
+    for recipe, epochs, learning_rate, more in (
+        ("prealign", settings.prealign_epochs, settings.prealign_learning_rate, {}),
+        ("pt", settings.pt_epochs, settings.pt_learning_rate, {"options": settings.pt_options}),
+    ):
+        if settings.caption_examples and epochs > 0:
+            seconds, _ = stage(recipe, source, task.captions, epochs, learning_rate, **more)
+            pt_seconds, source = pt_seconds + seconds, str(work / recipe)
+    sft_seconds, trained = stage(
+        "sft",
+        source,
+        task.train,
+        settings.sft_epochs,
+        settings.sft_learning_rate,
+        peft={"method": "lora", "r": settings.lora_r},
+        learning_rates=settings.sft_learning_rates,
+        options=settings.sft_options,
+        training=settings.sft_extra,
     )
-    sft_seconds = time.perf_counter() - started
     result = evaluate(
         trained.model, str(task.heldout), metric="prefix", max_new_tokens=8, batch_size=20, progress=False
     )

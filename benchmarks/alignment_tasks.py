@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from mmllm_sdk.data.formats import caption_example
 from mmllm_sdk.default_plugins.demo import demo_model_spec, locate_weights
 
 PATTERNS = ("stripes", "columns", "diagonals", "checks", "dots", "rings", "waves", "zigzags", "grid", "speckles")
@@ -44,6 +45,14 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
     return path
 
 
+def _task(
+    name: str, spec: dict[str, Any], folder: Path, rows: dict[str, list[dict[str, Any]]], classes: int
+) -> TaskData:
+    """The task, its captions, train and held-out rows written to JSONL files in ``folder``."""
+    files = {split: _write_jsonl(folder / f"{split}.jsonl", rows[split]) for split in ("captions", "train", "heldout")}
+    return TaskData(name, spec, files["captions"], files["train"], files["heldout"], classes)
+
+
 def _question(modality: str, source: str, question: str, answer: str | None = None) -> dict[str, Any]:
     messages: list[dict[str, Any]] = [
         {"role": "user", "content": [{"type": modality, "path": source}, {"type": "text", "text": question}]}
@@ -51,15 +60,6 @@ def _question(modality: str, source: str, question: str, answer: str | None = No
     if answer is not None:
         messages.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
     return {"messages": messages}
-
-
-def _caption(modality: str, source: str, text: str) -> dict[str, Any]:
-    return {
-        "messages": [
-            {"role": "user", "content": [{"type": modality, "path": source}]},
-            {"role": "assistant", "content": [{"type": "text", "text": text}]},
-        ]
-    }
 
 
 # patterns: ten texture classes ---------------------------------------------------------------------------------
@@ -123,7 +123,7 @@ def patterns(folder: Path, n_train: int, n_heldout: int, n_captions: int, image_
             rows.append((str(path), kind))
         return rows
 
-    caps = [_caption("image", p, f"A picture of {k}.") for p, k in draw("captions", n_captions, 1)]
+    caps = [caption_example("image", p, f"A picture of {k}.", p) for p, k in draw("captions", n_captions, 1)]
     train = [
         {**_question("image", p, question, k.capitalize() + "."), "category": "pattern"}
         for p, k in draw("train", n_train, 2)
@@ -132,14 +132,7 @@ def patterns(folder: Path, n_train: int, n_heldout: int, n_captions: int, image_
         {**_question("image", p, question, k.capitalize() + "."), "category": "pattern"}
         for p, k in draw("heldout", n_heldout, 3)
     ]
-    return TaskData(
-        "patterns",
-        image_spec,
-        _write_jsonl(folder / "captions.jsonl", caps),
-        _write_jsonl(folder / "train.jsonl", train),
-        _write_jsonl(folder / "heldout.jsonl", heldout),
-        len(PATTERNS),
-    )
+    return _task("patterns", image_spec, folder, {"captions": caps, "train": train, "heldout": heldout}, len(PATTERNS))
 
 
 # count: synthetic-shapes scenes of one to four shapes -----------------------------------------------------------
@@ -165,14 +158,7 @@ def count(folder: Path, n_train: int, n_heldout: int, n_captions: int, image_spe
     )
     train = [{**i.example, "category": "count"} for i in generate_examples(params("qa", n_train, "train", 2))]
     heldout = [{**i.example, "category": "count"} for i in generate_examples(params("qa", n_heldout, "heldout", 3))]
-    return TaskData(
-        "count",
-        image_spec,
-        _write_jsonl(folder / "captions.jsonl", caps),
-        _write_jsonl(folder / "train.jsonl", train),
-        _write_jsonl(folder / "heldout.jsonl", heldout),
-        4,
-    )
+    return _task("count", image_spec, folder, {"captions": caps, "train": train, "heldout": heldout}, 4)
 
 
 # the plugins' modalities: their synthetic sets, captions turned into labelled questions --------------------------
@@ -200,20 +186,14 @@ def _plugin_task(
         return rows
 
     n_train, n_heldout, n_captions = sizes
-    caps = [_caption(modality, s, c) for s, c in records("captions", n_captions, 11)] if n_captions else []
+    caps = [caption_example(modality, s, c, s) for s, c in records("captions", n_captions, 11)] if n_captions else []
     train = [{**_question(modality, s, question, label(c)), "category": name} for s, c in records("train", n_train, 12)]
     heldout = [
         {**_question(modality, s, question, label(c)), "category": name} for s, c in records("heldout", n_heldout, 13)
     ]
     spec = {"llm": llm, "inputs": {modality: {"encoder": encoder, "projector": {"name": "pool"}}}}
-    return TaskData(
-        name,
-        spec,
-        _write_jsonl(folder / "captions.jsonl", caps),
-        _write_jsonl(folder / "train.jsonl", train),
-        _write_jsonl(folder / "heldout.jsonl", heldout),
-        len({label(c) for _, c in records("heldout", n_heldout, 13)}),
-    )
+    classes = len({item["messages"][1]["content"][0]["text"] for item in heldout})
+    return _task(name, spec, folder, {"captions": caps, "train": train, "heldout": heldout}, classes)
 
 
 def pointcloud(folder: Path, n_train: int, n_heldout: int, n_captions: int, image_spec: dict[str, Any]) -> TaskData:
