@@ -14,8 +14,8 @@ from mmllm_sdk.cli import main
 from mmllm_sdk.default_plugins.demo import DemoResult, StageResult, format_table, locate_weights, run_demo
 from mmllm_sdk.errors import MissingPluginError
 
-# held-out accuracy after SFT, in points over the untrained baseline (the quick run on this machine: colour 0 -> 65 %,
-# shape 0 -> 40 %; the full run reaches colour 100 % and shape 95 %, see docs/demo.md)
+# held-out accuracy after SFT, in points over the untrained baseline (what the quick and full runs reach on this
+# machine: docs/demo.md)
 WIDE_MARGIN = {"mean": 0.35, "colour": 0.40, "shape": 0.20}
 
 

@@ -70,7 +70,7 @@ def test_each_evaluation_logs_the_answers_score_and_the_run_ends_with_it_next_to
     assert all(0 <= e["eval_score_low"] <= e["eval_score"] <= e["eval_score_high"] <= 1 for e in evaluations)
     err = capsys.readouterr().err
     assert "held-out score (prefix, 9 items): " in err
-    assert "linear probe on the frozen encoder's features (the ceiling, mmllm probe): " in err
+    assert "linear probe on the frozen encoder features (the ceiling, mmllm probe): " in err
     assert result.metrics["heldout_score"] == evaluations[-1]["eval_score"] and result.metrics["probe_score"] >= 2 / 3
 
 

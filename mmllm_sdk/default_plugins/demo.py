@@ -49,7 +49,7 @@ class DemoPlan:
     batch_size: int = 4  # small batches: more optimizer steps for the same compute
     pt_learning_rate: float = 2e-3
     sft_learning_rate: float = 1e-3
-    dpo_learning_rate: float = 2e-4
+    dpo_learning_rate: float = 1e-4
     lora_rank: int = 8
 
 

@@ -252,7 +252,7 @@ def _final_score(trainer: Any, scorer: Any, model: MMLLM, train: DataReport) -> 
     final, ceiling = scorer.last, scorer.ceiling(model, train)
     line = f"held-out score ({scorer.metric}, {final.count} items): {final}"
     if ceiling is not None:
-        line += f"; linear probe on the frozen encoder's features (the ceiling, mmllm probe): {ceiling}"
+        line += f"; linear probe on the frozen encoder features (the ceiling, mmllm probe): {ceiling}"
     say(line)
     metrics = {"heldout_score": final.mean}
     return metrics | ({"probe_score": ceiling.mean} if ceiling is not None else {})
