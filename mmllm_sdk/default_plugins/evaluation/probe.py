@@ -142,7 +142,7 @@ def probe(
 
 def probe_data(model: Any, data: Any, heldout: Any = None, *, seed: int = 0) -> tuple[list[Item], list[Item]]:
     """Training and held-out items: ``data`` and ``heldout`` read as ``mmllm eval`` reads data, or ``data`` split."""
-    from mmllm_sdk.default_plugins.recipes.run import read_data
+    from mmllm_sdk.default_plugins.recipes.data import read_data
 
     train = items_of(read_data(data, {**model.encoders}))
     if heldout is None:

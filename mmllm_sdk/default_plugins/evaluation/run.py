@@ -122,7 +122,7 @@ def evaluate(
     ``output_dir``, ``results.json``, ``predictions.jsonl`` and (``plots``) PNG plots are written there, each whole or
     not at all, once every item is scored; those of an earlier run are replaced only with ``overwrite=True`` (refused
     before anything runs). ``checkpoint``: the folder ``model`` was loaded from, which ``results.json`` records."""
-    from mmllm_sdk.default_plugins.recipes.run import read_data
+    from mmllm_sdk.default_plugins.recipes.data import read_data
 
     if batch_size < 1 or max_new_tokens < 1 or (limit is not None and limit < 1):
         raise InputError("batch_size, max_new_tokens and limit must be at least 1.")

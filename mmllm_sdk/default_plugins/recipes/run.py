@@ -14,9 +14,10 @@ from torch.utils.data import Dataset
 
 from mmllm_sdk.data.examples import Example, PreferencePair, TextPart
 from mmllm_sdk.data.formats import DataReport, as_example, estimate_length
+from mmllm_sdk.default_plugins.recipes.data import read_data
 from mmllm_sdk.default_plugins.recipes.features import CachedFeatures, cache_features, initialise_projectors
 from mmllm_sdk.default_plugins.recipes.processes import is_main_process, say
-from mmllm_sdk.errors import CheckpointError, DataError, PluginError, SpecError, TrainingError
+from mmllm_sdk.errors import CheckpointError, DataError, SpecError, TrainingError
 from mmllm_sdk.files import atomic_write, load_json, read_text
 from mmllm_sdk.model.processor import MAX_CHARS_PER_TOKEN
 from mmllm_sdk.model.trainable import select, spec_patterns, with_trainable
@@ -283,36 +284,6 @@ def _read(
             f"recipe {spec.recipe!r} trains on {kind} examples, but {paths} holds {report.kind} examples; "
             "pick the recipe that fits the data (pt/sft: conversations or captions; dpo: preference pairs)."
         )
-    return report
-
-
-def read_data(
-    source: str | list[str] | DatasetSource | dict[str, Any], modalities: dict[str, Any], **file_options: Any
-) -> DataReport:
-    """Examples from data files (the built-in ``files`` data source reads them, with ``file_options``: ``format``,
-    ``base_dir``, ``skip_invalid``) or a registered data source (``{"dataset": name, "params": {…}}``), checked
-    against the model's modalities."""
-    if isinstance(source, dict):
-        source = validate(DatasetSource, source, where="data")
-    if not isinstance(source, DatasetSource):
-        source = DatasetSource(
-            dataset="files", params={"paths": source, **file_options, "modalities": list(modalities)}
-        )
-    entry = get_registry().get("datasets", source.dataset, where="data: dataset")
-    params = source.params
-    if (schema := getattr(entry.value, "Params", None)) is not None:
-        params = validate(schema, params, where=f"data.{source.dataset}.params").model_dump()
-    report = entry.build(params)
-    if not isinstance(report, DataReport):
-        raise PluginError(
-            f"Plugin {entry.plugin!r}: the {entry.label} returned a {type(report).__name__}, not a DataReport."
-        )
-    for modality in report.media_counts():
-        if modality not in modalities:
-            raise SpecError(
-                f"data: dataset {source.dataset!r} gives {modality} inputs, but the model takes only "
-                f"{', '.join(modalities) or 'text'}; add an inputs.{modality} entry or pick another data source."
-            )
     return report
 
 
