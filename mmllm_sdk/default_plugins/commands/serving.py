@@ -112,7 +112,9 @@ def run_serve(args: argparse.Namespace) -> int:
     print(f"Serving {args.model_name!r} on {url} (the chat page: {url}/; Ctrl-C stops)", flush=True)
     server = uvicorn.Server(uvicorn.Config(build_app(model, settings), log_level="warning"))
     server.run(sockets=[listening])
-    return 0
+    # stopped by Ctrl-C or SIGTERM: 130, as an interrupted command exits, also when the signal does not reach Python
+    # as KeyboardInterrupt (a process started with SIGINT ignored, which uvicorn still catches)
+    return 130 if server.should_exit else 0
 
 
 def bind(host: str, port: int) -> socket.socket:
