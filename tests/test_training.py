@@ -290,7 +290,8 @@ train(sys.argv[1], callbacks=[KillAt()])
 """
 
 
-def test_a_run_killed_mid_training_resumes_to_bitwise_equal_weights(tmp_path, tokenizer_dir, conversations):
+@pytest.mark.parametrize("sampling", ["random", "group_by_length"])
+def test_a_run_killed_mid_training_resumes_to_bitwise_equal_weights(tmp_path, tokenizer_dir, conversations, sampling):
     import subprocess
     import sys
 
@@ -310,7 +311,7 @@ def test_a_run_killed_mid_training_resumes_to_bitwise_equal_weights(tmp_path, to
                 "save_total_limit": 2,
                 "learning_rate": 5e-3,
                 "output_dir": str(tmp_path / name),
-                "train_sampling_strategy": "group_by_length",
+                "train_sampling_strategy": sampling,
             },
         )
         path = tmp_path / f"{name}.yaml"

@@ -34,7 +34,6 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "report_to": "none",  # TensorBoard and others when the recipe asks: training: {report_to: tensorboard}
     "prediction_loss_only": True,  # evaluation reports the loss; logits over the vocabulary are not kept
     "dataloader_pin_memory": torch.cuda.is_available(),  # pinning helps only when batches go to a GPU
-    "train_sampling_strategy": "group_by_length",  # batches of similar length: less padding (estimated lengths)
     "use_cpu": not torch.accelerator.is_available(),  # so a CPU torchrun is data-parallel (gloo), not N full copies
 }
 TRAINING_FORCED: dict[str, Any] = {"remove_unused_columns": False}  # examples are typed; the collator makes tensors
