@@ -3,38 +3,32 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import load_file
+from training_helpers import recipe, write_conversations, write_images, write_jsonl, write_preferences
 
 from mmllm_sdk import MMLLM, build_model
 from mmllm_sdk.default_plugins.recipes.run import train
 from mmllm_sdk.errors import SpecError
 from mmllm_sdk.testing import caption_loss, tiny_spec
 
-COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220), "yellow": (230, 220, 30)}
-
 
 @pytest.fixture
 def images(tmp_path):
-    """One 32x32 image per colour, with a little texture so that features differ."""
-    rng = np.random.default_rng(0)
-    paths = {}
-    for name, rgb in COLOURS.items():
-        array = np.clip(np.array(rgb) + rng.integers(-20, 20, (32, 32, 3)), 0, 255).astype(np.uint8)
-        paths[name] = tmp_path / f"{name}.png"
-        Image.fromarray(array).save(paths[name])
-    return paths
+    return write_images(tmp_path)
 
 
-def write_jsonl(path, records):
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    return path
+@pytest.fixture
+def conversations(tmp_path, images):
+    return write_conversations(tmp_path, images)
+
+
+@pytest.fixture
+def preferences(tmp_path, images):
+    return write_preferences(tmp_path, images)
 
 
 @pytest.fixture
@@ -42,47 +36,6 @@ def captions(tmp_path, images):
     return write_jsonl(
         tmp_path / "captions.jsonl", [{"image": str(p), "text": f"A {name} square."} for name, p in images.items()]
     )
-
-
-@pytest.fixture
-def conversations(tmp_path, images):
-    records = [
-        {
-            "messages": [
-                {
-                    "role": "user",
-                    "content": [{"type": "image", "path": str(p)}, {"type": "text", "text": "What colour is it?"}],
-                },
-                {"role": "assistant", "content": f"It is {name}."},
-            ]
-        }
-        for name, p in images.items()
-    ]
-    return write_jsonl(tmp_path / "sft.jsonl", records)
-
-
-def recipe(tmp_path, tokenizer_dir, name, data_path, **overrides):
-    spec = {
-        "recipe": name,
-        "model": tiny_spec(tokenizer_dir),
-        "data": {"train": str(data_path)},
-        "training": {
-            "output_dir": str(tmp_path / f"run-{name}"),
-            "per_device_train_batch_size": 2,
-            "learning_rate": 1e-2,
-            "max_steps": 8,
-            "logging_steps": 4,
-            "save_strategy": "no",
-            "seed": 0,
-            "use_cpu": True,
-        },
-    }
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(spec.get(key), dict):
-            spec[key] = {**spec[key], **value}
-        else:
-            spec[key] = value
-    return spec
 
 
 def parameters(model):
@@ -156,71 +109,6 @@ def test_sft_with_peft_trains_the_projector_and_the_adapters_only(
     reloaded = MMLLM.from_pretrained(result.output_dir, progress=False)
     for name, tensor in saved.items():
         assert torch.equal(dict(reloaded.named_parameters())[name], tensor)
-
-
-@pytest.fixture
-def preferences(tmp_path, images):
-    records = [
-        {
-            "prompt": [
-                {"role": "user", "content": [{"type": "image", "path": str(p)}, {"type": "text", "text": "Colour?"}]}
-            ],
-            "chosen": f"It is {name}.",
-            "rejected": "I cannot tell.",
-        }
-        for name, p in images.items()
-    ]
-    return write_jsonl(tmp_path / "pairs.jsonl", records)
-
-
-def preference_margin(model, data_path):
-    """Mean over pairs of (log π(chosen) - log π(rejected)), on the final answers."""
-    from mmllm_sdk.default_plugins.datasets.files import read_examples
-    from mmllm_sdk.model.scoring import sequence_logprobs
-    from mmllm_sdk.training.recipes import PreferenceCollator
-
-    examples = read_examples(data_path).examples
-    batch = PreferenceCollator(model, None)(examples)
-    with torch.no_grad():
-        out = model(**batch, supervised_only=True)
-    logprobs = sequence_logprobs(out.logits, out.targets)
-    return (logprobs[: len(examples)] - logprobs[len(examples) :]).mean().item()
-
-
-def test_dpo_raises_the_chosen_minus_rejected_margin(tmp_path, tokenizer_dir, preferences):
-    from mmllm_sdk import build_model
-
-    spec = recipe(
-        tmp_path,
-        tokenizer_dir,
-        "dpo",
-        preferences,
-        peft={"method": "lora", "r": 4},
-        training={"max_steps": 20, "learning_rate": 5e-3},
-        options={"beta": 0.5},
-    )
-    before = build_model(tiny_spec(tokenizer_dir), progress=False)
-    result = train(spec)
-    assert preference_margin(result.model, preferences) > preference_margin(before, preferences) + 1.0
-    trainable = {name for name, p in result.model.named_parameters() if p.requires_grad}
-    assert trainable and all("lora_" in name for name in trainable)  # dpo's default: the adapters only
-
-
-def test_dpo_after_sft_takes_the_sft_model_as_its_reference(tmp_path, tokenizer_dir, conversations, preferences):
-    lora = {"method": "lora", "r": 4}
-    sft = train(recipe(tmp_path / "sft", tokenizer_dir, "sft", conversations, peft=lora, training={"max_steps": 5}))
-    adapters = {name: p for name, p in sft.model.named_parameters() if "lora_B" in name}
-    assert any(p.abs().sum() > 0 for p in adapters.values())  # SFT trained the adapters away from their zero start
-    spec = recipe(tmp_path / "dpo", tokenizer_dir, "dpo", preferences, training={"max_steps": 1, "learning_rate": 0.0})
-    spec["model"] = str(sft.output_dir)
-    dpo = train(spec)
-    # with no update, the policy is the reference, so every margin is 0 and the loss is -log σ(0) = log 2
-    assert dpo.metrics["train_loss"] == pytest.approx(math.log(2), abs=1e-5)
-
-
-def test_dpo_without_adapters_says_how_to_add_them(tmp_path, tokenizer_dir, preferences):
-    with pytest.raises(SpecError, match=r"recipe 'dpo' needs adapters on the LLM .* add peft: \{method: lora"):
-        train(recipe(tmp_path, tokenizer_dir, "dpo", preferences))
 
 
 def test_a_recipe_on_the_wrong_kind_of_data_is_refused(tmp_path, tokenizer_dir, preferences):

@@ -1,12 +1,15 @@
-"""Built-in training recipes: pt, sft, dpo and align-output, registered as a third-party recipe would be.
+"""Built-in training recipes: prealign, pt, sft, dpo, simpo, orpo and align-output, registered as a third-party recipe
+would be.
 
-Each is a :class:`~mmllm_sdk.training.recipes.Recipe`; the Trainer subclasses of dpo and
-align-output (``dpo.py``, ``align.py``) are imported only when a run uses them.
+Each is a :class:`~mmllm_sdk.training.recipes.Recipe`; the Trainer subclasses (``preference.py``, ``align.py``,
+``prealign.py``) are imported only when a run uses them.
 """
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Literal
+
+from pydantic import Field, model_validator
 
 from mmllm_sdk.hookspecs import hookimpl
 from mmllm_sdk.training.recipes import Recipe
@@ -22,7 +25,28 @@ class AlignOptions(StrictModel):
 
 
 class DPOOptions(StrictModel):
-    beta: float = Field(0.1, gt=0)  # strength of the KL constraint to the reference policy (the DPO paper's β)
+    beta: float = Field(0.1, gt=0)  # strength of the KL constraint to the reference policy (the DPO paper's β; IPO's τ)
+    loss_type: Literal["sigmoid", "ipo", "hinge"] = "sigmoid"  # DPO's loss, IPO's squared one, SLiC's hinge
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5)  # the share of pairs taken as mislabelled (sigmoid only)
+
+    @model_validator(mode="after")
+    def _smoothing_needs_sigmoid(self) -> DPOOptions:
+        if self.label_smoothing and self.loss_type != "sigmoid":
+            raise ValueError(
+                f"label_smoothing {self.label_smoothing} applies to loss_type 'sigmoid' only, not {self.loss_type!r}; "
+                "drop it or use loss_type: sigmoid"
+            )
+        return self
+
+
+class SimPOOptions(StrictModel):
+    beta: float = Field(2.0, gt=0)  # scales the reward: an answer's mean token log-probability (the paper's β)
+    gamma: float = Field(0.5, ge=0)  # the target reward margin between chosen and rejected answers (the paper's γ)
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5)
+
+
+class ORPOOptions(StrictModel):
+    beta: float = Field(0.1, gt=0)  # weight of the odds-ratio term against the chosen answers' NLL (the paper's λ)
 
 
 # A projector and LoRA adapters trained for a few hundred steps learn fastest at 1e-3 (docs/alignment.md measures
@@ -51,13 +75,33 @@ SFT = Recipe(
     training_defaults=LEARNING_RATE,
 )
 DPO = Recipe(
-    description="Preference tuning with DPO: trains the adapters; the reference policy is the model as DPO starts.",
+    description="Preference tuning with DPO (loss_type sigmoid, ipo or hinge): trains the adapters; the reference "
+    "policy is the model as DPO starts.",
     kind="preference",
     default_trainable=(),
-    trainer="mmllm_sdk.default_plugins.recipes.dpo:DPOTrainer",
+    trainer="mmllm_sdk.default_plugins.recipes.preference:DPOTrainer",
     options=DPOOptions,
     train_on="last_assistant",
     requires_peft=True,
+)
+SIMPO = Recipe(
+    description="Preference tuning with SimPO: no reference policy, the reward is an answer's mean token "
+    "log-probability, with a target margin; trains the adapters.",
+    kind="preference",
+    default_trainable=(),
+    trainer="mmllm_sdk.default_plugins.recipes.preference:SimPOTrainer",
+    options=SimPOOptions,
+    train_on="last_assistant",
+    requires_peft=True,
+)
+ORPO = Recipe(
+    description="ORPO: instruction tuning and preference in one stage (the chosen answers' loss plus an odds-ratio "
+    "term), no reference policy; trains what sft trains.",
+    kind="preference",
+    default_trainable=("inputs.*.projector", "outputs.*.signal_tokens"),
+    trainer="mmllm_sdk.default_plugins.recipes.preference:ORPOTrainer",
+    options=ORPOOptions,
+    train_on="last_assistant",
 )
 
 
@@ -79,4 +123,6 @@ def register_recipes(register):
     register("pt", PT)
     register("sft", SFT)
     register("dpo", DPO)
+    register("simpo", SIMPO)
+    register("orpo", ORPO)
     register("align-output", ALIGN_OUTPUT)

@@ -1,0 +1,163 @@
+"""The preference recipes' Trainers: DPO (and IPO, hinge) against the model as the run starts, and the
+reference-free SimPO and ORPO. Their losses are in :mod:`preference_losses`."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from mmllm_sdk.default_plugins.recipes.preference_losses import dpo_loss, orpo_odds_ratio_loss, simpo_loss
+from mmllm_sdk.model.processor import IGNORE_INDEX
+from mmllm_sdk.model.scoring import sequence_logprobs
+from mmllm_sdk.training.trainer import MMTrainer
+
+
+class StartingPoint:
+    """The trained tensors' values as a run starts, put back in place for a reference pass.
+
+    A reference policy π_ref that is the model as the stage starts (the SFT model, as in the DPO paper): the starting
+    values of the trained tensors (the adapters, and a projector if it trains) are copied once, megabytes rather than
+    a second LLM. So a stage that continues from an SFT checkpoint with trained adapters stays close to that
+    checkpoint, not to the model without its adapters.
+    """
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.values = {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+
+    @contextlib.contextmanager
+    def in_place(self, model: torch.nn.Module) -> Iterator[None]:
+        """Within this block ``model`` computes π_ref: the trained tensors hold their starting values, eval mode."""
+        params = dict(model.named_parameters())
+        current = {name: params[name].detach().clone() for name in self.values}
+        training = model.training
+        with torch.no_grad():
+            for name, start in self.values.items():
+                params[name].copy_(start)
+        model.eval()
+        try:
+            yield
+        finally:
+            model.train(training)
+            with torch.no_grad():
+                for name, value in current.items():
+                    params[name].copy_(value)
+
+
+class PreferenceTrainer(MMTrainer):
+    """What the pairwise recipes share: batches of B chosen rows then B rejected rows (PreferenceCollator), the
+    answers' log-probabilities from one forward pass, a mean over pairs, and their metrics averaged into each log."""
+
+    token_weighted_loss = False  # a mean over the batch's pairs
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._metrics: dict[str, list[float]] = {}
+
+    @staticmethod
+    def answer_logprobs(outputs: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each row's answer: (sum of its tokens' log-probabilities, its token count), both (2B,)."""
+        counts = (outputs.targets != IGNORE_INDEX).sum(dim=-1).clamp(min=1)
+        return sequence_logprobs(outputs.logits, outputs.targets), counts
+
+    def record(self, values: dict[str, torch.Tensor]) -> None:
+        """Batch means to average into the next log entry, by their names there."""
+        for key, value in values.items():
+            self._metrics.setdefault(key, []).append(value.detach().float().mean().item())
+
+    def record_rewards(self, chosen: torch.Tensor, rejected: torch.Tensor) -> None:
+        chosen, rejected = chosen.detach(), rejected.detach()
+        self.record(
+            {
+                "rewards/chosen": chosen,
+                "rewards/rejected": rejected,
+                "rewards/margin": chosen - rejected,
+                "rewards/accuracy": (chosen > rejected).float(),
+            }
+        )
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        for key, values in self._metrics.items():
+            logs[key] = sum(values) / len(values)
+        self._metrics.clear()
+        super().log(logs, *args, **kwargs)
+
+
+class DPOTrainer(PreferenceTrainer):
+    """Direct Preference Optimization (Rafailov et al., 2023) and its ``loss_type`` variants ``ipo`` and ``hinge``
+    (:func:`~preference_losses.dpo_loss`), against the model as the stage starts (:class:`StartingPoint`). IPO's
+    log-probabilities are means over each answer's tokens, as in its paper; the others' are sums."""
+
+    def __init__(
+        self, *args: Any, beta: float = 0.1, loss_type: str = "sigmoid", label_smoothing: float = 0.0, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.beta, self.loss_type, self.label_smoothing = beta, loss_type, label_smoothing
+        self.reference = StartingPoint(self.model)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        unwrapped = self.accelerator.unwrap_model(model)
+        with torch.no_grad(), self.reference.in_place(unwrapped):  # first: the policy pass's graph needs its weights
+            reference, _ = self.answer_logprobs(unwrapped(**inputs, supervised_only=True))  # (2B,)
+        outputs = model(**inputs, supervised_only=True)
+        policy, counts = self.answer_logprobs(outputs)  # (2B,)
+        if self.loss_type == "ipo":
+            policy, reference = policy / counts, reference / counts
+        pairs = policy.shape[0] // 2
+        losses = dpo_loss(
+            policy[:pairs],
+            policy[pairs:],
+            reference[:pairs],
+            reference[pairs:],
+            beta=self.beta,
+            loss_type=self.loss_type,
+            label_smoothing=self.label_smoothing,
+        )
+        rewards = self.beta * (policy - reference)
+        self.record_rewards(rewards[:pairs], rewards[pairs:])
+        loss = losses.mean()
+        return (loss, outputs) if return_outputs else loss
+
+
+class SimPOTrainer(PreferenceTrainer):
+    """SimPO (Meng et al., 2024): no reference policy; the reward is β times an answer's mean token log-probability,
+    and the chosen answer must beat the rejected one by the margin γ (:func:`~preference_losses.simpo_loss`)."""
+
+    def __init__(
+        self, *args: Any, beta: float = 2.0, gamma: float = 0.5, label_smoothing: float = 0.0, **kwargs: Any
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        self.beta, self.gamma, self.label_smoothing = beta, gamma, label_smoothing
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        outputs = model(**inputs, supervised_only=True)
+        sums, counts = self.answer_logprobs(outputs)
+        means, pairs = sums / counts, sums.shape[0] // 2
+        losses = simpo_loss(
+            means[:pairs], means[pairs:], beta=self.beta, gamma=self.gamma, label_smoothing=self.label_smoothing
+        )
+        self.record_rewards(self.beta * means[:pairs], self.beta * means[pairs:])
+        loss = losses.mean()
+        return (loss, outputs) if return_outputs else loss
+
+
+class ORPOTrainer(PreferenceTrainer):
+    """ORPO (Hong et al., 2024): no reference policy and no SFT stage before it; the chosen answers' NLL (a mean over
+    their tokens) plus β times the odds-ratio term (:func:`~preference_losses.orpo_odds_ratio_loss`)."""
+
+    def __init__(self, *args: Any, beta: float = 0.1, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.beta = beta
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        outputs = model(**inputs, supervised_only=True)
+        sums, counts = self.answer_logprobs(outputs)
+        means, pairs = sums / counts, sums.shape[0] // 2
+        nll = -sums[:pairs].sum() / counts[:pairs].sum()
+        odds_ratio = orpo_odds_ratio_loss(means[:pairs], means[pairs:], beta=self.beta)
+        self.record({"nll_loss": nll, "odds_ratio_loss": odds_ratio})
+        self.record_rewards(self.beta * means[:pairs], self.beta * means[pairs:])
+        loss = nll + odds_ratio.mean()
+        return (loss, outputs) if return_outputs else loss
