@@ -125,6 +125,24 @@ MALFORMED = {
         {"prompt": "Q?", "chosen": "<image>", "rejected": "B."},
         r"The text of 'chosen' holds <image>; placeholders belong in the prompt",
     ),
+    "a prompt alone": (
+        {"prompt": "Q?"},
+        r"The record has a 'prompt' but keys \['prompt'\]: a preference pair also needs 'chosen' and 'rejected' .*, "
+        r"an unpaired answer 'completion' and 'label'",
+    ),
+    "unpaired without label": (
+        {"prompt": "Q?", "completion": "A."},
+        r"The unpaired record has no 'label'; it needs 'prompt', 'completion' and 'label'",
+    ),
+    "label that is not a boolean": (
+        {"prompt": "Q?", "completion": "A.", "label": "yes"},
+        r"'label' is the JSON string \"yes\"; it is true \(a desirable answer\) or false",
+    ),
+    "empty completion": ({"prompt": "Q?", "completion": " ", "label": True}, r"'completion' is empty; it needs a"),
+    "keys of a pair and of an unpaired answer": (
+        {"prompt": "Q?", "chosen": "A.", "rejected": "B.", "label": True},
+        r"has the keys of several formats \(preference and unpaired",
+    ),
 }
 
 

@@ -60,6 +60,19 @@ def test_a_data_source_gives_its_categories_and_its_default_metric(image_model, 
     assert "colour" in result.table() and result.score.count == 4
 
 
+def test_unpaired_answers_score_against_the_desirable_ones_only(image_model, tmp_path, image_file):
+    prompt = [{"role": "user", "content": [{"type": "image", "path": str(image_file)}, {"type": "text", "text": "Q?"}]}]
+    rows = [
+        {"prompt": prompt, "completion": "Red.", "label": True},
+        {"prompt": prompt, "completion": "Blue.", "label": False},
+        {"prompt": prompt, "completion": "Round.", "label": True},
+    ]
+    path = tmp_path / "feedback.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    result = mmllm_sdk.evaluate(image_model, str(path), max_new_tokens=1)
+    assert [row["reference"] for row in result.predictions] == ["Red.", "Round."]
+
+
 def test_limit_scores_the_first_items_only(image_model, qa_file):
     assert len(mmllm_sdk.evaluate(image_model, str(qa_file), limit=2, max_new_tokens=1).predictions) == 2
 

@@ -3,10 +3,18 @@ keep to their references, and refuse options that do not fit."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
-from training_helpers import preference_margin, recipe, write_conversations, write_images, write_preferences
+from training_helpers import (
+    preference_margin,
+    recipe,
+    write_conversations,
+    write_images,
+    write_jsonl,
+    write_preferences,
+)
 
 from mmllm_sdk import build_model
 from mmllm_sdk.default_plugins.recipes.run import train
@@ -108,3 +116,63 @@ def test_an_unknown_loss_type_names_the_ones_there_are(tmp_path, tokenizer_dir, 
     spec["options"] = {"loss_type": "kto"}
     with pytest.raises(SpecError, match=r"options.loss_type.*'sigmoid', 'ipo' or 'hinge'"):
         train(spec)
+
+
+@pytest.fixture
+def labelled_answers(tmp_path, images):
+    """Per image two unpaired answers: the colour (desirable) and "I cannot tell." (undesirable)."""
+    records = []
+    for name, path in images.items():
+        prompt = [
+            {"role": "user", "content": [{"type": "image", "path": str(path)}, {"type": "text", "text": "Colour?"}]}
+        ]
+        records.append({"prompt": prompt, "completion": f"It is {name}.", "label": True})
+        records.append({"prompt": prompt, "completion": "I cannot tell.", "label": False})
+    return write_jsonl(tmp_path / "unpaired.jsonl", records)
+
+
+def test_unpaired_records_read_as_labelled_answers(labelled_answers):
+    from mmllm_sdk.data.examples import LabelledAnswer
+    from mmllm_sdk.default_plugins.datasets.files import read_examples
+
+    report = read_examples(labelled_answers)
+    assert report.kind == "unpaired" and report.formats == {"unpaired": 8}
+    first, second = report.examples[:2]
+    assert isinstance(first, LabelledAnswer) and first.desirable and not second.desirable
+    assert first.completion[0].text() == "It is red." and first.prompt == second.prompt
+
+
+def test_kto_raises_desirable_answers_over_undesirable_ones(tmp_path, tokenizer_dir, labelled_answers, preferences):
+    spec = recipe(
+        tmp_path, tokenizer_dir, "kto", labelled_answers, peft=LORA, training={"max_steps": 20, "learning_rate": 5e-3}
+    )
+    spec["options"] = {"beta": 0.5}
+    before = build_model(tiny_spec(tokenizer_dir), progress=False)
+    result = train(spec)
+    trainable = {name for name, p in result.model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in name for name in trainable)
+    # the same answers as pairs: the desirable one now more likely than the undesirable one
+    assert preference_margin(result.model, preferences) > preference_margin(before, preferences) + 1.0
+
+
+def test_kto_at_its_reference_loses_half_of_each_answers_weight(tmp_path, tokenizer_dir, labelled_answers):
+    two = write_jsonl(
+        tmp_path / "two.jsonl", [json.loads(line) for line in labelled_answers.read_text().splitlines()[:2]]
+    )
+    spec = recipe(tmp_path, tokenizer_dir, "kto", two, peft=LORA, training={"max_steps": 1, "learning_rate": 0.0})
+    spec["options"] = {"undesirable_weight": 3.0}
+    # one batch: a desirable and an undesirable answer. The policy is the reference, so every reward and the KL
+    # estimate are 0, and each answer loses its weight times 1 - σ(0) = 0.5
+    assert train(spec).metrics["train_loss"] == pytest.approx((1.0 * 0.5 + 3.0 * 0.5) / 2, abs=1e-5)
+
+
+def test_kto_with_batches_of_one_is_refused(tmp_path, tokenizer_dir, labelled_answers):
+    spec = recipe(tmp_path, tokenizer_dir, "kto", labelled_answers, peft=LORA)
+    spec["training"]["per_device_train_batch_size"] = 1
+    with pytest.raises(SpecError, match=r"kto needs per_device_train_batch_size of at least 2 \(got 1\)"):
+        train(spec)
+
+
+def test_kto_on_preference_pairs_names_the_data_it_needs(tmp_path, tokenizer_dir, preferences):
+    with pytest.raises(SpecError, match=r"recipe 'kto' trains on unpaired examples, but .* holds preference"):
+        train(recipe(tmp_path, tokenizer_dir, "kto", preferences, peft=LORA))

@@ -88,4 +88,25 @@ class PreferencePair:
         return replace(self, prompt=_with_media(self.prompt, change))
 
 
-Example = Conversation | PreferencePair
+@dataclass(frozen=True)
+class LabelledAnswer:
+    """A prompt and one answer to it, labelled desirable or not (KTO's unpaired data)."""
+
+    prompt: tuple[Message, ...]
+    completion: tuple[Message, ...]
+    desirable: bool
+    source: str = ""
+
+    def parts(self) -> Iterator[Part]:
+        return (part for messages in (self.prompt, self.completion) for m in messages for part in m.parts)
+
+    def conversations(self) -> tuple[Conversation]:
+        """The prompt followed by the answer."""
+        return (Conversation(self.prompt + self.completion, self.source),)
+
+    def with_media(self, change: Callable[[MediaPart], MediaPart]) -> LabelledAnswer:
+        """A copy with each input item (of the prompt) replaced by ``change(item)``."""
+        return replace(self, prompt=_with_media(self.prompt, change))
+
+
+Example = Conversation | PreferencePair | LabelledAnswer

@@ -14,19 +14,27 @@ from pathlib import Path
 from typing import Any
 
 from mmllm_sdk.components.modality import DIRECTORY, ModalitySpec
-from mmllm_sdk.data.examples import Conversation, Example, Message, PreferencePair, TextPart
+from mmllm_sdk.data.examples import Conversation, Example, LabelledAnswer, Message, PreferencePair, TextPart
 from mmllm_sdk.data.messages import ANSWER_ROLE, MessageParser, RecordError, json_type
 from mmllm_sdk.errors import DataError, InputError
 from mmllm_sdk.files import atomic_write
 
-CONVERSATION, PREFERENCE = "conversation", "preference"  # the kinds of example a data source returns
+# the kinds of example a data source returns: conversations (pt, sft), preference pairs (dpo …), unpaired answers (kto)
+CONVERSATION, PREFERENCE, UNPAIRED = "conversation", "preference", "unpaired"
 RECORD_SHAPES = {  # the record formats of a data source's example dicts
     "messages": '{"messages": [{"role": "user", "content": [{"type": "image", "path": "a.jpg"}, ...]}, ...]}',
     "llava": '{"image": "a.jpg", "conversations": [{"from": "human", "value": "<image>\\n..."}, ...]}',
     "preference": '{"prompt": "..." or [messages], "chosen": "...", "rejected": "..."}',
+    "unpaired": '{"prompt": "..." or [messages], "completion": "...", "label": true or false}',
 }
 PREFERENCE_KEYS = ("prompt", "chosen", "rejected")
-RECORD_MARKERS = {"messages": ("messages",), "llava": ("conversations",), "preference": PREFERENCE_KEYS}
+UNPAIRED_KEYS = ("prompt", "completion", "label")
+RECORD_MARKERS = {  # a "prompt" alone marks no format: it starts a preference pair and an unpaired answer alike
+    "messages": ("messages",),
+    "llava": ("conversations",),
+    "preference": PREFERENCE_KEYS[1:],
+    "unpaired": UNPAIRED_KEYS[1:],
+}
 URL_PREFIXES = ("http://", "https://")
 WORDS_TO_TOKENS = 1.3  # sub-word tokens per whitespace-separated word, roughly, in English text
 SHOWN_FILES = 3  # file names a summary lists before it only counts them
@@ -36,9 +44,9 @@ SHOWN_FILES = 3  # file names a summary lists before it only counts them
 class DataReport:
     """The examples read from data files, the records skipped and why, and what kind of examples they are."""
 
-    examples: list[Any]  # Conversation or PreferencePair (a data source may give dicts in the message format)
+    examples: list[Any]  # typed examples (a data source may give dicts in the message format)
     skipped: list[tuple[str, str]]  # (source "file:line", reason), with skip_invalid only
-    kind: str  # "conversation" (pt, sft) or "preference" (dpo)
+    kind: str  # "conversation" (pt, sft), "preference" (dpo, simpo, orpo) or "unpaired" (kto)
     files: list[str] = field(default_factory=list)  # the data files, as given
     formats: dict[str, int] = field(default_factory=dict)  # examples read per record format
     categories: list[str] | None = None  # per example, what groups it for scores per category (colour, shape …)
@@ -94,7 +102,7 @@ def caption_report(examples: Sequence[dict[str, Any]], folder: str | os.PathLike
 def as_example(example: Any, modalities: Mapping[str, ModalitySpec] | None = None) -> Example:
     """A typed example: ``example`` itself, or a dict in the message format (``{"messages": [...], "source": ...}``
     or a preference pair's keys, as a data source may give) read as a record is; ``modalities`` checks its parts."""
-    if isinstance(example, (Conversation, PreferencePair)):
+    if isinstance(example, (Conversation, PreferencePair, LabelledAnswer)):
         return example
     source = str(example.get("source", "")) if isinstance(example, Mapping) else ""
     try:
@@ -110,6 +118,8 @@ def estimate_length(example: Any, tokens_per_item: Mapping[str, int]) -> int:
     if isinstance(example, PreferencePair):
         answers = (_estimate(answer, tokens_per_item) for answer in (example.chosen, example.rejected))
         return _estimate(example.prompt, tokens_per_item) + max(answers)
+    if isinstance(example, LabelledAnswer):
+        return _estimate(example.prompt + example.completion, tokens_per_item)
     return _estimate(example.messages, tokens_per_item)
 
 
@@ -153,6 +163,8 @@ class RecordReader:
         name = self.detect(record)
         if name == "preference":
             return name, self._preference(record, source)
+        if name == "unpaired":
+            return name, self._unpaired(record, source)
         example = self.conversation(name, record, source)
         if not any(message.role == ANSWER_ROLE for message in example.messages):
             raise RecordError(
@@ -172,6 +184,12 @@ class RecordReader:
                 f"The record has the keys of several formats ({' and '.join(found)}; keys {sorted(record)}); give "
                 "each record the keys of one format."
             )
+        if not found and "prompt" in record:
+            raise RecordError(
+                f"The record has a 'prompt' but keys {sorted(record)}: a preference pair also needs 'chosen' and "
+                f"'rejected' ({self.shapes['preference']}), an unpaired answer 'completion' and 'label' "
+                f"({RECORD_SHAPES['unpaired']})."
+            )
         if not found:
             shapes = "; ".join(f"{name}: {shape}" for name, shape in self.shapes.items())
             raise RecordError(
@@ -184,29 +202,49 @@ class RecordReader:
         return self.parser.conversation(record)
 
     def _preference(self, record: Mapping[str, Any], source: str) -> PreferencePair:
-        missing = [key for key in PREFERENCE_KEYS if key not in record]
-        if missing:
-            raise RecordError(
-                f"The preference record has no {' or '.join(repr(k) for k in missing)}; it needs 'prompt', 'chosen' "
-                f"and 'rejected', e.g. {self.shapes['preference']}."
-            )
-        prompt = record["prompt"]
-        if isinstance(prompt, str) and not prompt.strip():
-            raise RecordError("The 'prompt' is empty; give the question the two answers reply to.")
-        prompt = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
-        messages = self.parser.messages(prompt, "prompt")
-        prompt_messages = tuple(self.parser.expand(messages, self.parser.record_items(record), "prompt"))
-        answers = {}
-        for key in PREFERENCE_KEYS[1:]:  # a string, one assistant message or a list of them
-            value = record[key]
-            if isinstance(value, str) and not value.strip():
-                raise RecordError(f"'{key}' is empty; a preference pair needs two non-empty answers.")
-            value = [{"role": ANSWER_ROLE, "content": value}] if isinstance(value, str) else value
-            answer = self.parser.messages([value] if isinstance(value, Mapping) else value, key, roles=(ANSWER_ROLE,))
-            answers[key] = tuple(self.parser.expand(answer, None, key))
+        self._require(record, "preference", PREFERENCE_KEYS)
+        prompt = self._prompt(record, "the two answers reply to")
+        answers = {key: self._answer(record[key], key, "a preference pair needs two") for key in PREFERENCE_KEYS[1:]}
         if answers["chosen"] == answers["rejected"]:
             raise RecordError("'chosen' and 'rejected' are the same; a preference pair needs two different answers.")
-        return PreferencePair(prompt_messages, answers["chosen"], answers["rejected"], source)
+        return PreferencePair(prompt, answers["chosen"], answers["rejected"], source)
+
+    def _unpaired(self, record: Mapping[str, Any], source: str) -> LabelledAnswer:
+        self._require(record, "unpaired", UNPAIRED_KEYS)
+        label = record["label"]
+        if not isinstance(label, bool):
+            raise RecordError(
+                f"'label' is the JSON {json_type(label)} {json.dumps(label)}; it is true (a desirable answer) or "
+                "false (an undesirable one), a JSON boolean."
+            )
+        prompt = self._prompt(record, "the answer replies to")
+        return LabelledAnswer(prompt, self._answer(record["completion"], "completion", "it needs a"), label, source)
+
+    def _require(self, record: Mapping[str, Any], name: str, keys: tuple[str, ...]) -> None:
+        missing = [key for key in keys if key not in record]
+        if missing:
+            needed = ", ".join(repr(key) for key in keys[:-1]) + f" and {keys[-1]!r}"
+            raise RecordError(
+                f"The {name} record has no {' or '.join(repr(k) for k in missing)}; it needs {needed}, e.g. "
+                f"{self.shapes.get(name, RECORD_SHAPES[name])}."
+            )
+
+    def _prompt(self, record: Mapping[str, Any], replied: str) -> tuple[Message, ...]:
+        """A preference or unpaired record's 'prompt' (text or messages), its media items expanded."""
+        prompt = record["prompt"]
+        if isinstance(prompt, str) and not prompt.strip():
+            raise RecordError(f"The 'prompt' is empty; give the question {replied}.")
+        prompt = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+        messages = self.parser.messages(prompt, "prompt")
+        return tuple(self.parser.expand(messages, self.parser.record_items(record), "prompt"))
+
+    def _answer(self, value: Any, key: str, needs: str) -> tuple[Message, ...]:
+        """An answer: a string, one assistant message or a list of them."""
+        if isinstance(value, str) and not value.strip():
+            raise RecordError(f"'{key}' is empty; {needs} non-empty answer{'s' if needs.endswith('two') else ''}.")
+        value = [{"role": ANSWER_ROLE, "content": value}] if isinstance(value, str) else value
+        answer = self.parser.messages([value] if isinstance(value, Mapping) else value, key, roles=(ANSWER_ROLE,))
+        return tuple(self.parser.expand(answer, None, key))
 
     def _media(self, modality: str, source: Any, where: str) -> str:  # the absolute path of a file a loader reads
         if not isinstance(source, str) or not source:

@@ -22,13 +22,15 @@ class Recipe:
     """A training stage. Plugins register their own with ``register_recipes``: ``register(name, Recipe(...))``."""
 
     description: str
-    kind: Literal["conversation", "preference"]  # the examples it trains on
+    kind: Literal["conversation", "preference", "unpaired"]  # the examples it trains on
     default_trainable: tuple[str, ...]  # component paths (globs) trained unless the recipe spec says otherwise
     trainer: str = "mmllm_sdk.training.trainer:MMTrainer"  # module:Class of a transformers.Trainer subclass
     options: type[StrictModel] = NoOptions  # validates the recipe spec's ``options:``
     train_on: str = "assistant"  # which assistant turns carry labels: assistant | last_assistant
     requires_peft: bool = False  # the recipe needs adapters on the LLM (DPO trains them by default)
-    collator_class: str | None = None  # module:Class of a collator(model, max_length) other than the kind's
+    # module:Class of a collator(model, max_length) other than the kind's (kind "unpaired" has none of its own: kto's
+    # is mmllm_sdk.default_plugins.recipes.preference:UnpairedCollator)
+    collator_class: str | None = None
     caches_signal_states: bool = False  # the trainer takes state_cache_dir (align-output: the LLM's signal states)
     # TrainingArguments the recipe spec's ``training:`` overrides (a recipe's learning rate, its schedule)
     training_defaults: Mapping[str, Any] = field(default_factory=dict)

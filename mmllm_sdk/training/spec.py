@@ -36,7 +36,7 @@ class DatasetSource(StrictModel):
 class DataSpec(StrictModel):
     train: str | list[str] | DatasetSource  # .jsonl or .json files, or {dataset: name, params: {…}}
     eval: str | list[str] | DatasetSource | None = None
-    format: Literal["auto", "messages", "llava", "captions", "preference"] = "auto"
+    format: Literal["auto", "messages", "llava", "captions", "preference", "unpaired"] = "auto"
     base_dir: str | None = None  # media paths are relative to this (LLaVA's image_folder); default: each file's folder
     skip_invalid: bool = False  # skip malformed records (counted, printed and saved) instead of stopping
     max_length: int | None = Field(None, ge=1)  # a longer example is an error, never cut

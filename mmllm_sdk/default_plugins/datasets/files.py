@@ -1,5 +1,5 @@
-"""The ``files`` data source: ``.jsonl`` / ``.json`` data files of messages, LLaVA, caption and preference records
-read into typed, checked examples. A recipe's ``data.train: a.jsonl`` comes through it.
+"""The ``files`` data source: ``.jsonl`` / ``.json`` data files of messages, LLaVA, caption, preference and
+unpaired records read into typed, checked examples. A recipe's ``data.train: a.jsonl`` comes through it.
 
 The core reads a data source's example dicts (:class:`~mmllm_sdk.data.formats.RecordReader`); this source adds
 what belongs to files: the caption records, a wanted ``format=``, reading the files (:mod:`.records`),
@@ -20,6 +20,7 @@ from mmllm_sdk.data.formats import (
     CONVERSATION,
     PREFERENCE,
     RECORD_SHAPES,
+    UNPAIRED,
     DataReport,
     RecordReader,
     counted,
@@ -31,12 +32,19 @@ from mmllm_sdk.registry import get_registry
 from mmllm_sdk.validation import StrictModel, validate
 
 DATASET_NAME = "files"
-FORMAT_KINDS = {"messages": CONVERSATION, "llava": CONVERSATION, "captions": CONVERSATION, "preference": PREFERENCE}
+FORMAT_KINDS = {
+    "messages": CONVERSATION,
+    "llava": CONVERSATION,
+    "captions": CONVERSATION,
+    "preference": PREFERENCE,
+    "unpaired": UNPAIRED,
+}
 FORMAT_SHAPES = {
     "messages": RECORD_SHAPES["messages"],
     "llava": RECORD_SHAPES["llava"],
     "captions": '{"image": "a.jpg", "text": "a caption"}',
     "preference": RECORD_SHAPES["preference"],
+    "unpaired": RECORD_SHAPES["unpaired"],
 }
 CAPTION_KEY = "text"
 SHOWN_REASONS = 3  # skipped records quoted when no record at all could be read
@@ -47,7 +55,7 @@ class Params(StrictModel):
     """Params of the ``files`` data source, as a recipe's ``data:`` block gives them."""
 
     paths: str | list[str]  # .jsonl or .json files
-    format: Literal["auto", "messages", "llava", "captions", "preference"] = "auto"
+    format: Literal["auto", "messages", "llava", "captions", "preference", "unpaired"] = "auto"
     base_dir: str | None = None  # media paths are relative to this; default: each file's folder
     skip_invalid: bool = False  # skip malformed records (listed in the report) instead of stopping
     modalities: list[str] | None = None  # the registered modalities records may use; default: all

@@ -14,7 +14,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from mmllm_sdk import __version__
-from mmllm_sdk.data.examples import Conversation, MediaPart, Message, PreferencePair, TextPart
+from mmllm_sdk.data.examples import Conversation, LabelledAnswer, MediaPart, Message, PreferencePair, TextPart
 from mmllm_sdk.data.formats import DataReport, as_example
 from mmllm_sdk.data.messages import ANSWER_ROLE
 from mmllm_sdk.default_plugins.evaluation.stats import Score, by_category, confusion, score
@@ -75,13 +75,21 @@ class EvalResult:
 
 def items_of(report: DataReport, limit: int | None = None) -> list[Item]:
     """The report's examples as items: each conversation's last assistant turn is its reference (a preference pair's
-    chosen answer); an example without one is an :class:`InputError` naming it."""
+    chosen answer, an unpaired answer labelled desirable; one labelled undesirable is no reference and is left out);
+    an example without one is an :class:`InputError` naming it."""
     items = []
     categories = report.categories or [None] * len(report.examples)
     choices = report.choices or [None] * len(report.examples)
     for example, category, options in zip(report.examples, categories, choices, strict=True):
         example = as_example(example)
-        messages = example.prompt + example.chosen if isinstance(example, PreferencePair) else example.messages
+        if isinstance(example, PreferencePair):
+            messages = example.prompt + example.chosen
+        elif isinstance(example, LabelledAnswer):
+            if not example.desirable:
+                continue
+            messages = example.prompt + example.completion
+        else:
+            messages = example.messages
         last = max((i for i, m in enumerate(messages) if m.role == ANSWER_ROLE), default=None)
         reference = messages[last].text() if last is not None else ""
         if not reference:

@@ -1,5 +1,5 @@
-"""Built-in training recipes: prealign, pt, sft, dpo, simpo, orpo and align-output, registered as a third-party recipe
-would be.
+"""Built-in training recipes: prealign, pt, sft, dpo, simpo, orpo, kto and align-output, registered as a
+third-party recipe would be.
 
 Each is a :class:`~mmllm_sdk.training.recipes.Recipe`; the Trainer subclasses (``preference.py``, ``align.py``,
 ``prealign.py``) are imported only when a run uses them.
@@ -45,6 +45,12 @@ class SimPOOptions(StrictModel):
     label_smoothing: float = Field(0.0, ge=0, lt=0.5)
 
 
+class KTOOptions(StrictModel):
+    beta: float = Field(0.1, gt=0)  # strength of the KL constraint to the reference policy (the paper's β)
+    desirable_weight: float = Field(1.0, gt=0)  # λ_D: weight of the desirable answers' losses
+    undesirable_weight: float = Field(1.0, gt=0)  # λ_U: weight of the undesirable answers' losses
+
+
 class ORPOOptions(StrictModel):
     beta: float = Field(0.1, gt=0)  # weight of the odds-ratio term against the chosen answers' NLL (the paper's λ)
 
@@ -81,6 +87,17 @@ DPO = Recipe(
     default_trainable=(),
     trainer="mmllm_sdk.default_plugins.recipes.preference:DPOTrainer",
     options=DPOOptions,
+    train_on="last_assistant",
+    requires_peft=True,
+)
+KTO = Recipe(
+    description="Preference tuning with KTO on unpaired answers labelled desirable or not: trains the adapters; the "
+    "reference policy is the model as KTO starts.",
+    kind="unpaired",
+    default_trainable=(),
+    trainer="mmllm_sdk.default_plugins.recipes.preference:KTOTrainer",
+    collator_class="mmllm_sdk.default_plugins.recipes.preference:UnpairedCollator",
+    options=KTOOptions,
     train_on="last_assistant",
     requires_peft=True,
 )
@@ -125,4 +142,5 @@ def register_recipes(register):
     register("dpo", DPO)
     register("simpo", SIMPO)
     register("orpo", ORPO)
+    register("kto", KTO)
     register("align-output", ALIGN_OUTPUT)

@@ -1,18 +1,24 @@
-"""The preference recipes' Trainers: DPO (and IPO, hinge) against the model as the run starts, and the
+"""The preference recipes' Trainers: DPO (and IPO, hinge) and KTO against the model as the run starts, and the
 reference-free SimPO and ORPO. Their losses are in :mod:`preference_losses`."""
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from mmllm_sdk.default_plugins.recipes.preference_losses import dpo_loss, orpo_odds_ratio_loss, simpo_loss
+from mmllm_sdk.data.examples import Conversation
+from mmllm_sdk.data.formats import as_example
+from mmllm_sdk.default_plugins.recipes.preference_losses import dpo_loss, kto_loss, orpo_odds_ratio_loss, simpo_loss
 from mmllm_sdk.model.processor import IGNORE_INDEX
 from mmllm_sdk.model.scoring import sequence_logprobs
 from mmllm_sdk.training.trainer import MMTrainer
+
+if TYPE_CHECKING:
+    from mmllm_sdk.model.modeling import MMLLM
 
 
 class StartingPoint:
@@ -44,6 +50,26 @@ class StartingPoint:
             with torch.no_grad():
                 for name, value in current.items():
                     params[name].copy_(value)
+
+
+@dataclass
+class UnpairedCollator:
+    """Labelled answers (KTO) -> one batch of 2B rows: the B prompts with their own answers, then the B prompts each
+    with the next example's answer (the mismatched pairs whose log-ratio estimates the KL term), labels on the
+    answers only, and ``desirable`` (B,) booleans."""
+
+    model: MMLLM
+    max_length: int | None
+
+    def __call__(self, examples: Sequence[Any]) -> dict[str, Any]:
+        """``examples``: :class:`LabelledAnswer` objects (or dicts with 'prompt', 'completion' and 'label')."""
+        answers = [as_example(example) for example in examples]
+        matched = [answer.conversations()[0] for answer in answers]
+        shifted = answers[1:] + answers[:1]
+        mismatched = [Conversation(a.prompt + b.completion, a.source) for a, b in zip(answers, shifted, strict=True)]
+        batch = self.model.processor([*matched, *mismatched], max_length=self.max_length, train_on="last_assistant")
+        batch["desirable"] = torch.tensor([answer.desirable for answer in answers])
+        return batch
 
 
 class PreferenceTrainer(MMTrainer):
@@ -160,4 +186,58 @@ class ORPOTrainer(PreferenceTrainer):
         self.record({"nll_loss": nll, "odds_ratio_loss": odds_ratio})
         self.record_rewards(self.beta * means[:pairs], self.beta * means[pairs:])
         loss = nll + odds_ratio.mean()
+        return (loss, outputs) if return_outputs else loss
+
+
+class KTOTrainer(PreferenceTrainer):
+    """KTO (Ethayarajh et al., 2024) on unpaired answers labelled desirable or not (UnpairedCollator's batches: the B
+    answers, then B mismatched prompt-answer pairs), against the model as the stage starts. The KL estimate ``z`` is
+    the batch's mean log-ratio on the mismatched pairs (averaged over processes), without gradient, as in the paper
+    and TRL (:func:`~preference_losses.kto_loss`)."""
+
+    def __init__(
+        self,
+        *args: Any,
+        beta: float = 0.1,
+        desirable_weight: float = 1.0,
+        undesirable_weight: float = 1.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        if self.args.per_device_train_batch_size < 2:
+            raise ValueError(
+                f"kto needs per_device_train_batch_size of at least 2 (got {self.args.per_device_train_batch_size}): "
+                "its KL estimate pairs each prompt with another example's answer in the same batch"
+            )
+        self.beta, self.desirable_weight, self.undesirable_weight = beta, desirable_weight, undesirable_weight
+        self.reference = StartingPoint(self.model)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        desirable = inputs.pop("desirable").to(torch.bool)
+        unwrapped = self.accelerator.unwrap_model(model)
+        with torch.no_grad(), self.reference.in_place(unwrapped):
+            reference, _ = self.answer_logprobs(unwrapped(**inputs, supervised_only=True))  # (2B,)
+        outputs = model(**inputs, supervised_only=True)
+        policy, _ = self.answer_logprobs(outputs)
+        rows = policy.shape[0] // 2
+        kl = (policy[rows:] - reference[rows:]).detach().mean()
+        if self.accelerator.num_processes > 1:
+            kl = self.accelerator.gather(kl.reshape(1)).mean()
+        losses = kto_loss(
+            policy[:rows],
+            reference[:rows],
+            desirable.to(policy.device),
+            kl,
+            beta=self.beta,
+            desirable_weight=self.desirable_weight,
+            undesirable_weight=self.undesirable_weight,
+        )
+        rewards = self.beta * (policy[:rows] - reference[:rows]).detach()
+        logged = {"kl": kl}
+        if desirable.any():
+            logged["rewards/chosen"] = rewards[desirable.to(rewards.device)]
+        if (~desirable).any():
+            logged["rewards/rejected"] = rewards[~desirable.to(rewards.device)]
+        self.record(logged)
+        loss = losses.mean()
         return (loss, outputs) if return_outputs else loss

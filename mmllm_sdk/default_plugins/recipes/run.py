@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.utils.data import Dataset
 
-from mmllm_sdk.data.examples import Example, PreferencePair, TextPart
+from mmllm_sdk.data.examples import Conversation, Example, TextPart
 from mmllm_sdk.data.formats import DataReport, as_example, estimate_length
 from mmllm_sdk.default_plugins.recipes.data import read_data
 from mmllm_sdk.default_plugins.recipes.features import CachedFeatures, cache_features, initialise_projectors
@@ -262,7 +262,7 @@ def _refuse_long_text(examples: list[Example], positions: int) -> None:
     """Each example's text fits the LLM's positions at the processor's bound (characters per token)."""
     limit = positions * MAX_CHARS_PER_TOKEN
     for example in examples:
-        conversations = example.conversations() if isinstance(example, PreferencePair) else (example,)
+        conversations = (example,) if isinstance(example, Conversation) else example.conversations()
         chars = max(sum(len(p.text) for p in c.parts() if isinstance(p, TextPart)) for c in conversations)
         if chars > limit:
             raise DataError(
@@ -281,7 +281,8 @@ def _read(
     if report.kind != kind:
         raise SpecError(
             f"recipe {spec.recipe!r} trains on {kind} examples, but {paths} holds {report.kind} examples; "
-            "pick the recipe that fits the data (pt/sft: conversations or captions; dpo: preference pairs)."
+            "pick the recipe that fits the data (pt/sft: conversations or captions; dpo/simpo/orpo: preference "
+            "pairs; kto: unpaired answers)."
         )
     return report
 
