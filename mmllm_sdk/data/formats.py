@@ -204,7 +204,10 @@ class RecordReader:
     def _preference(self, record: Mapping[str, Any], source: str) -> PreferencePair:
         self._require(record, "preference", PREFERENCE_KEYS)
         prompt = self._prompt(record, "the two answers reply to")
-        answers = {key: self._answer(record[key], key, "a preference pair needs two") for key in PREFERENCE_KEYS[1:]}
+        answers = {
+            key: self._answer(record[key], key, "a preference pair needs two non-empty answers")
+            for key in PREFERENCE_KEYS[1:]
+        }
         if answers["chosen"] == answers["rejected"]:
             raise RecordError("'chosen' and 'rejected' are the same; a preference pair needs two different answers.")
         return PreferencePair(prompt, answers["chosen"], answers["rejected"], source)
@@ -218,7 +221,9 @@ class RecordReader:
                 "false (an undesirable one), a JSON boolean."
             )
         prompt = self._prompt(record, "the answer replies to")
-        return LabelledAnswer(prompt, self._answer(record["completion"], "completion", "it needs a"), label, source)
+        return LabelledAnswer(
+            prompt, self._answer(record["completion"], "completion", "it needs a non-empty answer"), label, source
+        )
 
     def _require(self, record: Mapping[str, Any], name: str, keys: tuple[str, ...]) -> None:
         missing = [key for key in keys if key not in record]
@@ -238,10 +243,10 @@ class RecordReader:
         messages = self.parser.messages(prompt, "prompt")
         return tuple(self.parser.expand(messages, self.parser.record_items(record), "prompt"))
 
-    def _answer(self, value: Any, key: str, needs: str) -> tuple[Message, ...]:
-        """An answer: a string, one assistant message or a list of them."""
+    def _answer(self, value: Any, key: str, when_empty: str) -> tuple[Message, ...]:
+        """An answer: a string, one assistant message or a list of them; ``when_empty`` ends the empty one's error."""
         if isinstance(value, str) and not value.strip():
-            raise RecordError(f"'{key}' is empty; {needs} non-empty answer{'s' if needs.endswith('two') else ''}.")
+            raise RecordError(f"'{key}' is empty; {when_empty}.")
         value = [{"role": ANSWER_ROLE, "content": value}] if isinstance(value, str) else value
         answer = self.parser.messages([value] if isinstance(value, Mapping) else value, key, roles=(ANSWER_ROLE,))
         return tuple(self.parser.expand(answer, None, key))
