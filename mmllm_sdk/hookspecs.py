@@ -110,3 +110,12 @@ def register_metrics(register):
     :param register: callback taking the metric name and ``score(prediction, reference) -> float`` (0 wrong, 1 right),
         or a :class:`~mmllm_sdk.registry.Metric`, which adds its description and how it is computed.
     """
+
+
+@hookspec
+def register_rewards(register):
+    """Register rewards for the ``grpo`` recipe: ``register(name, factory)``.
+
+    :param register: callback taking the reward name and ``factory(params) -> Reward`` (or a plain
+        ``score(completions, **kwargs) -> list[float]``); see :class:`~mmllm_sdk.registry.Reward`.
+    """

@@ -30,6 +30,7 @@ DEFAULT_PLUGINS = (
     "mmllm_sdk.default_plugins.datasets",
     "mmllm_sdk.default_plugins.exporters",
     "mmllm_sdk.default_plugins.metrics",
+    "mmllm_sdk.default_plugins.rewards",
     # the commands of `mmllm`, in the order `mmllm --help` lists them
     "mmllm_sdk.default_plugins.commands.inspection",  # plugins, validate
     "mmllm_sdk.default_plugins.commands.chat",  # chat

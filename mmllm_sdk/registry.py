@@ -37,6 +37,7 @@ KINDS = {
         Kind("datasets", "register_datasets", "dataset", False),
         Kind("exporters", "register_exporters", "exporter", False),
         Kind("metrics", "register_metrics", "metric", False),
+        Kind("rewards", "register_rewards", "reward", False),
     )
 }
 
@@ -69,6 +70,18 @@ class Metric:
 
     def __call__(self, prediction: str, reference: str) -> float:
         return float(self.score(prediction, reference))
+
+
+@dataclass(frozen=True)
+class Reward:
+    """A reward for ``grpo``, made by a ``register_rewards`` factory from the recipe's ``params``: ``score(completions,
+    references=..., prompts=...)`` returns one number per completion (None: does not apply to it); completions are
+    texts, references the prompts' answers (None for a prompt without one), prompts their Conversations.
+    ``needs_reference``: refuse prompts without a reference before training starts."""
+
+    score: Callable[..., Any]
+    needs_reference: bool = True
+    description: str = ""  # completes "NAME …" in the docs' and `mmllm plugins`' lists: "is 1 when …"
 
 
 @dataclass(frozen=True)

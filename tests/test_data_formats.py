@@ -8,9 +8,10 @@ import re
 import pytest
 
 from mmllm_sdk.data.examples import Conversation, MediaPart, Message, OutputPart, PreferencePair, TextPart
-from mmllm_sdk.data.formats import DataReport, as_example, caption_example, caption_report, estimate_length
+from mmllm_sdk.data.formats import DataReport, as_example, caption_example, caption_report
 from mmllm_sdk.default_plugins.datasets.files import read_examples
 from mmllm_sdk.default_plugins.modalities import AUDIO, IMAGE, VIDEO
+from mmllm_sdk.default_plugins.recipes.data import estimate_length
 from mmllm_sdk.errors import DataError, InputError
 
 PLACEHOLDERS = {"image": "<image>", "audio": "<audio>", "video": "<video>"}

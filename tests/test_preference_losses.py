@@ -67,3 +67,52 @@ def test_kto_weighs_desirable_and_undesirable_answers_against_the_kl_estimate():
 def test_kto_clamps_a_negative_kl_estimate_at_zero():
     losses = kto_loss(t(-1.0), t(-2.0), torch.tensor([True]), t(-3.0), beta=1.0)
     assert losses.item() == pytest.approx(1 - 1 / (1 + math.exp(-1.0)))
+
+
+# TRL exposes its reference-free losses as trainer methods (CPOTrainer.cpo_loss, ORPOTrainer.odds_ratio_loss) that read
+# their settings from the trainer: called here on an object holding just those settings. DPO's loss types are CPO's on
+# the margin against the reference; TRL 1.16 has no callable for DPO's, KTO's or GRPO's losses (inline in its trainers).
+pytestmark = pytest.mark.filterwarnings("ignore:You are importing from 'trl.experimental'")  # its API is not ours
+CHOSEN, REJECTED = t(-1.0, -2.5, -0.2), t(-3.0, -1.0, -0.4)
+REF_CHOSEN, REF_REJECTED = t(-2.0, -2.0, -0.3), t(-2.5, -1.5, -0.1)
+
+
+def trl_settings(**settings):
+    from types import SimpleNamespace
+
+    defaults = {"alpha": 0.0, "label_smoothing": 0.0, "simpo_gamma": 0.5, "accelerator": SimpleNamespace(device="cpu")}
+    return SimpleNamespace(**{**defaults, **settings})
+
+
+@pytest.mark.parametrize(
+    ("loss_type", "beta", "label_smoothing"),
+    [("sigmoid", 0.1, 0.0), ("sigmoid", 0.5, 0.2), ("ipo", 0.25, 0.0), ("hinge", 0.5, 0.0)],
+)
+def test_dpo_losses_equal_trls_on_the_margin_against_the_reference(loss_type, beta, label_smoothing):
+    from trl.experimental.cpo import CPOTrainer
+
+    settings = trl_settings(loss_type=loss_type, beta=beta, label_smoothing=label_smoothing)
+    theirs, _, _ = CPOTrainer.cpo_loss(settings, CHOSEN - REF_CHOSEN, REJECTED - REF_REJECTED)
+    ours = dpo_loss(
+        CHOSEN, REJECTED, REF_CHOSEN, REF_REJECTED, beta=beta, loss_type=loss_type, label_smoothing=label_smoothing
+    )
+    assert ours.tolist() == pytest.approx(theirs.tolist())
+
+
+@pytest.mark.parametrize(("beta", "gamma", "label_smoothing"), [(2.0, 0.5, 0.0), (2.5, 1.4, 0.1)])
+def test_simpo_equals_trls(beta, gamma, label_smoothing):
+    from trl.experimental.cpo import CPOTrainer
+
+    settings = trl_settings(loss_type="simpo", beta=beta, simpo_gamma=gamma, label_smoothing=label_smoothing)
+    theirs, _, _ = CPOTrainer.cpo_loss(settings, CHOSEN, REJECTED)
+    ours = simpo_loss(CHOSEN, REJECTED, beta=beta, gamma=gamma, label_smoothing=label_smoothing)
+    assert ours.tolist() == pytest.approx(theirs.tolist())
+
+
+def test_orpo_odds_ratio_term_equals_trls():
+    from trl.experimental.orpo import ORPOTrainer
+
+    theirs = ORPOTrainer.odds_ratio_loss(trl_settings(beta=0.1), CHOSEN, REJECTED)[0]
+    assert orpo_odds_ratio_loss(CHOSEN, REJECTED, beta=0.1).tolist() == pytest.approx(
+        (-theirs).tolist()
+    )  # TRL subtracts it

@@ -4,7 +4,6 @@ examples, and the report a data source returns. Reading data files is the built-
 from __future__ import annotations
 
 import json
-import math
 import os
 import stat
 from collections import Counter
@@ -14,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from mmllm_sdk.components.modality import DIRECTORY, ModalitySpec
-from mmllm_sdk.data.examples import Conversation, Example, LabelledAnswer, Message, PreferencePair, TextPart
+from mmllm_sdk.data.examples import Conversation, Example, LabelledAnswer, Message, PreferencePair
 from mmllm_sdk.data.messages import ANSWER_ROLE, MessageParser, RecordError, json_type
-from mmllm_sdk.errors import DataError, InputError
+from mmllm_sdk.errors import DataError
 from mmllm_sdk.files import atomic_write
 
 # the kinds of example a data source returns: conversations (pt, sft), preference pairs (dpo …), unpaired answers (kto)
@@ -36,7 +35,6 @@ RECORD_MARKERS = {  # a "prompt" alone marks no format: it starts a preference p
     "unpaired": UNPAIRED_KEYS[1:],
 }
 URL_PREFIXES = ("http://", "https://")
-WORDS_TO_TOKENS = 1.3  # sub-word tokens per whitespace-separated word, roughly, in English text
 SHOWN_FILES = 3  # file names a summary lists before it only counts them
 
 
@@ -109,33 +107,6 @@ def as_example(example: Any, modalities: Mapping[str, ModalitySpec] | None = Non
         return RecordReader(modalities).read(example, source)[1]
     except RecordError as reason:
         raise DataError(f"{source or 'an example'}: {reason}") from None
-
-
-def estimate_length(example: Any, tokens_per_item: Mapping[str, int]) -> int:
-    """A cheap token count for length-grouped batching: ``WORDS_TO_TOKENS`` per word, ``tokens_per_item[modality]``
-    per media item; a preference pair counts its prompt and the longer answer."""
-    example = as_example(example)
-    if isinstance(example, PreferencePair):
-        answers = (_estimate(answer, tokens_per_item) for answer in (example.chosen, example.rejected))
-        return _estimate(example.prompt, tokens_per_item) + max(answers)
-    if isinstance(example, LabelledAnswer):
-        return _estimate(example.prompt + example.completion, tokens_per_item)
-    return _estimate(example.messages, tokens_per_item)
-
-
-def _estimate(messages: Sequence[Message], tokens_per_item: Mapping[str, int]) -> int:
-    words, media = 0, 0
-    for part in (part for message in messages for part in message.parts):
-        if isinstance(part, TextPart):
-            words += len(part.text.split())
-        elif part.modality in tokens_per_item:
-            media += tokens_per_item[part.modality]
-        else:
-            raise InputError(
-                f"estimate_length() has no token count for {part.modality!r} items; pass tokens_per_item="
-                f"{{'{part.modality}': n}} with the projector's token count."
-            )
-    return math.ceil(words * WORDS_TO_TOKENS) + media
 
 
 class RecordReader:

@@ -42,12 +42,14 @@ def generate_batch(
     *,
     output_dir: str | os.PathLike[str] | None = None,
     generator_kwargs: dict[str, Any] | None = None,
+    text_only: bool = False,
     **generation_kwargs: Any,
 ) -> list[Response]:
     """Answer conversations in one left-padded batch; greedy answers equal those of one conversation at a time.
 
     Keyword arguments go to the LLM's ``generate``; ``generator_kwargs`` go to every generator, or per modality as
-    ``{"image": {...}}``. Generated items are in ``Response.outputs``, and saved under ``output_dir`` when given.
+    ``{"image": {...}}``. Generated items are in ``Response.outputs``, and saved under ``output_dir`` when given;
+    ``text_only`` runs no generator (the answers' signal tokens stay in their ``token_ids``).
     """
     if not conversations:
         return []
@@ -60,6 +62,9 @@ def generate_batch(
         processors = generation_kwargs.pop("logits_processor", None) or LogitsProcessorList()
         processors.append(SignalForcing(forced, model.llm.get_input_embeddings().weight.shape[0]))
         generation_kwargs["logits_processor"] = processors
+    if model.placeholder_ids:  # an input's placeholder is never an answer's token (fed back, it would want an item)
+        suppressed = list(generation_kwargs.get("suppress_tokens") or ())
+        generation_kwargs["suppress_tokens"] = suppressed + list(model.placeholder_ids.values())
     budget, room = generation_kwargs.get("max_new_tokens"), model.llm.max_positions
     if isinstance(budget, int) and room is not None and input_ids.shape[1] + budget > room:
         raise InputError(
@@ -77,7 +82,7 @@ def generate_batch(
     prompts = attention_mask.sum(dim=1).tolist()
     decode = model.processor.decode
     responses = [Response(decode(ids), token_ids=ids, prompt_tokens=n) for ids, n in zip(rows, prompts, strict=True)]
-    if model.output_heads:
+    if model.output_heads and not text_only:
         _generate_outputs(model, input_ids, attention_mask, modality_inputs, rows, responses, generator_kwargs or {})
         if output_dir is not None:
             for index, response in enumerate(responses):

@@ -22,7 +22,7 @@ class Recipe:
     """A training stage. Plugins register their own with ``register_recipes``: ``register(name, Recipe(...))``."""
 
     description: str
-    kind: Literal["conversation", "preference", "unpaired"]  # the examples it trains on
+    kind: Literal["conversation", "preference", "unpaired", "any"]  # the examples it trains on (any: every kind)
     default_trainable: tuple[str, ...]  # component paths (globs) trained unless the recipe spec says otherwise
     trainer: str = "mmllm_sdk.training.trainer:MMTrainer"  # module:Class of a transformers.Trainer subclass
     options: type[StrictModel] = NoOptions  # validates the recipe spec's ``options:``

@@ -73,7 +73,14 @@ class MMTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         outputs = model(**inputs, supervised_only=True, num_items_in_batch=num_items_in_batch)
-        loss = outputs.loss
+        loss = self.trains_something(model, outputs.loss)
+        if num_items_in_batch is not None and self.args.average_tokens_across_devices:
+            # the count covers every process and DDP averages their gradients: undo the average
+            loss = loss * self.accelerator.num_processes
+        return (loss, outputs) if return_outputs else loss
+
+    def trains_something(self, model: torch.nn.Module, loss: torch.Tensor) -> torch.Tensor:
+        """``loss``, refused with an :class:`InputError` in training when it depends on no trained tensor."""
         if model.training and not loss.requires_grad:
             unwrapped = self.accelerator.unwrap_model(model)
             trained = sorted({name.split(".")[0] for name, p in unwrapped.named_parameters() if p.requires_grad})
@@ -83,10 +90,7 @@ class MMTrainer(Trainer):
                 " The examples may not use what trains (an input projector, with no file of its modality in the data);"
                 " add such inputs, or train the LLM's adapters (peft: {method: lora, r: 8})."
             )
-        if num_items_in_batch is not None and self.args.average_tokens_across_devices:
-            # the count covers every process and DDP averages their gradients: undo the average
-            loss = loss * self.accelerator.num_processes
-        return (loss, outputs) if return_outputs else loss
+        return loss
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         """One micro-batch's forward and backward. A loss or a gradient that is not finite stops the run with a

@@ -1,16 +1,17 @@
-"""Built-in training recipes: prealign, pt, sft, dpo, simpo, orpo, kto and align-output, registered as a
+"""Built-in training recipes: prealign, pt, sft, dpo, simpo, orpo, kto, grpo and align-output, registered as a
 third-party recipe would be.
 
-Each is a :class:`~mmllm_sdk.training.recipes.Recipe`; the Trainer subclasses (``preference.py``, ``align.py``,
-``prealign.py``) are imported only when a run uses them.
+Each is a :class:`~mmllm_sdk.training.recipes.Recipe`; the Trainer subclasses (``preference.py``, ``grpo.py``,
+``align.py``, ``prealign.py``) are imported only when a run uses them.
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from mmllm_sdk.default_plugins.rewards import RewardSpec, resolve_rewards
 from mmllm_sdk.hookspecs import hookimpl
 from mmllm_sdk.training.recipes import Recipe
 from mmllm_sdk.validation import StrictModel
@@ -53,6 +54,30 @@ class KTOOptions(StrictModel):
 
 class ORPOOptions(StrictModel):
     beta: float = Field(0.1, gt=0)  # weight of the odds-ratio term against the chosen answers' NLL (the paper's λ)
+
+
+class GRPOOptions(StrictModel):
+    """Options of ``grpo``, named as TRL's GRPOConfig names them (defaults as GRPO's paper where TRL's moved on)."""
+
+    # registered rewards, by name or {name, weight, params}; a completion's reward is their weighted sum
+    rewards: list[str | RewardSpec] = Field(default_factory=lambda: ["exact"], min_length=1)
+    num_generations: int = Field(8, ge=2)  # answers sampled per prompt (G): the group its advantages are relative to
+    max_completion_length: int = Field(256, ge=1)  # new tokens per answer at most
+    temperature: float = Field(1.0, gt=0)  # sampling temperature (also applied to the log-probabilities, as TRL)
+    top_p: float = Field(1.0, gt=0, le=1)
+    top_k: int = Field(0, ge=0)  # 0: no top-k cut
+    beta: float = Field(0.04, ge=0)  # weight of the KL penalty to the reference policy (0: no reference pass)
+    epsilon: float = Field(0.2, gt=0, lt=1)  # the clipping range of the probability ratio: [1 - ε, 1 + ε_high]
+    epsilon_high: float | None = Field(None, gt=0)  # ε_high (DAPO's clip-higher); None: ε
+    num_iterations: int = Field(1, ge=1)  # μ: optimizer steps on each batch of sampled answers
+    scale_rewards: Literal["group", "batch", "none"] = "group"  # advantages divided by the group's spread, or …
+    loss_type: Literal["grpo", "bnpo", "dr_grpo"] = "grpo"  # how token losses are averaged (see grpo.grpo_loss)
+
+    @field_validator("rewards")
+    @classmethod
+    def _registered(cls, rewards: list[str | RewardSpec]) -> list[str | RewardSpec]:
+        resolve_rewards(rewards)  # an unknown name or bad params fail here, before any weight loads
+        return rewards
 
 
 # A projector and LoRA adapters trained for a few hundred steps learn fastest at 1e-3 (docs/alignment.md measures
@@ -120,7 +145,16 @@ ORPO = Recipe(
     options=ORPOOptions,
     train_on="last_assistant",
 )
-
+GRPO = Recipe(
+    description="Reinforcement learning with GRPO: answers sampled per prompt, scored by rewards (register_rewards: "
+    "the metrics, format, plugins'), group-relative advantages, a KL penalty to the model as GRPO starts; trains "
+    "what sft trains.",
+    kind="any",  # the prompts of conversations, preference pairs or unpaired answers, and their reference answers
+    default_trainable=("inputs.*.projector", "outputs.*.signal_tokens"),
+    trainer="mmllm_sdk.default_plugins.recipes.grpo:GRPOTrainer",
+    collator_class="mmllm_sdk.default_plugins.recipes.grpo:PromptCollator",
+    options=GRPOOptions,
+)
 
 ALIGN_OUTPUT = Recipe(
     description="Decoding-side alignment (NExT-GPT): captions -> signal states -> output projector, L2 to the "
@@ -143,4 +177,5 @@ def register_recipes(register):
     register("simpo", SIMPO)
     register("orpo", ORPO)
     register("kto", KTO)
+    register("grpo", GRPO)
     register("align-output", ALIGN_OUTPUT)

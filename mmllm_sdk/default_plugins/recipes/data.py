@@ -3,13 +3,18 @@ against the model's modalities (``mmllm train``, ``mmllm eval`` and ``mmllm prob
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from mmllm_sdk.data.formats import DataReport
-from mmllm_sdk.errors import PluginError, SpecError
+from mmllm_sdk.data.examples import LabelledAnswer, Message, PreferencePair, TextPart
+from mmllm_sdk.data.formats import DataReport, as_example
+from mmllm_sdk.errors import InputError, PluginError, SpecError
 from mmllm_sdk.registry import get_registry
 from mmllm_sdk.training.spec import DatasetSource
 from mmllm_sdk.validation import validate
+
+WORDS_TO_TOKENS = 1.3  # sub-word tokens per whitespace-separated word, roughly, in English text
 
 
 def read_data(
@@ -40,3 +45,30 @@ def read_data(
                 f"{', '.join(modalities) or 'text'}; add an inputs.{modality} entry or pick another data source."
             )
     return report
+
+
+def estimate_length(example: Any, tokens_per_item: Mapping[str, int]) -> int:
+    """A cheap token count for length-grouped batching: ``WORDS_TO_TOKENS`` per word, ``tokens_per_item[modality]``
+    per media item; a preference pair counts its prompt and the longer answer."""
+    example = as_example(example)
+    if isinstance(example, PreferencePair):
+        answers = (_estimate(answer, tokens_per_item) for answer in (example.chosen, example.rejected))
+        return _estimate(example.prompt, tokens_per_item) + max(answers)
+    if isinstance(example, LabelledAnswer):
+        return _estimate(example.prompt + example.completion, tokens_per_item)
+    return _estimate(example.messages, tokens_per_item)
+
+
+def _estimate(messages: Sequence[Message], tokens_per_item: Mapping[str, int]) -> int:
+    words, media = 0, 0
+    for part in (part for message in messages for part in message.parts):
+        if isinstance(part, TextPart):
+            words += len(part.text.split())
+        elif part.modality in tokens_per_item:
+            media += tokens_per_item[part.modality]
+        else:
+            raise InputError(
+                f"estimate_length() has no token count for {part.modality!r} items; pass tokens_per_item="
+                f"{{'{part.modality}': n}} with the projector's token count."
+            )
+    return math.ceil(words * WORDS_TO_TOKENS) + media

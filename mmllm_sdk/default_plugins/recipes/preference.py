@@ -1,5 +1,6 @@
 """The preference recipes' Trainers: DPO (and IPO, hinge) and KTO against the model as the run starts, and the
-reference-free SimPO and ORPO. Their losses are in :mod:`preference_losses`."""
+reference-free SimPO and ORPO. Their losses are in :mod:`preference_losses`. GRPO (``grpo.py``) shares the reference
+policy and the logging."""
 
 from __future__ import annotations
 
@@ -72,26 +73,47 @@ class UnpairedCollator:
         return batch
 
 
-class PreferenceTrainer(MMTrainer):
-    """What the pairwise recipes share: batches of B chosen rows then B rejected rows (PreferenceCollator), the
-    answers' log-probabilities from one forward pass, a mean over pairs, and their metrics averaged into each log."""
+class RecordingTrainer(MMTrainer):
+    """A Trainer whose loss reports more than itself: each batch's values (:meth:`record`) are averaged into the
+    next log entry (the console, TensorBoard …) by their names there."""
 
-    token_weighted_loss = False  # a mean over the batch's pairs
+    token_weighted_loss = False  # a mean over the batch's examples
+    uses_reference = False  # the loss compares the policy with the model as the run starts (``self.reference``)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._metrics: dict[str, list[float]] = {}
+        self.reference: StartingPoint | None = None
+
+    def train(self, *args: Any, **kwargs: Any) -> Any:
+        """The reference is taken as training begins: after the run's set-up (new projectors initialised), before a
+        checkpoint to resume from is loaded."""
+        if self.uses_reference:
+            self.reference = StartingPoint(self.model)
+        return super().train(*args, **kwargs)
+
+    def record(self, values: dict[str, torch.Tensor | float]) -> None:
+        """Batch means to average into the next log entry, by their names there."""
+        for key, value in values.items():
+            mean = value.detach().float().mean().item() if isinstance(value, torch.Tensor) else float(value)
+            self._metrics.setdefault(key, []).append(mean)
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        for key, values in self._metrics.items():
+            logs[key] = sum(values) / len(values)
+        self._metrics.clear()
+        super().log(logs, *args, **kwargs)
+
+
+class PreferenceTrainer(RecordingTrainer):
+    """What the pairwise recipes share: batches of B chosen rows then B rejected rows (PreferenceCollator), the
+    answers' log-probabilities from one forward pass, a mean over pairs, and their metrics averaged into each log."""
 
     @staticmethod
     def answer_logprobs(outputs: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """Each row's answer: (sum of its tokens' log-probabilities, its token count), both (2B,)."""
         counts = (outputs.targets != IGNORE_INDEX).sum(dim=-1).clamp(min=1)
         return sequence_logprobs(outputs.logits, outputs.targets), counts
-
-    def record(self, values: dict[str, torch.Tensor]) -> None:
-        """Batch means to average into the next log entry, by their names there."""
-        for key, value in values.items():
-            self._metrics.setdefault(key, []).append(value.detach().float().mean().item())
 
     def record_rewards(self, chosen: torch.Tensor, rejected: torch.Tensor) -> None:
         chosen, rejected = chosen.detach(), rejected.detach()
@@ -104,24 +126,19 @@ class PreferenceTrainer(MMTrainer):
             }
         )
 
-    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
-        for key, values in self._metrics.items():
-            logs[key] = sum(values) / len(values)
-        self._metrics.clear()
-        super().log(logs, *args, **kwargs)
-
 
 class DPOTrainer(PreferenceTrainer):
     """Direct Preference Optimization (Rafailov et al., 2023) and its ``loss_type`` variants ``ipo`` and ``hinge``
     (:func:`~preference_losses.dpo_loss`), against the model as the stage starts (:class:`StartingPoint`). IPO's
     log-probabilities are means over each answer's tokens, as in its paper; the others' are sums."""
 
+    uses_reference = True
+
     def __init__(
         self, *args: Any, beta: float = 0.1, loss_type: str = "sigmoid", label_smoothing: float = 0.0, **kwargs: Any
     ) -> None:
         super().__init__(*args, **kwargs)
         self.beta, self.loss_type, self.label_smoothing = beta, loss_type, label_smoothing
-        self.reference = StartingPoint(self.model)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         unwrapped = self.accelerator.unwrap_model(model)
@@ -195,6 +212,8 @@ class KTOTrainer(PreferenceTrainer):
     the batch's mean log-ratio on the mismatched pairs (averaged over processes), without gradient, as in the paper
     and TRL (:func:`~preference_losses.kto_loss`)."""
 
+    uses_reference = True
+
     def __init__(
         self,
         *args: Any,
@@ -210,7 +229,6 @@ class KTOTrainer(PreferenceTrainer):
                 "its KL estimate pairs each prompt with another example's answer in the same batch"
             )
         self.beta, self.desirable_weight, self.undesirable_weight = beta, desirable_weight, undesirable_weight
-        self.reference = StartingPoint(self.model)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         desirable = inputs.pop("desirable").to(torch.bool)

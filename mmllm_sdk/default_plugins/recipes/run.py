@@ -13,11 +13,11 @@ import torch
 from torch.utils.data import Dataset
 
 from mmllm_sdk.data.examples import Conversation, Example, TextPart
-from mmllm_sdk.data.formats import DataReport, as_example, estimate_length
-from mmllm_sdk.default_plugins.recipes.data import read_data
+from mmllm_sdk.data.formats import DataReport, as_example
+from mmllm_sdk.default_plugins.recipes.data import estimate_length, read_data
 from mmllm_sdk.default_plugins.recipes.features import CachedFeatures, cache_features, initialise_projectors
 from mmllm_sdk.default_plugins.recipes.processes import is_main_process, say
-from mmllm_sdk.errors import CheckpointError, DataError, SpecError, TrainingError
+from mmllm_sdk.errors import CheckpointError, DataError, MMLLMError, SpecError, TrainingError
 from mmllm_sdk.files import atomic_write, load_json, read_text
 from mmllm_sdk.model.processor import MAX_CHARS_PER_TOKEN
 from mmllm_sdk.model.trainable import select, spec_patterns, with_trainable
@@ -165,6 +165,8 @@ def train(
             **options.model_dump(),
             **({"state_cache_dir": state_cache_dir} if recipe.caches_signal_states else {}),
         )
+    except MMLLMError:  # the recipe's own checks of its data and options, already sentences that name them
+        raise
     except ValueError as exc:
         raise SpecError(f"training: the Trainer of recipe {spec.recipe!r} refuses these settings: {exc}") from exc
     if spec.early_stopping is not None:
@@ -199,7 +201,9 @@ def train(
         encoded, features = cache_features(model, spec.cache.dir, every, args.per_device_train_batch_size, first)
     for dataset in datasets.values():
         dataset.features = features
-    if init_state is None and checkpoint is None:  # new projectors: their first layers standardise the features
+    # new projectors: their first layers standardise the features (on resume too, so that the set-up, and a reference
+    # policy taken from it, are the first run's; the checkpoint's tensors then replace them)
+    if init_state is None:
         initialise_projectors(model, datasets["train"], args.per_device_train_batch_size, args.seed)
     if args.should_save:
         report_data = {split: report.to_dict() for split, report in reports.items()}
@@ -278,11 +282,11 @@ def _read(
     """Examples from a registered data source, checked against the recipe's kind and the model's modalities."""
     options = spec.data.model_dump(include={"format", "base_dir", "skip_invalid"})
     report = read_data(paths, modalities, **options)
-    if report.kind != kind:
+    if kind not in (report.kind, "any"):
         raise SpecError(
             f"recipe {spec.recipe!r} trains on {kind} examples, but {paths} holds {report.kind} examples; "
             "pick the recipe that fits the data (pt/sft: conversations or captions; dpo/simpo/orpo: preference "
-            "pairs; kto: unpaired answers)."
+            "pairs; kto: unpaired answers; grpo: any of them)."
         )
     return report
 
