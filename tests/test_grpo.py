@@ -108,14 +108,23 @@ def test_at_learning_rate_0_the_policy_is_its_reference_and_the_kl_is_0(tmp_path
     assert logged(result, "clip_ratio") == [0.0] * 4  # and the policy equals the one that sampled (ratio 1)
 
 
-def test_each_step_logs_the_rewards_kl_clipping_and_answer_lengths(tmp_path, tokenizer_dir, conversations):
-    spec = grpo(tmp_path, tokenizer_dir, conversations, {"rewards": ["exact", "prefix"]}, training={"max_steps": 2})
-    entry = run(spec).trainer_log[0]
-    for key in ("reward", "reward_std", "kl", "clip_ratio", "completions/mean_length", "completions/clipped_ratio"):
+def test_each_step_logs_the_rewards_kl_clipping_and_answer_lengths_to_tensorboard(
+    tmp_path, tokenizer_dir, conversations
+):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    training = {"max_steps": 2, "report_to": "tensorboard"}
+    result = run(grpo(tmp_path, tokenizer_dir, conversations, {"rewards": ["exact", "prefix"]}, training=training))
+    entry = result.trainer_log[0]
+    keys = ["reward", "reward_std", "kl", "clip_ratio", "completions/mean_length", "completions/clipped_ratio"]
+    for key in keys:
         assert math.isfinite(entry[key]), key
     for name in ("exact", "prefix"):
         assert 0 <= entry[f"rewards/{name}/mean"] <= 1 and entry[f"rewards/{name}/std"] >= 0
     assert 1 <= entry["completions/mean_length"] <= 4
+    events = EventAccumulator(str(next(result.output_dir.rglob("events.out.tfevents.*")).parent))
+    events.Reload()
+    assert {f"train/{key}" for key in [*keys, "rewards/prefix/mean"]} <= set(events.Tags()["scalars"])
 
 
 def test_rewards_add_up_with_their_weights(tmp_path, tokenizer_dir, conversations, counting):
@@ -235,3 +244,29 @@ def test_a_model_that_trains_nothing_is_refused(tmp_path, tokenizer_dir, convers
     spec = grpo(tmp_path, tokenizer_dir, conversations, {"rewards": ["prefix"]}, trainable=[])
     with pytest.raises(InputError, match="This batch trains nothing"):
         train(spec)
+
+
+def test_grpo_runs_data_parallel_under_torchrun(tmp_path, tokenizer_dir, conversations):
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    spec = grpo(tmp_path, tokenizer_dir, conversations, {"rewards": ["prefix"]}, peft={"method": "lora", "r": 4})
+    spec["training"].update(max_steps=2, save_strategy="steps", save_steps=2, output_dir=str(tmp_path / "ddp"))
+    (tmp_path / "grpo.yaml").write_text(yaml.safe_dump(spec))
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    done = subprocess.run(
+        [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "mmllm_sdk.cli", "train", "grpo.yaml"],
+        cwd=tmp_path,
+        env={**os.environ},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "ddp" / "checkpoint-2" / "mmllm.json").is_file() and (tmp_path / "ddp" / "mmllm.json").is_file()
+    assert done.stdout.count("'reward'") + done.stderr.count("'reward'") >= 2  # the main process logs each step
