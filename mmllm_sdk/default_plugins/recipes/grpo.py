@@ -206,9 +206,9 @@ class GRPOTrainer(RecordingTrainer):
                 prompt, reference = prompt_and_reference(example)
                 if reference is None:
                     raise DataError(
-                        f"{prompt.source or 'An example'} has no reference answer (its last turn is not an assistant "
-                        f"turn with text), and reward {needing[0]!r} compares each answer with it; give every example "
-                        "its answer, or use rewards that need none (format, or a plugin's)."
+                        f"{prompt.source or 'An example'} has no reference answer (a conversation that ends with a "
+                        f"user turn, or an answer labelled undesirable), and reward {needing[0]!r} compares each answer "
+                        "with it; give every example its answer, or use rewards that need none (format, or a plugin's)."
                     )
 
     def _get_train_sampler(self, train_dataset=None):
