@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from transformers import TrainerCallback
 
 sys.path.insert(0, str(Path(__file__).parent))
 
@@ -72,23 +73,18 @@ def shapes(settings: Settings, work: Path, count: int, split: str, seed: int) ->
     return {"dataset": "synthetic-shapes", "params": params}
 
 
-class TimeBudget:
-    """A TrainerCallback that ends training at the first optimizer step past ``minutes``."""
+class TimeBudget(TrainerCallback):
+    """Ends training at the first optimizer step past ``minutes``."""
 
     def __init__(self, minutes: float) -> None:
-        from transformers import TrainerCallback
+        self.budget, self.started = minutes * 60, 0.0
 
-        budget, started = minutes * 60, [0.0]
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.started = time.perf_counter()
 
-        class Callback(TrainerCallback):
-            def on_train_begin(self, args, state, control, **kwargs):
-                started[0] = time.perf_counter()
-
-            def on_step_end(self, args, state, control, **kwargs):
-                if time.perf_counter() - started[0] >= budget:
-                    control.should_training_stop = True
-
-        self.callback = Callback()
+    def on_step_end(self, args, state, control, **kwargs):
+        if time.perf_counter() - self.started >= self.budget:
+            control.should_training_stop = True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -162,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
             },
         },
         overwrite=True,
-        callbacks=[TimeBudget(settings.grpo_minutes).callback],
+        callbacks=[TimeBudget(settings.grpo_minutes)],
     )
     grpo_minutes = (time.perf_counter() - started) / 60
     after = scored(grpo.model)

@@ -96,7 +96,7 @@ def resolve_rewards(specs: Sequence[str | RewardSpec | dict[str, Any]]) -> list[
     """The rewards a recipe names (a name, or ``{name, weight, params}``), each made by its registered factory."""
     registry, resolved = get_registry(), []
     for spec in specs:
-        spec = RewardSpec(name=spec) if isinstance(spec, str) else RewardSpec.model_validate(spec)
+        spec = validate(RewardSpec, {"name": spec} if isinstance(spec, str) else spec, where="rewards")
         entry = registry.get("rewards", spec.name)
         made = entry.build(dict(spec.params))
         if not isinstance(made, Reward):

@@ -14,10 +14,11 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from mmllm_sdk import __version__
-from mmllm_sdk.data.examples import Conversation, LabelledAnswer, MediaPart, Message, PreferencePair, TextPart
+from mmllm_sdk.data.examples import Conversation, LabelledAnswer, MediaPart, Message, TextPart
 from mmllm_sdk.data.formats import DataReport, as_example
 from mmllm_sdk.data.messages import ANSWER_ROLE
 from mmllm_sdk.default_plugins.evaluation.stats import Score, by_category, confusion, score
+from mmllm_sdk.default_plugins.recipes.data import prompt_and_reference
 from mmllm_sdk.errors import InputError
 from mmllm_sdk.files import atomic_write, cache_root
 from mmllm_sdk.model.scoring import answer_logprobs
@@ -74,32 +75,26 @@ class EvalResult:
 
 
 def items_of(report: DataReport, limit: int | None = None) -> list[Item]:
-    """The report's examples as items: each conversation's last assistant turn is its reference (a preference pair's
-    chosen answer, an unpaired answer labelled desirable; one labelled undesirable is no reference and is left out);
-    an example without one is an :class:`InputError` naming it."""
+    """The report's examples as items, each a prompt and its reference answer
+    (:func:`~mmllm_sdk.default_plugins.recipes.data.prompt_and_reference`: a conversation's last turn, an assistant's;
+    a preference pair's chosen answer; an unpaired answer labelled desirable, those labelled undesirable left out); an
+    example without one is an :class:`InputError` naming it."""
     items = []
     categories = report.categories or [None] * len(report.examples)
     choices = report.choices or [None] * len(report.examples)
     for example, category, options in zip(report.examples, categories, choices, strict=True):
         example = as_example(example)
-        if isinstance(example, PreferencePair):
-            messages = example.prompt + example.chosen
-        elif isinstance(example, LabelledAnswer):
-            if not example.desirable:
-                continue
-            messages = example.prompt + example.completion
-        else:
-            messages = example.messages
-        last = max((i for i, m in enumerate(messages) if m.role == ANSWER_ROLE), default=None)
-        reference = messages[last].text() if last is not None else ""
-        if not reference:
+        if isinstance(example, LabelledAnswer) and not example.desirable:
+            continue
+        prompt, reference = prompt_and_reference(example)
+        if reference is None:
             where = example.source or f"example {len(items)}"
             raise InputError(
                 f"{where} has no reference answer: evaluation compares the model's answer with the text of the last "
-                "assistant turn, and this example has none. Give each example its expected answer."
+                "turn, an assistant's, and this example has none. Give each example its expected answer."
             )
         options = tuple(options) if options is not None else None
-        items.append(Item(Conversation(messages[:last], example.source), reference, category, options))
+        items.append(Item(prompt, reference, category, options))
         if limit is not None and len(items) == limit:
             break
     return items

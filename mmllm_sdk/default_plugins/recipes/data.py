@@ -1,5 +1,6 @@
 """Reading a run's data: data files through the built-in ``files`` data source, or a registered data source, checked
-against the model's modalities (``mmllm train``, ``mmllm eval`` and ``mmllm probe`` read it the same way)."""
+against the model's modalities (``mmllm train``, ``mmllm eval`` and ``mmllm probe`` read it the same way); an example's
+prompt and reference answer (what ``mmllm eval`` scores against and ``grpo`` rewards with)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,10 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from mmllm_sdk.data.examples import LabelledAnswer, Message, PreferencePair, TextPart
+from mmllm_sdk.data.examples import Conversation, LabelledAnswer, Message, PreferencePair, TextPart
 from mmllm_sdk.data.formats import DataReport, as_example
-from mmllm_sdk.errors import InputError, PluginError, SpecError
+from mmllm_sdk.data.messages import ANSWER_ROLE
+from mmllm_sdk.errors import DataError, InputError, PluginError, SpecError
 from mmllm_sdk.registry import get_registry
 from mmllm_sdk.training.spec import DatasetSource
 from mmllm_sdk.validation import validate
@@ -45,6 +47,25 @@ def read_data(
                 f"{', '.join(modalities) or 'text'}; add an inputs.{modality} entry or pick another data source."
             )
     return report
+
+
+def prompt_and_reference(example: Any) -> tuple[Conversation, str | None]:
+    """An example as a prompt and its reference answer: the messages before the last one, when that is an assistant
+    turn, and its text; a preference pair's prompt (and any earlier chosen turns) and chosen answer; an unpaired
+    answer's, when it is desirable. The reference is None when there is none: a conversation that ends with another
+    role's turn (it is a prompt whole), an undesirable answer, an answer without text."""
+    example = as_example(example)
+    if isinstance(example, PreferencePair):
+        messages = example.prompt + example.chosen
+    elif isinstance(example, LabelledAnswer):
+        messages = example.prompt + (example.completion if example.desirable else ())
+    else:
+        messages = example.messages
+    if messages[-1].role != ANSWER_ROLE:
+        return Conversation(messages, example.source), None
+    if len(messages) == 1:
+        raise DataError(f"{example.source or 'An example'} has an answer and no prompt before it; give its question.")
+    return Conversation(messages[:-1], example.source), messages[-1].text() or None
 
 
 def estimate_length(example: Any, tokens_per_item: Mapping[str, int]) -> int:

@@ -22,9 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Sampler
 
-from mmllm_sdk.data.examples import Conversation, LabelledAnswer, PreferencePair
-from mmllm_sdk.data.formats import as_example
-from mmllm_sdk.data.messages import ANSWER_ROLE
+from mmllm_sdk.data.examples import Conversation
+from mmllm_sdk.default_plugins.recipes.data import prompt_and_reference
 from mmllm_sdk.default_plugins.recipes.preference import RecordingTrainer
 from mmllm_sdk.default_plugins.rewards import WeightedReward, resolve_rewards
 from mmllm_sdk.errors import DataError, MMLLMError, TrainingError
@@ -33,27 +32,7 @@ from mmllm_sdk.model.processor import IGNORE_INDEX
 if TYPE_CHECKING:
     from mmllm_sdk.model.modeling import MMLLM
 
-ROLLOUT = "completion_mask"  # the key that tells a batch of sampled answers from a batch of prompts
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo")
-
-
-def prompt_and_reference(example: Any) -> tuple[Conversation, str | None]:
-    """An example as a GRPO prompt and its reference answer: a conversation's messages before its last assistant turn
-    and that turn's text (one that ends with another role's turn is a prompt whole, without a reference); a
-    preference pair's prompt and chosen answer; an unpaired answer's prompt and, when it is desirable, its answer."""
-    example = as_example(example)
-    if isinstance(example, PreferencePair):
-        prompt, answer = example.prompt, example.chosen
-    elif isinstance(example, LabelledAnswer):
-        prompt, answer = example.prompt, example.completion if example.desirable else ()
-    elif example.messages[-1].role == ANSWER_ROLE:
-        prompt, answer = example.messages[:-1], example.messages[-1:]
-    else:
-        prompt, answer = example.messages, ()
-    if not prompt:
-        raise DataError(f"{example.source or 'An example'} has an answer and no prompt before it; grpo needs a prompt.")
-    reference = " ".join(message.text() for message in answer).strip()
-    return Conversation(prompt, example.source), reference or None
 
 
 @dataclass
@@ -222,7 +201,7 @@ class GRPOTrainer(RecordingTrainer):
     def _prepare_inputs(self, inputs: dict[str, Any]) -> dict[str, Any]:
         """A batch of prompts -> their sampled answers, scored. In training, the answers of an optimizer step's
         micro-batches are kept and reused for ``num_iterations`` optimizer steps (the sampler repeats the prompts)."""
-        if ROLLOUT in inputs:
+        if "advantages" in inputs:  # already sampled and scored
             return inputs
         if not self.model.training:
             return self._rollout(inputs)
@@ -260,12 +239,12 @@ class GRPOTrainer(RecordingTrainer):
                 "completions/clipped_ratio": torch.tensor(unfinished, dtype=torch.float),
             }
         )
-        rollout = {"batch": batch, "advantages": advantages.to(model.device), ROLLOUT: None}
+        rollout = {"batch": batch, "advantages": advantages.to(model.device)}
         if self.num_iterations > 1:  # the policy that sampled, against which the later iterations' ratios are taken
             with without_dropout(model):
                 rollout["old_logps"], _ = self._token_logprobs(model, batch)
-        if self.reference is not None:
-            with self.reference.in_place(model):
+        if self.uses_reference:
+            with self.starting_point().in_place(model):
                 rollout["ref_logps"], _ = self._token_logprobs(model, batch)
         return rollout
 

@@ -88,9 +88,14 @@ class RecordingTrainer(MMTrainer):
     def train(self, *args: Any, **kwargs: Any) -> Any:
         """The reference is taken as training begins: after the run's set-up (new projectors initialised), before a
         checkpoint to resume from is loaded."""
-        if self.uses_reference:
-            self.reference = StartingPoint(self.model)
+        self.reference = StartingPoint(self.model) if self.uses_reference else None
         return super().train(*args, **kwargs)
+
+    def starting_point(self) -> StartingPoint:
+        """The reference policy: the model as training began (as now, for an evaluation before any training)."""
+        if self.reference is None:
+            self.reference = StartingPoint(self.model)
+        return self.reference
 
     def record(self, values: dict[str, torch.Tensor | float]) -> None:
         """Batch means to average into the next log entry, by their names there."""
@@ -142,7 +147,10 @@ class DPOTrainer(PreferenceTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         unwrapped = self.accelerator.unwrap_model(model)
-        with torch.no_grad(), self.reference.in_place(unwrapped):  # first: the policy pass's graph needs its weights
+        with (
+            torch.no_grad(),
+            self.starting_point().in_place(unwrapped),
+        ):  # first: the policy pass's graph needs its weights
             reference, _ = self.answer_logprobs(unwrapped(**inputs, supervised_only=True))  # (2B,)
         outputs = model(**inputs, supervised_only=True)
         policy, counts = self.answer_logprobs(outputs)  # (2B,)
@@ -233,7 +241,7 @@ class KTOTrainer(PreferenceTrainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         desirable = inputs.pop("desirable").to(torch.bool)
         unwrapped = self.accelerator.unwrap_model(model)
-        with torch.no_grad(), self.reference.in_place(unwrapped):
+        with torch.no_grad(), self.starting_point().in_place(unwrapped):
             reference, _ = self.answer_logprobs(unwrapped(**inputs, supervised_only=True))  # (2B,)
         outputs = model(**inputs, supervised_only=True)
         policy, _ = self.answer_logprobs(outputs)
