@@ -110,6 +110,7 @@ class LLMBackbone(nn.Module):
                 **{name: past},
             ).logits
         keep = {"logits_to_keep": positions} if "logits_to_keep" in self._forward_parameters() else {}
+        kwargs.setdefault("use_cache", False)  # no key/value cache to fill (and packed rows are masked only without)
         logits = self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **keep, **kwargs).logits
         return logits if keep else logits[:, positions]
 

@@ -31,6 +31,7 @@ class Recipe:
     # module:Class of a collator(model, max_length) other than the kind's (kind "unpaired" has none of its own: kto's
     # is mmllm_sdk.default_plugins.recipes.preference:UnpairedCollator)
     collator_class: str | None = None
+    packing: bool = False  # the recipe trains on packed rows (``packing: true``): its loss is per token, not per row
     caches_signal_states: bool = False  # the trainer takes state_cache_dir (align-output: the LLM's signal states)
     # TrainingArguments the recipe spec's ``training:`` overrides (a recipe's learning rate, its schedule)
     training_defaults: Mapping[str, Any] = field(default_factory=dict)

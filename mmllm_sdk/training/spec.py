@@ -71,6 +71,7 @@ class RecipeSpec(StrictModel):
     cache: CacheSpec = Field(default_factory=CacheSpec)  # the on-disk cache of frozen encoder outputs
     options: dict[str, Any] = Field(default_factory=dict)  # the recipe's own options (dpo: beta)
     early_stopping: EarlyStopping | None = None  # needs data.eval; the metric: metric_for_best_model (default: score)
+    packing: bool = False  # several examples per row of data.max_length tokens, each attending to itself (pt, sft)
 
     @model_validator(mode="after")
     def _early_stopping_needs_eval(self) -> RecipeSpec:

@@ -88,6 +88,7 @@ PT = Recipe(
     description="Multimodal pre-training: X-text pairs, caption loss, trains the input projectors.",
     kind="conversation",
     default_trainable=("inputs.*.projector",),
+    packing=True,
     training_defaults=LEARNING_RATE,
 )
 PREALIGN = Recipe(
@@ -103,6 +104,7 @@ SFT = Recipe(
     "(and, for any-to-any models, the signal tokens' rows, so that the LLM learns when to emit them).",
     kind="conversation",
     default_trainable=("inputs.*.projector", "outputs.*.signal_tokens"),  # adapters train whenever `peft:` is set
+    packing=True,
     training_defaults=LEARNING_RATE,
 )
 DPO = Recipe(

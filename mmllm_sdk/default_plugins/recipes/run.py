@@ -107,6 +107,12 @@ def train(
     registry = get_registry()
     recipe = registry.get("recipes", spec.recipe, where="recipe").value
     options = validate(recipe.options, spec.options, where="options")
+    if spec.packing and not recipe.packing:
+        packed = ", ".join(entry.name for entry in registry.entries("recipes") if entry.value.packing)
+        raise SpecError(
+            f"packing: recipe {spec.recipe!r} does not train on packed rows (its loss compares or scores whole "
+            f"examples); set packing: false, or use a recipe that packs ({packed})."
+        )
     base_spec, init_state, init_origin = resolve_model(spec.model, trust_remote_code)
     trainable = spec.trainable if spec.trainable is not None else list(recipe.default_trainable)
     if spec.trainable is None and init_state is None:  # a model spec (not a checkpoint) that opts components in
@@ -149,9 +155,13 @@ def train(
     if model.llm.max_positions is not None:  # what the collator would refuse hours in, refused now
         for examples in typed.values():
             _refuse_long_text(examples, model.llm.max_positions)
-    datasets = {
-        split: ExampleDataset(ex, [estimate_length(e, tokens_per_item) for e in ex]) for split, ex in typed.items()
-    }
+    if spec.packing:
+        datasets, collator = _packed(model, spec, recipe, typed)
+    else:
+        datasets = {
+            split: ExampleDataset(ex, [estimate_length(e, tokens_per_item) for e in ex]) for split, ex in typed.items()
+        }
+        collator = recipe.collator(model, spec.data.max_length)
     output_dir = Path(args.output_dir)
     state_cache_dir = str(Path(spec.cache.dir).parent / "signal-states") if spec.cache.enabled else None  # align-output
     try:  # the Trainer checks the settings against the data it gets (eval_strategy without eval data …)
@@ -160,7 +170,7 @@ def train(
             args=args,
             train_dataset=datasets["train"],
             eval_dataset=datasets.get("eval"),
-            data_collator=recipe.collator(model, spec.data.max_length),
+            data_collator=collator,
             callbacks=callbacks,
             **options.model_dump(),
             **({"state_cache_dir": state_cache_dir} if recipe.caches_signal_states else {}),
@@ -218,6 +228,21 @@ def train(
     if scorer is not None:
         metrics.update(_final_score(trainer, scorer, model, reports["train"]))
     return TrainResult(model, output_dir, metrics, encoded, stats, trainer.state.global_step - start_step)
+
+
+def _packed(model: MMLLM, spec: RecipeSpec, recipe: Any, typed: dict[str, list[Example]]) -> tuple[dict, Any]:
+    """The datasets of packed rows (each a :class:`~.packing.Pack`) and their collator, once the LLM is seen to
+    confine attention to each packed example."""
+    from mmllm_sdk.default_plugins.recipes.packing import Pack, PackedCollator, check_packing, pack, row_length
+
+    check_packing(model.llm, spec.recipe)
+    length, datasets = row_length(model, spec.data.max_length), {}
+    for split, examples in typed.items():
+        packing = pack(model, examples, length, recipe.train_on, split)
+        say(f"{split} {packing.summary(len(examples))}")
+        packs = [Pack(tuple(examples[i] for i in row)) for row in packing.rows]
+        datasets[split] = ExampleDataset(packs, packing.lengths)
+    return datasets, PackedCollator(model, length, recipe.train_on)
 
 
 def _learning_rates(spec: RecipeSpec, trained: list[str]) -> dict[str, float]:
