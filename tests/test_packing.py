@@ -11,7 +11,14 @@ from training_helpers import recipe, write_images, write_jsonl, write_preference
 
 from mmllm_sdk import build_model
 from mmllm_sdk.default_plugins.datasets.files import read_examples
-from mmllm_sdk.default_plugins.recipes.packing import Pack, PackedCollator, best_fit_decreasing, pack
+from mmllm_sdk.default_plugins.recipes.packing import (
+    SEGMENTED,
+    Pack,
+    PackedCollator,
+    best_fit_decreasing,
+    pack,
+    prepare_packing,
+)
 from mmllm_sdk.default_plugins.recipes.run import train
 from mmllm_sdk.errors import DataError, SpecError
 from mmllm_sdk.testing import tiny_spec
@@ -82,11 +89,16 @@ def test_a_packed_batch_has_the_loss_and_gradients_of_the_same_examples_unpacked
     packs = [Pack(tuple(examples[i] for i in row)) for row in packing.rows]
     batch = PackedCollator(model, 160)(packs)
     assert "attention_mask" not in batch and batch["input_ids"].shape[0] == len(packs)
-    packed = loss_and_grads(batch)
-    assert packed[0] == pytest.approx(unpacked[0], abs=1e-5)
-    for found, expected in zip(packed[1], unpacked[1], strict=True):
-        torch.testing.assert_close(found, expected, atol=1e-6, rtol=1e-4)
-    batch["position_ids"] = torch.arange(batch["input_ids"].shape[1]).expand_as(batch["input_ids"])
+    masked = loss_and_grads(batch)  # SDPA with transformers' block-diagonal mask
+    prepare_packing(model.llm, "sft")
+    assert model.llm.model.config._attn_implementation == SEGMENTED
+    segmented = loss_and_grads(batch)  # SDPA's causal kernel on each example alone
+    for packed in (masked, segmented):
+        assert packed[0] == pytest.approx(unpacked[0], abs=1e-5)
+        for found, expected in zip(packed[1], unpacked[1], strict=True):
+            torch.testing.assert_close(found, expected, atol=1e-6, rtol=1e-4)
+    for key in ("position_ids", "cu_seq_lens_q", "cu_seq_lens_k"):
+        del batch[key]  # one causal sequence per row: each example sees the ones before it
     assert model(**batch, supervised_only=True).loss.item() != pytest.approx(unpacked[0], abs=1e-5)  # not by chance
 
 
@@ -131,7 +143,8 @@ def test_prefix_adapters_refuse_packing(tmp_path, tokenizer_dir, mixed):
 
 
 def test_an_llm_whose_attention_ignores_restarting_positions_refuses_packing(tmp_path, tokenizer_dir, mixed):
-    """transformers' OPT builds its causal mask without position_ids: a packed example would see the one before."""
+    """transformers' OPT builds its causal mask without position_ids: with eager attention (no variable-length path)
+    a packed example would see the one before it."""
     spec = sft(tmp_path, tokenizer_dir, mixed, "run", packing=True)
     opt = {
         "model_type": "opt",
@@ -142,12 +155,13 @@ def test_an_llm_whose_attention_ignores_restarting_positions_refuses_packing(tmp
         "num_attention_heads": 4,
         "max_position_embeddings": 512,
         "word_embed_proj_dim": 32,
+        "attn_implementation": "eager",
     }
     spec["model"] = tiny_spec(tokenizer_dir)
     spec["model"]["llm"]["params"]["config"] = opt
     with pytest.raises(
         SpecError,
-        match=r"packing: the LLM \(OPTForCausalLM, attention 'sdpa'\) lets a packed example "
+        match=r"packing: the LLM \(OPTForCausalLM, attention 'eager'\) lets a packed example "
         "attend to the one before it",
     ):
         train(spec)

@@ -233,9 +233,9 @@ def train(
 def _packed(model: MMLLM, spec: RecipeSpec, recipe: Any, typed: dict[str, list[Example]]) -> tuple[dict, Any]:
     """The datasets of packed rows (each a :class:`~.packing.Pack`) and their collator, once the LLM is seen to
     confine attention to each packed example."""
-    from mmllm_sdk.default_plugins.recipes.packing import Pack, PackedCollator, check_packing, pack, row_length
+    from mmllm_sdk.default_plugins.recipes.packing import Pack, PackedCollator, pack, prepare_packing, row_length
 
-    check_packing(model.llm, spec.recipe)
+    prepare_packing(model.llm, spec.recipe)
     length, datasets = row_length(model, spec.data.max_length), {}
     for split, examples in typed.items():
         packing = pack(model, examples, length, recipe.train_on, split)
