@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.distributed.tensor import DTensor
 from torch.utils._pytree import tree_leaves
 from transformers import Trainer
 from transformers.trainer_pt_utils import LengthGroupedSampler
@@ -99,9 +100,13 @@ class MMTrainer(Trainer):
         unwrapped, step = self.accelerator.unwrap_model(model), f"Training stopped at step {self.state.global_step + 1}"
         if not torch.isfinite(loss):
             raise TrainingError(f"{step}: the loss is {loss.item()}; {self.first_nonfinite(unwrapped, inputs)}. {STOP}")
-        # every gradient, checked at once (fp16's loss scaler skips the steps whose gradients overflow, by design)
+        # every gradient at once (fp16's scaler skips overflowing steps by design); FSDP's: each shard, then all hear
         named = [(n, p) for n, p in unwrapped.named_parameters() if p.grad is not None and not self.accelerator.scaler]
-        finite = torch.stack([p.grad.isfinite().all().to(loss.device) for _, p in named]).tolist() if named else []
+        grads = [p.grad.to_local() if isinstance(p.grad, DTensor) else p.grad for _, p in named]
+        finite = torch.stack([g.isfinite().all().to(loss.device) for g in grads]).int() if grads else torch.ones(0)
+        if any(isinstance(p.grad, DTensor) for _, p in named):
+            torch.distributed.all_reduce(finite, op=torch.distributed.ReduceOp.MIN)
+        finite = finite.bool().tolist()
         if bad := [(name, p) for (name, p), ok in zip(named, finite, strict=True) if not ok]:
             owner = {id(p): path for path, part in unwrapped.components().items() for p in part.parameters()}
             parts = ", ".join(dict.fromkeys(owner.get(id(p), name) for name, p in bad))

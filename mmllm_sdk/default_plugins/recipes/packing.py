@@ -12,6 +12,7 @@ itself, before training, that it honours the restarts.
 from __future__ import annotations
 
 import bisect
+import itertools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -199,7 +200,7 @@ def segment_attention(
     kwargs.pop("is_causal", None)
     edges = bounds.tolist()
     sizes: list[list[int]] = [[] for _ in range(rows)]  # each row's examples' lengths (its padding: one more)
-    for start, end in zip(edges[:-1], edges[1:], strict=True):
+    for start, end in itertools.pairwise(edges):
         sizes[start // length].append(end - start)
     # split, not sliced: a split's backward joins the gradients once, where each slice's would fill a whole zero tensor
     rows_out = []

@@ -107,6 +107,7 @@ def train(
     registry = get_registry()
     recipe = registry.get("recipes", spec.recipe, where="recipe").value
     options = validate(recipe.options, spec.options, where="options")
+    _refuse_fsdp_without_an_accelerator(spec)
     if spec.packing and not recipe.packing:
         packed = ", ".join(entry.name for entry in registry.entries("recipes") if entry.value.packing)
         raise SpecError(
@@ -219,8 +220,11 @@ def train(
         report_data = {split: report.to_dict() for split, report in reports.items()}
         atomic_write(output_dir / DATA_REPORT, json.dumps(report_data, indent=2) + "\n")
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
+    # sharded weights (FSDP, DeepSpeed ZeRO) are gathered by every process together, then written by the first
+    sharded = trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled
+    values = trainer.accelerator.get_state_dict(trainer.model) if sharded else None
     if args.should_save:
-        write_checkpoint_files(model, output_dir)
+        write_checkpoint_files(model, output_dir, values=values)
     stats = features.cache.stats if features is not None else None
     if stats is not None:
         say(f"feature cache: {stats}")
@@ -243,6 +247,17 @@ def _packed(model: MMLLM, spec: RecipeSpec, recipe: Any, typed: dict[str, list[E
         packs = [Pack(tuple(examples[i] for i in row)) for row in packing.rows]
         datasets[split] = ExampleDataset(packs, packing.lengths)
     return datasets, PackedCollator(model, length, recipe.train_on)
+
+
+def _refuse_fsdp_without_an_accelerator(spec: RecipeSpec) -> None:
+    """accelerate runs FSDP on GPU-class devices only; asked for on the CPU, a run would silently be plain DDP."""
+    if spec.training.get("fsdp") and not torch.accelerator.is_available():
+        raise SpecError(
+            f"training.fsdp {spec.training['fsdp']!r}: there is no GPU here, and accelerate shards with FSDP only on "
+            "GPU-class devices (CUDA, XPU, NPU, HPU, MLU, MUSA); on the CPU the run would be plain data-parallel "
+            "(DDP) while saying nothing. Remove fsdp, or use DeepSpeed ZeRO-2 (training.deepspeed), which shards "
+            "the optimizer state on the CPU too (docs/training.md, 'Scaling out')."
+        )
 
 
 def _learning_rates(spec: RecipeSpec, trained: list[str]) -> dict[str, float]:
