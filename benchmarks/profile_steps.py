@@ -103,6 +103,11 @@ def tables(name: str, averages: Any, top: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = benchmark_parser("batch 2, one packed row")
     parser.add_argument("--top", type=int, default=12, help="operators listed per step")
+    parser.add_argument(
+        "--masked",
+        action="store_true",
+        help="packed rows through transformers' SDPA with its block mask, not per example",
+    )
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
     quiet_and_seeded(args.threads)
@@ -116,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         pt_batch = model.processor(captions)
         examples = conversations(model, sizes, workdir)
         runs, _ = passes(model, None, examples, sizes)
+        if args.masked:
+            model.llm.model.set_attn_implementation("sdpa")
         packed = max(runs["ours packed"].batches, key=lambda batch: int((batch["input_ids"] != 0).sum()))
         say("profiling the PT step")
         pt = profile(lambda: ours_step(model, pt_batch))
@@ -126,7 +133,12 @@ def main(argv: list[str] | None = None) -> int:
         [
             f"- torch {torch.__version__}, threads {torch.get_num_threads()}, seed {SEED}",
             tables(f"PT step, batch {sizes.batch_size} ({pt_batch['input_ids'].shape[1]} positions)", pt, args.top),
-            tables(f"packed SFT step, {rows} rows of {length} positions", sft, args.top),
+            tables(
+                f"packed SFT step, {rows} rows of {length} positions"
+                f" ({'SDPA, block mask' if args.masked else 'SDPA per example'})",
+                sft,
+                args.top,
+            ),
         ]
     )
     print(output)
