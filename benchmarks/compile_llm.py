@@ -21,6 +21,7 @@ from run import (
     benchmark_parser,
     build_ours,
     caption_conversations,
+    emit,
     model_spec,
     ours_step,
     quiet_and_seeded,
@@ -58,9 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         f"eager {eager:.2f} s a step; compiling and the first step {first:.0f} s; compiled {compiled:.2f} s a step "
         f"({100 * (compiled / eager - 1):+.0f} %); the compile pays {pays}"
     )
-    print(line)
-    if args.out:
-        Path(args.out).write_text(line + "\n", encoding="utf-8")
+    emit(line, args.out)
     return 0
 
 

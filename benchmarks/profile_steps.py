@@ -23,6 +23,7 @@ from run import (
     benchmark_parser,
     build_ours,
     caption_conversations,
+    emit,
     model_spec,
     ours_step,
     quiet_and_seeded,
@@ -141,9 +142,7 @@ def main(argv: list[str] | None = None) -> int:
             ),
         ]
     )
-    print(output)
-    if args.out:
-        Path(args.out).write_text(output + "\n", encoding="utf-8")
+    emit(output, args.out)
     return 0
 
 

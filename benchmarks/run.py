@@ -802,10 +802,14 @@ def report(args: argparse.Namespace, machine: list[str], notes: list[str], rows:
         *notes,
         f"mode: {'quick' if args.quick else 'full'}; wall time {elapsed:.0f} s",
     ]
-    output = "\n".join([*(f"- {line}" for line in machine + notes), "", table(rows)])
+    emit("\n".join([*(f"- {line}" for line in machine + notes), "", table(rows)]), args.out)
+
+
+def emit(output: str, out: str | None) -> None:
+    """Print a benchmark's result, and write it to ``--out`` too when given."""
     print(output)
-    if args.out:
-        Path(args.out).write_text(output + "\n", encoding="utf-8")
+    if out:
+        Path(out).write_text(output + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":
