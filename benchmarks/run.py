@@ -697,12 +697,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--device", choices=("cpu", "cuda"), default="cpu", help="cuda: every row on the GPU, frozen weights in bf16"
     )
+    parser.add_argument(
+        "--compile", action="store_true", help="our PT rows with the LLM's decoder compiled (training.torch_compile)"
+    )
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
     started = time.perf_counter()
     quiet_and_seeded(args.threads)
     import transformers
 
+    from mmllm_sdk.default_plugins.recipes.run import compile_llm
     from mmllm_sdk.dtypes import auto_dtype_name, bf16_native
 
     global DEVICE
@@ -757,6 +761,16 @@ def main(argv: list[str] | None = None) -> int:
             model.processor(conversations[i : i + sizes.batch_size])
             for i in range(0, len(conversations), sizes.batch_size)
         ]
+        eager = compile_llm(model, torch_compile=args.compile)  # what training.torch_compile does, for the PT rows
+        if args.compile:
+            say("compiling the LLM's decoder: two untimed steps")
+            start = time.perf_counter()
+            for batch in batches[:2]:
+                ours_step(model, batch)
+            machine.append(
+                f"our PT rows: the LLM's decoder compiled (training.torch_compile: inductor, dynamic shapes); "
+                f"compiling and two warm-up steps took {time.perf_counter() - start:.0f} s, not timed"
+            )
         say(f"PT steps: {len(batches)} batches of {sizes.batch_size}, 1 warm-up + {sizes.timed_steps} timed each")
         results = time_steps(
             {"ours": functools.partial(ours_step, model), "llava": functools.partial(llava_step, llava)},
@@ -773,6 +787,11 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(bf16_row(args, sizes, batches, results["llava"], rates))
         flops, flops_note = flops_row(model, results["ours"], rates["steps"], step_name)
         rows.append(flops)
+        eager()
+        if args.compile:
+            for row in rows:
+                if "bf16 frozen weights (ours)" not in row.measurement:  # that row builds a model of its own
+                    row.measurement += ", ours with the LLM's decoder compiled"
         say("SFT steps on the instruct mix")
         from sft_rows import sft_rows
 

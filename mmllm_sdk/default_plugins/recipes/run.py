@@ -37,6 +37,8 @@ TRAINING_DEFAULTS: dict[str, Any] = {
     "use_cpu": not torch.accelerator.is_available(),  # so a CPU torchrun is data-parallel (gloo), not N full copies
 }
 TRAINING_FORCED: dict[str, Any] = {"remove_unused_columns": False}  # examples are typed; the collator makes tensors
+# the Trainer would compile the whole model; the SDK compiles the LLM's decoder, where a step's time goes (compile_llm)
+COMPILE_FIELDS = ("torch_compile", "torch_compile_backend", "torch_compile_mode")
 
 
 @dataclass(eq=False)
@@ -139,8 +141,9 @@ def train(
     try:  # before any weight loads: transformers' own checks of the combination (strategies that must match…)
         watched = "score" if answer_metric is not None else "loss"  # what early stopping watches unless told
         stopping = {} if spec.early_stopping is None else {"metric_for_best_model": watched}
+        training = {key: value for key, value in spec.training.items() if key not in COMPILE_FIELDS}
         args = TrainingArguments(
-            **{**TRAINING_DEFAULTS, **recipe.training_defaults, **stopping, **spec.training, **TRAINING_FORCED}
+            **{**TRAINING_DEFAULTS, **recipe.training_defaults, **stopping, **training, **TRAINING_FORCED}
         )
     except (ValueError, TypeError) as exc:
         raise SpecError(f"training: {exc}") from exc
@@ -219,7 +222,9 @@ def train(
     if args.should_save:
         report_data = {split: report.to_dict() for split, report in reports.items()}
         atomic_write(output_dir / DATA_REPORT, json.dumps(report_data, indent=2) + "\n")
+    eager = compile_llm(model, **{key: spec.training[key] for key in COMPILE_FIELDS if key in spec.training})
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
+    eager()  # the trained model answers uncompiled: generation's shapes would compile anew
     # sharded weights (FSDP, DeepSpeed ZeRO) are gathered by every process together, then written by the first
     sharded = trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled
     values = trainer.accelerator.get_state_dict(trainer.model) if sharded else None
@@ -232,6 +237,25 @@ def train(
     if scorer is not None:
         metrics.update(_final_score(trainer, scorer, model, reports["train"]))
     return TrainResult(model, output_dir, metrics, encoded, stats, trainer.state.global_step - start_step)
+
+
+def compile_llm(
+    model: MMLLM,
+    torch_compile: bool = False,
+    torch_compile_backend: str | None = None,
+    torch_compile_mode: str | None = None,
+) -> Any:
+    """The Trainer's ``torch_compile`` settings applied to the LLM's decoder only (``dynamic=True``: batches differ in
+    length), where a training step spends its time; the encoders' frozen work is cached and the SDK's own forward has
+    data-dependent shapes. A backend or a mode alone turns it on, as in transformers. Returns a function that puts the
+    decoder back to eager."""
+    if not (torch_compile or torch_compile_backend or torch_compile_mode):
+        return lambda: None
+    llm = model.llm.model
+    decoder = (llm.get_base_model() if hasattr(llm, "get_base_model") else llm).get_decoder()
+    decoder.compile(dynamic=True, backend=torch_compile_backend or "inductor", mode=torch_compile_mode)
+    say(f"torch_compile: the LLM's decoder ({type(decoder).__name__}) is compiled; the first steps include compiling")
+    return lambda: setattr(decoder, "_compiled_call_impl", None)
 
 
 def _packed(model: MMLLM, spec: RecipeSpec, recipe: Any, typed: dict[str, list[Example]]) -> tuple[dict, Any]:
