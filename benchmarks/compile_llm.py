@@ -27,6 +27,8 @@ from run import (
     quiet_and_seeded,
 )
 
+from mmllm_sdk.default_plugins.recipes.run import compile_llm
+
 
 def timed(model, batches) -> float:
     """Seconds per step over ``batches``."""
@@ -47,8 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         batches = [model.processor(captions[i : i + size]) for i in range(0, len(captions), size)]
     ours_step(model, batches[0])  # warm-up
     eager = timed(model, batches[1:])
-    decoder = model.llm.model.get_decoder()
-    decoder.compile(dynamic=True)
+    compile_llm(model, torch_compile=True)  # what training.torch_compile does
     start = time.perf_counter()
     ours_step(model, batches[0])
     first = time.perf_counter() - start

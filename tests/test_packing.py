@@ -20,7 +20,7 @@ from mmllm_sdk.default_plugins.recipes.packing import (
     prepare_packing,
 )
 from mmllm_sdk.default_plugins.recipes.run import train
-from mmllm_sdk.errors import DataError, SpecError
+from mmllm_sdk.errors import DataError, InputError, SpecError
 from mmllm_sdk.testing import tiny_spec
 
 
@@ -165,3 +165,10 @@ def test_an_llm_whose_attention_ignores_restarting_positions_refuses_packing(tmp
         "attend to the one before it",
     ):
         train(spec)
+
+
+def test_the_collator_refuses_a_pack_longer_than_a_row(tokenizer_dir, mixed):
+    model = build_model(tiny_spec(tokenizer_dir), progress=False)
+    examples = read_examples(mixed).examples
+    with pytest.raises(InputError, match=r"A pack takes \d+ tokens, more than a packed row's 100"):
+        PackedCollator(model, 100)([Pack(tuple(examples))])

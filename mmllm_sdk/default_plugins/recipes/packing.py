@@ -24,7 +24,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from mmllm_sdk.data.examples import Conversation, MediaPart
 from mmllm_sdk.data.formats import as_example
-from mmllm_sdk.errors import DataError, SpecError
+from mmllm_sdk.errors import DataError, InputError, SpecError
 from mmllm_sdk.model.processor import IGNORE_INDEX
 
 if TYPE_CHECKING:
@@ -144,6 +144,8 @@ class PackedCollator:
                     items[modality] += parts
             rows.append((ids, labels, positions))
         longest = max(len(ids) for ids, _, _ in rows)
+        if longest > self.max_length:  # packs made by pack() fit; a pack from elsewhere may not
+            raise InputError(f"A pack takes {longest} tokens, more than a packed row's {self.max_length}.")
         shape = (len(rows), longest)
         batch: dict[str, Any] = {
             "input_ids": torch.full(shape, processor.tokenizer.pad_token_id, dtype=torch.long),
