@@ -38,6 +38,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch
 
+from mmllm_sdk.default_plugins.recipes.host import freed_memory_kept
+
 SEED = 0
 DEVICE = torch.device("cpu")  # --device: where every model and batch goes (main() sets it)
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -247,8 +249,9 @@ def on_device(value: Any) -> Any:
 
 
 def ours_step(model: Any, batch: dict[str, Any]) -> float:
-    """Forward + backward of our PT step (the LM head only on supervised positions, as the recipes run it)."""
-    loss = model(**on_device(batch), supervised_only=True).loss
+    """Forward + backward of our PT step as the Trainer runs it: the LM head only on supervised tokens, and the loss
+    a chunk of them at a time without the logits (``skip_logits``)."""
+    loss = model(**on_device(batch), supervised_only=True, skip_logits=True).loss
     loss.backward()
     for param in model.parameters():
         param.grad = None
@@ -348,11 +351,12 @@ def memory_child(kind: str, source: Any, batch: dict[str, Any], threads: int, de
         torch.cuda.reset_peak_memory_stats()
         step(model, batch)
         return {"before": before, "peak": torch.cuda.max_memory_allocated() / 2**20}
-    before = _status_mib("VmRSS")
-    if not _reset_peak():
-        return {"before": before, "peak": float("nan")}
-    step(model, batch)
-    return {"before": before, "peak": _status_mib("VmHWM")}
+    with freed_memory_kept():  # as mmllm_sdk.train runs a CPU step
+        before = _status_mib("VmRSS")
+        if not _reset_peak():
+            return {"before": before, "peak": float("nan")}
+        step(model, batch)
+        return {"before": before, "peak": _status_mib("VmHWM")}
 
 
 def in_child(function: Any, *args: Any) -> Any:
@@ -397,9 +401,9 @@ def throughput_rows(results: dict[str, dict[str, Any]], batch_size: int) -> list
 
 
 def executed_llm_flops(model: Any, batch: dict[str, Any], n_body: int, n_head: int) -> tuple[int, int, int]:
-    """FLOPs of the LLM's weight matmuls in our PT step on ``batch``, as MMLLM.forward(supervised_only=True)
-    runs them: the labelled positions' LM head rows only, and a prefix that every row shares (the system
-    prompt) once per batch, forward only (it needs no gradient). Returns (FLOPs, LM head rows, shared prefix)."""
+    """FLOPs of the LLM's weight matmuls in our PT step on ``batch``, as MMLLM.forward(supervised_only=True,
+    skip_logits=True) runs them: the LM head on the supervised tokens only, and a prefix that every row shares (the
+    system prompt) once per batch, forward only (it needs no gradient). Returns (FLOPs, LM head rows, shared prefix)."""
     from mmllm_sdk.model.processor import IGNORE_INDEX
 
     input_ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
@@ -409,8 +413,9 @@ def executed_llm_flops(model: Any, batch: dict[str, Any], n_body: int, n_head: i
     if rows > 1 and hasattr(model, "shared_prefix_length") and model.llm.can_share_prefix():
         shared = model.shared_prefix_length(input_ids, mask, limit=int(positions[0]))
     tokens = int(mask.sum())
-    flops = 2 * n_body * shared + 4 * n_body * (tokens - rows * shared) + 4 * n_head * rows * positions.numel()
-    return flops, rows * positions.numel(), shared
+    head_rows = int((labels[:, 1:] != IGNORE_INDEX).sum())
+    flops = 2 * n_body * shared + 4 * n_body * (tokens - rows * shared) + 4 * n_head * head_rows
+    return flops, head_rows, shared
 
 
 def flops_row(model: Any, result: dict[str, Any], rate: float, dtype: str) -> tuple[Row, str]:
@@ -433,8 +438,8 @@ def flops_row(model: Any, result: dict[str, Any], rate: float, dtype: str) -> tu
         f"FLOP/s row: 4·N_llm per useful token (N_llm = {n_llm / 1e6:.1f} M, the tied embedding/LM head counted "
         f"once) + 2·N_vision per vision-tower token, forward only (N_vision = {n_vision / 1e6:.1f} M, "
         f"{vision_tokens} tokens per image). 'executed' counts the weight matmuls our step runs (attention scores "
-        f"not counted): the LM head ({head.numel() / 1e6:.1f} M) on {sum(e[1] for e in executed)} labelled "
-        f"rows x positions of {result['tokens']} useful tokens, and the {executed[0][2]}-token prefix all rows "
+        f"not counted): the LM head ({head.numel() / 1e6:.1f} M) on the {sum(e[1] for e in executed)} supervised "
+        f"tokens of {result['tokens']} useful tokens, and the {executed[0][2]}-token prefix all rows "
         "share (the system prompt) once per batch, forward only"
     )
     row = Row(
@@ -721,6 +726,8 @@ def main(argv: list[str] | None = None) -> int:
     bf16_size = size if bf16_native() else 512  # emulated bf16 takes about a minute for one 2048² matmul
     rates["bf16"] = matmul_rate(torch.bfloat16, bf16_size, sizes.matmul_runs)
     step_dtype, step_name = (torch.bfloat16, "bf16") if gpu else (torch.float32, "fp32")
+    allocator = contextlib.ExitStack()  # every CPU row runs as mmllm_sdk.train runs its steps (recipes/host.py)
+    kept = allocator.enter_context(freed_memory_kept(not gpu))
     device_line = (
         f"GPU: {torch.cuda.get_device_name()}, CPU: {cpu_model()}, torch threads {torch.get_num_threads()}"
         if gpu
@@ -733,6 +740,7 @@ def main(argv: list[str] | None = None) -> int:
         f"fp32 matmul {size}² at the start: {rates['fp32']:.1f} GFLOP/s; "
         f"bf16 matmul {bf16_size}²: {rates['bf16']:.2f} GFLOP/s; bf16 native: {bf16_native()} (dtype auto = {auto_dtype_name()})",
         f"load average before the run: {os.getloadavg()[0]:.2f} (other processes share these cores)",
+        f"glibc malloc keeps freed memory for the next step, as mmllm_sdk.train on a CPU: {'yes' if kept else 'no'}",
     ]
     for line in machine:
         say(line)
@@ -808,6 +816,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(checkpoint_row(model, workdir, export_dir))
         rows.append(cold)
 
+    allocator.close()
     report(args, machine, [flops_note, *sft_notes], rows, started)
     return 0
 

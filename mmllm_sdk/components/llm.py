@@ -11,6 +11,38 @@ from transformers import AddedToken
 
 from mmllm_sdk.errors import InputError, SpecError
 
+CHUNK_LOGITS = 1 << 22  # float32 logits a chunk of summed_loss computes at once (16 MB)
+
+
+class _ChunkedCrossEntropy(torch.autograd.Function):
+    """Summed cross-entropy of ``head(states)``, a chunk of rows at a time: each chunk's gradients (to the states
+    and to the head's trained tensors) are taken in the forward, so no chunk's logits outlive it."""
+
+    @staticmethod
+    def forward(ctx: Any, states: torch.Tensor, targets: torch.Tensor, head: Any, rows: int, *trained: Any) -> Any:
+        wanted = ctx.needs_input_grad[0] or bool(trained)
+        grads = [torch.zeros_like(t) for t in (states, *trained)] if wanted else []
+        total = torch.zeros((), device=states.device, dtype=torch.float32)
+        for start in range(0, states.shape[0], rows):
+            piece = states[start : start + rows].detach().requires_grad_(wanted)
+            with torch.set_grad_enabled(wanted):
+                loss = nn.functional.cross_entropy(head(piece).float(), targets[start : start + rows], reduction="sum")
+            if wanted:
+                piece_grad, *head_grads = torch.autograd.grad(loss, [piece, *trained], allow_unused=True)
+                grads[0][start : start + rows] = piece_grad
+                for grad, found in zip(grads[1:], head_grads, strict=True):
+                    grad += 0 if found is None else found
+            total += loss.detach()
+        ctx.save_for_backward(*grads)
+        return total
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: torch.Tensor) -> Any:
+        grads = [grad * grad_output.to(grad.dtype) for grad in ctx.saved_tensors] or [None] * (
+            len(ctx.needs_input_grad) - 3
+        )
+        return grads[0] if ctx.needs_input_grad[0] else None, None, None, None, *grads[1:]
+
 
 class LLMBackbone(nn.Module):
     """The contract of the LLM backbone (frozen by default): a ``transformers`` causal LM that accepts
@@ -33,6 +65,7 @@ class LLMBackbone(nn.Module):
         self.model = model
         self.tokenizer = tokenizer
         self._reference = reference or {}
+        self._split: tuple[Any, bool] = (None, False)  # (the model it was checked on, head_splits())
         try:  # a template that cannot render one exchange fails here, not in the middle of a run
             self.render_chat([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}])
         except InputError as exc:
@@ -91,28 +124,70 @@ class LLMBackbone(nn.Module):
         attention_mask: torch.Tensor | None,
         positions: torch.Tensor,
         shared_prefix: int = 0,
+        states: bool = False,
         **kwargs: Any,
     ) -> torch.Tensor:
-        """Logits ``(B, K, V)`` at sequence ``positions`` (K,) only (``logits_to_keep`` where the model takes it).
+        """Logits ``(B, K, V)`` at sequence ``positions`` (K,) only (``logits_to_keep`` where the model takes it); with
+        ``states``, the decoder's last hidden states ``(B, K, D)`` there instead (what the head takes: :meth:`head_splits`).
         ``shared_prefix``: the first positions are the same in every row and precede every position: they are
         computed once and their key/value cache is shared by the batch (where :meth:`can_share_prefix`).
         """
+        module = self._base().get_decoder() if states else self.model
         if shared_prefix > 0 and inputs_embeds.shape[0] > 1 and self.can_share_prefix() and not kwargs:
-            head = inputs_embeds[:1, :shared_prefix]  # (1, P, D)
+            name, prefix = self._cache_argument(), inputs_embeds[:1, :shared_prefix]  # (1, P, D)
             head_mask = None if attention_mask is None else attention_mask[:1, :shared_prefix]
-            name = self._cache_argument()
-            past = self.model(inputs_embeds=head, attention_mask=head_mask, use_cache=True, logits_to_keep=1)[name]
+            past = self.model(inputs_embeds=prefix, attention_mask=head_mask, use_cache=True, logits_to_keep=1)[name]
             past.batch_repeat_interleave(inputs_embeds.shape[0])  # (B, heads, P, d) in every layer
-            return self.model(
-                inputs_embeds=inputs_embeds[:, shared_prefix:],
-                attention_mask=attention_mask,  # (B, T): the past positions and the rest
-                logits_to_keep=positions - shared_prefix,
-                **{name: past},
-            ).logits
+            inputs_embeds, positions = inputs_embeds[:, shared_prefix:], positions - shared_prefix
+            kwargs = {name: past}  # attention_mask (B, T): the past positions and the rest
+        else:
+            kwargs.setdefault("use_cache", False)  # no key/value cache to fill (packed rows are masked only without)
+        if states:
+            return module(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs).last_hidden_state[
+                :, positions
+            ]
         keep = {"logits_to_keep": positions} if "logits_to_keep" in self._forward_parameters() else {}
-        kwargs.setdefault("use_cache", False)  # no key/value cache to fill (and packed rows are masked only without)
-        logits = self.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **keep, **kwargs).logits
+        logits = module(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **keep, **kwargs).logits
         return logits if keep else logits[:, positions]
+
+    def head_splits(self, sample: torch.Tensor) -> bool:
+        """Whether the LM's logits are its output embedding applied to its decoder's last hidden states (no
+        soft-capping or scaling between them, no prompt-learning adapter): checked once per wrapped model, on the
+        first positions of ``sample`` (B, T, D) embeddings, in eval mode."""
+        if self._split[0] is not self.model:
+            self._split = (self.model, self._check_split(sample[:1, :4].detach()))
+        return self._split[1]
+
+    def _check_split(self, sample: torch.Tensor) -> bool:
+        peft_config, base = getattr(self.model, "active_peft_config", None), self._base()
+        try:
+            decoder, head = base.get_decoder(), base.get_output_embeddings()
+        except (AttributeError, ValueError, NotImplementedError):  # transformers' "no decoder found" is a ValueError
+            return False
+        if decoder is base or head is None or (peft_config is not None and peft_config.is_prompt_learning):
+            return False
+        training = self.model.training
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                expected = self.model(inputs_embeds=sample, use_cache=False).logits.float()
+                found = head(decoder(inputs_embeds=sample, use_cache=False).last_hidden_state).float()
+        finally:
+            self.model.train(training)
+        scale = float(expected.abs().max()) if expected.numel() else 1.0
+        return expected.shape == found.shape and torch.allclose(expected, found, rtol=1e-3, atol=1e-3 * scale)
+
+    def summed_loss(self, states: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The summed cross-entropy of the LM head on ``states`` (N, D) against ``targets`` (N,), without the (N, V)
+        logits: a chunk of rows at a time (about 16 MB of float32 logits each), each chunk's gradients taken as
+        its loss is (where :meth:`head_splits`)."""
+        head = self._base().get_output_embeddings()
+        vocab = head.weight.shape[0] if hasattr(head, "weight") else self.model.config.get_text_config().vocab_size
+        trained = [p for p in head.parameters() if p.requires_grad]
+        return _ChunkedCrossEntropy.apply(states, targets, head, max(1, CHUNK_LOGITS // vocab), *trained)
+
+    def _base(self) -> Any:
+        return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
 
     def can_share_prefix(self) -> bool:
         """A decoder LM taking a cache and ``logits_to_keep``, without prompt-learning adapters (their own cache)."""
@@ -122,8 +197,7 @@ class LLMBackbone(nn.Module):
         return self._cache_argument() is not None and "logits_to_keep" in self._forward_parameters()
 
     def _forward_parameters(self) -> Any:
-        base = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
-        return inspect.signature(base.forward).parameters
+        return inspect.signature(self._base().forward).parameters
 
     def _cache_argument(self) -> str | None:
         """The forward's key/value cache argument (and output field): ``cache`` or, before 5.2x, ``past_key_values``."""

@@ -43,7 +43,8 @@ class MMLLMOutput(ModelOutput):
     By default ``logits`` are (B, T, V) at every position, as the LLM returns them (with ``cache``, ``hidden_states``
     and ``attentions`` when asked for), and ``loss`` is the LLM's mean LM loss when ``labels`` are given. With
     ``supervised_only`` the LM head runs only at the K positions where some row's next token has a label: ``logits``
-    are (B, K, V) and ``targets`` (B, K) are those next tokens (IGNORE_INDEX where a row has none there).
+    are (B, K, V) (None with ``skip_logits``) and ``targets`` (B, K) are those next tokens (IGNORE_INDEX where a row
+    has none there).
     """
 
     loss: torch.Tensor | None = None
@@ -243,6 +244,7 @@ class MMLLM(nn.Module):
         labels: torch.Tensor | None = None,
         supervised_only: bool = False,
         num_items_in_batch: int | torch.Tensor | None = None,
+        skip_logits: bool = False,
         **kwargs: Any,
     ) -> MMLLMOutput:
         """An :class:`MMLLMOutput` for a processor batch (``.loss`` when ``labels`` are given).
@@ -251,6 +253,8 @@ class MMLLM(nn.Module):
         the rest go to the LLM (``use_cache``, ``output_hidden_states``, …). With ``supervised_only`` the LM head runs
         only where a label is set (the training recipes use this); the loss is the mean over this batch's supervised
         tokens, or their sum divided by ``num_items_in_batch`` (the Trainer's count over a whole optimizer step).
+        ``skip_logits`` (with ``supervised_only``; the Trainer's loss) computes the loss without the (B, K, V) logits,
+        a chunk of supervised rows at a time, where the LLM's head splits from its decoder (``logits`` is then None).
         """
         modality_inputs = {k: kwargs.pop(k) for k in list(kwargs) if k in self.encoders}
         unknown = [k for k, v in kwargs.items() if isinstance(v, dict)]
@@ -274,14 +278,20 @@ class MMLLM(nn.Module):
                 "assistant answer (or a caption) to learn from."
             )
         shared = self.shared_prefix_length(input_ids, attention_mask, limit=int(positions[0]))
-        logits = self.llm.logits_at(inputs_embeds, attention_mask, positions, shared_prefix=shared, **kwargs)
         targets = targets[:, positions]  # (B, K)
-        flat_logits, flat_targets = logits.float().flatten(0, 1), targets.flatten()
-        if num_items_in_batch is None:
-            loss = F.cross_entropy(flat_logits, flat_targets, ignore_index=IGNORE_INDEX)
+        flat_targets = targets.flatten()
+        if skip_logits and self.llm.head_splits(inputs_embeds):
+            logits = None
+            states = self.llm.logits_at(inputs_embeds, attention_mask, positions, shared, states=True, **kwargs)
+            supervised = flat_targets != IGNORE_INDEX  # the LM head runs on these rows only
+            total = self.llm.summed_loss(states.flatten(0, 1)[supervised], flat_targets[supervised])
         else:
-            total = F.cross_entropy(flat_logits, flat_targets, ignore_index=IGNORE_INDEX, reduction="sum")
-            loss = total / torch.as_tensor(num_items_in_batch, device=total.device, dtype=total.dtype)
+            logits = self.llm.logits_at(inputs_embeds, attention_mask, positions, shared_prefix=shared, **kwargs)
+            total = F.cross_entropy(
+                logits.float().flatten(0, 1), flat_targets, ignore_index=IGNORE_INDEX, reduction="sum"
+            )
+        count = (flat_targets != IGNORE_INDEX).sum() if num_items_in_batch is None else num_items_in_batch
+        loss = total / torch.as_tensor(count, device=total.device, dtype=total.dtype)
         return MMLLMOutput(loss=loss, logits=logits, targets=targets)
 
     def shared_prefix_length(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, limit: int) -> int:

@@ -73,7 +73,7 @@ class MMTrainer(Trainer):
         return output
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        outputs = model(**inputs, supervised_only=True, num_items_in_batch=num_items_in_batch)
+        outputs = model(**inputs, supervised_only=True, num_items_in_batch=num_items_in_batch, skip_logits=True)
         loss = self.trains_something(model, outputs.loss)
         if num_items_in_batch is not None and self.args.average_tokens_across_devices:
             # the count covers every process and DDP averages their gradients: undo the average

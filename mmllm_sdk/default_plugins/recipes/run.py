@@ -16,6 +16,7 @@ from mmllm_sdk.data.examples import Conversation, Example, TextPart
 from mmllm_sdk.data.formats import DataReport, as_example
 from mmllm_sdk.default_plugins.recipes.data import estimate_length, read_data
 from mmllm_sdk.default_plugins.recipes.features import CachedFeatures, cache_features, initialise_projectors
+from mmllm_sdk.default_plugins.recipes.host import freed_memory_kept
 from mmllm_sdk.default_plugins.recipes.processes import is_main_process, say
 from mmllm_sdk.errors import CheckpointError, DataError, MMLLMError, SpecError, TrainingError
 from mmllm_sdk.files import atomic_write, load_json, read_text
@@ -223,7 +224,8 @@ def train(
         report_data = {split: report.to_dict() for split, report in reports.items()}
         atomic_write(output_dir / DATA_REPORT, json.dumps(report_data, indent=2) + "\n")
     eager = compile_llm(model, **{key: spec.training[key] for key in COMPILE_FIELDS if key in spec.training})
-    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
+    with freed_memory_kept(args.device.type == "cpu"):  # no page faults for each step's buffers (host.py)
+        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint is not None else None)
     eager()  # the trained model answers uncompiled: generation's shapes would compile anew
     # sharded weights (FSDP, DeepSpeed ZeRO) are gathered by every process together, then written by the first
     sharded = trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled
