@@ -726,8 +726,6 @@ def main(argv: list[str] | None = None) -> int:
     bf16_size = size if bf16_native() else 512  # emulated bf16 takes about a minute for one 2048² matmul
     rates["bf16"] = matmul_rate(torch.bfloat16, bf16_size, sizes.matmul_runs)
     step_dtype, step_name = (torch.bfloat16, "bf16") if gpu else (torch.float32, "fp32")
-    allocator = contextlib.ExitStack()  # every CPU row runs as mmllm_sdk.train runs its steps (recipes/host.py)
-    kept = allocator.enter_context(freed_memory_kept(not gpu))
     device_line = (
         f"GPU: {torch.cuda.get_device_name()}, CPU: {cpu_model()}, torch threads {torch.get_num_threads()}"
         if gpu
@@ -740,7 +738,6 @@ def main(argv: list[str] | None = None) -> int:
         f"fp32 matmul {size}² at the start: {rates['fp32']:.1f} GFLOP/s; "
         f"bf16 matmul {bf16_size}²: {rates['bf16']:.2f} GFLOP/s; bf16 native: {bf16_native()} (dtype auto = {auto_dtype_name()})",
         f"load average before the run: {os.getloadavg()[0]:.2f} (other processes share these cores)",
-        f"glibc malloc keeps freed memory for the next step, as mmllm_sdk.train on a CPU: {'yes' if kept else 'no'}",
     ]
     for line in machine:
         say(line)
@@ -780,11 +777,17 @@ def main(argv: list[str] | None = None) -> int:
                 f"compiling and two warm-up steps took {time.perf_counter() - start:.0f} s, not timed"
             )
         say(f"PT steps: {len(batches)} batches of {sizes.batch_size}, 1 warm-up + {sizes.timed_steps} timed each")
-        results = time_steps(
-            {"ours": functools.partial(ours_step, model), "llava": functools.partial(llava_step, llava)},
-            batches,
-            sizes.timed_steps,
-            probe=functools.partial(matmul_rate, step_dtype, size, 3),
+        with freed_memory_kept(not gpu) as kept:  # the timed steps run as mmllm_sdk.train runs them (recipes/host.py)
+            results = time_steps(
+                {"ours": functools.partial(ours_step, model), "llava": functools.partial(llava_step, llava)},
+                batches,
+                sizes.timed_steps,
+                probe=functools.partial(matmul_rate, step_dtype, size, 3),
+            )
+            bf16 = bf16_row(args, sizes, batches, results["llava"], rates)
+        machine.append(
+            "glibc malloc keeps freed memory for the next step during the timed steps, as mmllm_sdk.train does on a "
+            f"CPU: {'yes' if kept else 'no'}"
         )
         rates["steps"] = statistics.median(results.pop("probe")["rates"])
         machine.append(
@@ -792,7 +795,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{rates['steps']:.1f} GFLOP/s (the FLOP/s row divides by this)"
         )
         rows += throughput_rows(results, sizes.batch_size)
-        rows.append(bf16_row(args, sizes, batches, results["llava"], rates))
+        rows.append(bf16)
         flops, flops_note = flops_row(model, results["ours"], rates["steps"], step_name)
         rows.append(flops)
         eager()
@@ -816,7 +819,6 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(checkpoint_row(model, workdir, export_dir))
         rows.append(cold)
 
-    allocator.close()
     report(args, machine, [flops_note, *sft_notes], rows, started)
     return 0
 

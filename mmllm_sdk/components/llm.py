@@ -11,7 +11,7 @@ from transformers import AddedToken
 
 from mmllm_sdk.errors import InputError, SpecError
 
-CHUNK_LOGITS = 1 << 22  # float32 logits a chunk of summed_loss computes at once (16 MB)
+CHUNK_LOGITS = 1 << 23  # float32 logits a chunk of summed_loss computes at once (32 MB)
 
 
 class _ChunkedCrossEntropy(torch.autograd.Function):
@@ -179,7 +179,7 @@ class LLMBackbone(nn.Module):
 
     def summed_loss(self, states: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """The summed cross-entropy of the LM head on ``states`` (N, D) against ``targets`` (N,), without the (N, V)
-        logits: a chunk of rows at a time (about 16 MB of float32 logits each), each chunk's gradients taken as
+        logits: a chunk of rows at a time (about 32 MB of float32 logits each), each chunk's gradients taken as
         its loss is (where :meth:`head_splits`)."""
         head = self._base().get_output_embeddings()
         vocab = head.weight.shape[0] if hasattr(head, "weight") else self.model.config.get_text_config().vocab_size
