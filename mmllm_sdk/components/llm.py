@@ -19,14 +19,15 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
     and to the head's trained tensors) are taken in the forward, so no chunk's logits outlive it."""
 
     @staticmethod
-    def forward(ctx: Any, states: torch.Tensor, targets: torch.Tensor, head: Any, rows: int, *trained: Any) -> Any:
+    def forward(ctx: Any, states: torch.Tensor, targets: torch.Tensor, head: Any, rows: int, divisor: Any, *trained):
         wanted = ctx.needs_input_grad[0] or bool(trained)
         grads = [torch.zeros_like(t) for t in (states, *trained)] if wanted else []
         total = torch.zeros((), device=states.device, dtype=torch.float32)
         for start in range(0, states.shape[0], rows):
             piece = states[start : start + rows].detach().requires_grad_(wanted)
             with torch.set_grad_enabled(wanted):
-                loss = nn.functional.cross_entropy(head(piece).float(), targets[start : start + rows], reduction="sum")
+                logits = head(piece).float()  # the sum over the chunk, divided as the logits path divides it
+                loss = nn.functional.cross_entropy(logits, targets[start : start + rows], reduction="sum") / divisor
             if wanted:
                 piece_grad, *head_grads = torch.autograd.grad(loss, [piece, *trained], allow_unused=True)
                 grads[0][start : start + rows] = piece_grad
@@ -39,9 +40,9 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_output: torch.Tensor) -> Any:
         grads = [grad * grad_output.to(grad.dtype) for grad in ctx.saved_tensors] or [None] * (
-            len(ctx.needs_input_grad) - 3
+            len(ctx.needs_input_grad) - 4
         )
-        return grads[0] if ctx.needs_input_grad[0] else None, None, None, None, *grads[1:]
+        return grads[0] if ctx.needs_input_grad[0] else None, None, None, None, None, *grads[1:]
 
 
 class LLMBackbone(nn.Module):
@@ -166,25 +167,29 @@ class LLMBackbone(nn.Module):
             return False
         if decoder is base or head is None or (peft_config is not None and peft_config.is_prompt_learning):
             return False
-        training = self.model.training
+        modes = {module: module.training for module in self.model.modules()}  # frozen parts stay in eval mode
         self.model.eval()
         try:
             with torch.no_grad():
                 expected = self.model(inputs_embeds=sample, use_cache=False).logits.float()
                 found = head(decoder(inputs_embeds=sample, use_cache=False).last_hidden_state).float()
+        except (TypeError, ValueError, AttributeError, RuntimeError):  # a decoder called otherwise: keep the logits
+            return False
         finally:
-            self.model.train(training)
+            for module, mode in modes.items():
+                module.training = mode
         scale = float(expected.abs().max()) if expected.numel() else 1.0
         return expected.shape == found.shape and torch.allclose(expected, found, rtol=1e-3, atol=1e-3 * scale)
 
-    def summed_loss(self, states: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """The summed cross-entropy of the LM head on ``states`` (N, D) against ``targets`` (N,), without the (N, V)
-        logits: a chunk of rows at a time (about 32 MB of float32 logits each), each chunk's gradients taken as
-        its loss is (where :meth:`head_splits`)."""
+    def summed_loss(self, states: torch.Tensor, targets: torch.Tensor, divisor: torch.Tensor) -> torch.Tensor:
+        """The cross-entropy of the LM head on ``states`` (N, D) against ``targets`` (N,), summed and divided by
+        ``divisor``, without the (N, V) logits: a chunk of rows at a time (about 32 MB of float32 logits each), each
+        chunk's gradients taken as its loss is (where :meth:`head_splits`)."""
         head = self._base().get_output_embeddings()
         vocab = head.weight.shape[0] if hasattr(head, "weight") else self.model.config.get_text_config().vocab_size
         trained = [p for p in head.parameters() if p.requires_grad]
-        return _ChunkedCrossEntropy.apply(states, targets, head, max(1, CHUNK_LOGITS // vocab), *trained)
+        rows = max(1, CHUNK_LOGITS // vocab)
+        return _ChunkedCrossEntropy.apply(states, targets, head, rows, divisor, *trained)
 
     def _base(self) -> Any:
         return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model

@@ -280,18 +280,17 @@ class MMLLM(nn.Module):
         shared = self.shared_prefix_length(input_ids, attention_mask, limit=int(positions[0]))
         targets = targets[:, positions]  # (B, K)
         flat_targets = targets.flatten()
+        count = (flat_targets != IGNORE_INDEX).sum() if num_items_in_batch is None else num_items_in_batch
+        divisor = torch.as_tensor(count, device=inputs_embeds.device, dtype=torch.float32)
         if skip_logits and self.llm.head_splits(inputs_embeds):
             logits = None
             states = self.llm.logits_at(inputs_embeds, attention_mask, positions, shared, states=True, **kwargs)
             supervised = flat_targets != IGNORE_INDEX  # the LM head runs on these rows only
-            total = self.llm.summed_loss(states.flatten(0, 1)[supervised], flat_targets[supervised])
+            loss = self.llm.summed_loss(states.flatten(0, 1)[supervised], flat_targets[supervised], divisor)
         else:
             logits = self.llm.logits_at(inputs_embeds, attention_mask, positions, shared_prefix=shared, **kwargs)
-            total = F.cross_entropy(
-                logits.float().flatten(0, 1), flat_targets, ignore_index=IGNORE_INDEX, reduction="sum"
-            )
-        count = (flat_targets != IGNORE_INDEX).sum() if num_items_in_batch is None else num_items_in_batch
-        loss = total / torch.as_tensor(count, device=total.device, dtype=total.dtype)
+            flat_logits = logits.float().flatten(0, 1)
+            loss = F.cross_entropy(flat_logits, flat_targets, ignore_index=IGNORE_INDEX, reduction="sum") / divisor
         return MMLLMOutput(loss=loss, logits=logits, targets=targets)
 
     def shared_prefix_length(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, limit: int) -> int:
