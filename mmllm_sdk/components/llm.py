@@ -11,12 +11,13 @@ from transformers import AddedToken
 
 from mmllm_sdk.errors import InputError, SpecError
 
-CHUNK_LOGITS = 1 << 23  # float32 logits a chunk of summed_loss computes at once (32 MB)
+CHUNK_LOGITS = 1 << 23  # float32 logits a chunk of chunked_loss computes at once (32 MB)
 
 
 class _ChunkedCrossEntropy(torch.autograd.Function):
-    """Summed cross-entropy of ``head(states)``, a chunk of rows at a time: each chunk's gradients (to the states
-    and to the head's trained tensors) are taken in the forward, so no chunk's logits outlive it."""
+    """Cross-entropy of ``head(states)``, summed and divided by ``divisor``, a chunk of rows at a time: each chunk's
+    gradients (to the states and to the head's trained tensors) are taken in the forward, so no chunk's logits
+    outlive it."""
 
     @staticmethod
     def forward(ctx: Any, states: torch.Tensor, targets: torch.Tensor, head: Any, rows: int, divisor: Any, *trained):
@@ -181,7 +182,7 @@ class LLMBackbone(nn.Module):
         scale = float(expected.abs().max()) if expected.numel() else 1.0
         return expected.shape == found.shape and torch.allclose(expected, found, rtol=1e-3, atol=1e-3 * scale)
 
-    def summed_loss(self, states: torch.Tensor, targets: torch.Tensor, divisor: torch.Tensor) -> torch.Tensor:
+    def chunked_loss(self, states: torch.Tensor, targets: torch.Tensor, divisor: torch.Tensor) -> torch.Tensor:
         """The cross-entropy of the LM head on ``states`` (N, D) against ``targets`` (N,), summed and divided by
         ``divisor``, without the (N, V) logits: a chunk of rows at a time (about 32 MB of float32 logits each), each
         chunk's gradients taken as its loss is (where :meth:`head_splits`)."""

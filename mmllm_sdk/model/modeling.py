@@ -286,7 +286,7 @@ class MMLLM(nn.Module):
             logits = None
             states = self.llm.logits_at(inputs_embeds, attention_mask, positions, shared, states=True, **kwargs)
             supervised = flat_targets != IGNORE_INDEX  # the LM head runs on these rows only
-            loss = self.llm.summed_loss(states.flatten(0, 1)[supervised], flat_targets[supervised], divisor)
+            loss = self.llm.chunked_loss(states.flatten(0, 1)[supervised], flat_targets[supervised], divisor)
         else:
             logits = self.llm.logits_at(inputs_embeds, attention_mask, positions, shared_prefix=shared, **kwargs)
             flat_logits = logits.float().flatten(0, 1)
