@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import inspect
 from typing import Any
 
@@ -68,6 +69,7 @@ class LLMBackbone(nn.Module):
         self.tokenizer = tokenizer
         self._reference = reference or {}
         self._split: tuple[Any, bool] = (None, False)  # (the model it was checked on, head_splits())
+        self._prefix: tuple[Any, torch.Tensor, Any] | None = None  # (its key, a shared prefix, its cache)
         try:  # a template that cannot render one exchange fails here, not in the middle of a run
             self.render_chat([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}])
         except InputError as exc:
@@ -132,13 +134,13 @@ class LLMBackbone(nn.Module):
         """Logits ``(B, K, V)`` at sequence ``positions`` (K,) only (``logits_to_keep`` where the model takes it); with
         ``states``, the decoder's last hidden states ``(B, K, D)`` there instead (what the head takes: :meth:`head_splits`).
         ``shared_prefix``: the first positions are the same in every row and precede every position: they are
-        computed once and their key/value cache is shared by the batch (where :meth:`can_share_prefix`).
+        computed once and their key/value cache is shared by the batch (where :meth:`can_share_prefix`); while nothing
+        of the LLM trains, they need no backward and the cache is kept for the next batch with the same prefix.
         """
         module = self._base().get_decoder() if states else self.model
         if shared_prefix > 0 and inputs_embeds.shape[0] > 1 and self.can_share_prefix() and not kwargs:
-            name, prefix = self._cache_argument(), inputs_embeds[:1, :shared_prefix]  # (1, P, D)
-            head_mask = None if attention_mask is None else attention_mask[:1, :shared_prefix]
-            past = self.model(inputs_embeds=prefix, attention_mask=head_mask, use_cache=True, logits_to_keep=1)[name]
+            name = self._cache_argument()
+            past = self._prefix_cache(module, inputs_embeds[:1, :shared_prefix], states)  # (1, P, D) in
             past.batch_repeat_interleave(inputs_embeds.shape[0])  # (B, heads, P, d) in every layer
             inputs_embeds, positions = inputs_embeds[:, shared_prefix:], positions - shared_prefix
             kwargs = {name: past}  # attention_mask (B, T): the past positions and the rest
@@ -151,6 +153,28 @@ class LLMBackbone(nn.Module):
         keep = {"logits_to_keep": positions} if "logits_to_keep" in self._forward_parameters() else {}
         logits = module(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **keep, **kwargs).logits
         return logits if keep else logits[:, positions]
+
+    def _prefix_cache(self, module: Any, prefix: torch.Tensor, states: bool) -> Any:
+        """The key/value cache of a shared ``prefix`` (1, P, D) of text embeddings, every position attended. While
+        nothing of the LLM trains it is a constant: computed without a backward, and kept for the next batch with
+        the same prefix (a system prompt) until a weight, the mode or the module changes (not with PEFT adapters,
+        which can be switched off without a weight changing). Returns a cache of its own to extend."""
+        name, frozen = self._cache_argument(), not any(p.requires_grad for p in self.model.parameters())
+        keep = {} if states else {"logits_to_keep": 1}  # the decoder alone has no head to run on the prefix
+        if not frozen:
+            return module(inputs_embeds=prefix, use_cache=True, **keep)[name]
+        try:  # where each weight is, its in-place changes and its dtype (not a sharded tensor's: no pointer)
+            weights = [(p.data_ptr(), p._version, p.dtype) for p in self.model.parameters()]
+        except RuntimeError:
+            weights = None
+        key, kept = (module, self.model.training, prefix.dtype, prefix.shape, weights), self._prefix
+        if kept is None or weights is None or kept[0] != key or not torch.equal(kept[1], prefix):
+            with torch.no_grad():
+                past = module(inputs_embeds=prefix.detach(), use_cache=True, **keep)[name]
+            if weights is None or hasattr(self.model, "peft_config"):
+                return past
+            self._prefix = kept = (key, prefix.detach().clone(), past)
+        return copy.deepcopy(kept[2])
 
     def head_splits(self, sample: torch.Tensor) -> bool:
         """Whether the LM's logits are its output embedding applied to its decoder's last hidden states (no
