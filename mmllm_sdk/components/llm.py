@@ -159,16 +159,15 @@ class LLMBackbone(nn.Module):
         nothing of the LLM trains it is a constant: computed without a backward, and kept for the next batch with
         the same prefix (a system prompt) until a weight, the mode or the module changes (not with PEFT adapters,
         which can be switched off without a weight changing). Returns a cache of its own to extend."""
-        name, frozen = self._cache_argument(), not any(p.requires_grad for p in self.model.parameters())
-        keep = {} if states else {"logits_to_keep": 1}  # the decoder alone has no head to run on the prefix
-        if not frozen:
+        name, keep = self._cache_argument(), {} if states else {"logits_to_keep": 1}  # the decoder has no head
+        if any(p.requires_grad for p in self.model.parameters()):
             return module(inputs_embeds=prefix, use_cache=True, **keep)[name]
-        try:  # where each weight is, its in-place changes and its dtype (not a sharded tensor's: no pointer)
+        try:  # where each weight is, its in-place changes, its dtype (a sharded tensor has no pointer: not kept)
             weights = [(p.data_ptr(), p._version, p.dtype) for p in self.model.parameters()]
         except RuntimeError:
             weights = None
-        key, kept = (module, self.model.training, prefix.dtype, prefix.shape, weights), self._prefix
-        if kept is None or weights is None or kept[0] != key or not torch.equal(kept[1], prefix):
+        key, kept = (module, self.model.training, prefix.shape, weights), self._prefix
+        if weights is None or kept is None or kept[0] != key or not torch.equal(kept[1], prefix):
             with torch.no_grad():
                 past = module(inputs_embeds=prefix.detach(), use_cache=True, **keep)[name]
             if weights is None or hasattr(self.model, "peft_config"):
