@@ -20,7 +20,8 @@ LAYERS = (
 )
 OUTSIDE = ("default_plugins", "testing")  # plugins and the plugin authors' kit: they may import any layer
 MAX_LINES = 400
-MAX_CORE_LINES = 5150  # 5000 before the loss without logits and the kept system-prompt cache (components/llm.py)
+MAX_CORE_LINES = 5200  # 5000 before the loss and the token log-probabilities without logits and the kept
+# system-prompt cache (components/llm.py)
 
 
 def layer_of(module: str) -> int | None:
@@ -103,6 +104,6 @@ def test_no_source_file_is_over_400_lines():
     assert long == {}
 
 
-def test_the_core_is_at_most_5150_lines():
+def test_the_core_is_at_most_5200_lines():
     core = [path for path in _python_files(PACKAGE) if not set(OUTSIDE) & set(path.relative_to(PACKAGE).parts)]
     assert sum(len(path.read_text(encoding="utf-8").splitlines()) for path in core) <= MAX_CORE_LINES

@@ -1,6 +1,9 @@
 """The training loss without the logits (``skip_logits``): the LM head runs a chunk of supervised tokens at a time,
 and the loss and every gradient equal those of the (B, K, V) logits; an LLM whose logits are more than its head on
-its decoder's states keeps the logits path. And a CPU run keeps the memory it frees for its next step."""
+its decoder's states keeps the logits path. Each answer token's log-probability without the logits
+(``token_logprobs``, what the preference and RL recipes take): the head runs a chunk at a time and again in the
+backward, and the values and every gradient, through any function of them, equal those of the logits. And a CPU run
+keeps the memory it frees for its next step."""
 
 from __future__ import annotations
 
@@ -11,10 +14,12 @@ import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from mmllm_sdk import build_model
 from mmllm_sdk.components import llm as llm_module
 from mmllm_sdk.default_plugins.recipes.host import _glibc
+from mmllm_sdk.model.scoring import target_logprobs
 from mmllm_sdk.testing import tiny_spec
 
 
@@ -27,6 +32,7 @@ def conversations(image_file):
         turn("What is this?", "A gradient from dark to light."),
         turn("Colours?", "Red and green, mostly."),
         [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello there, how are you today?"}],
+        turn("And now?", "Still a gradient."),
     ]
 
 
@@ -92,6 +98,64 @@ def test_an_llm_with_soft_capped_logits_keeps_the_logits_path(tokenizer_dir, ima
     assert out.logits is not None  # Gemma 2 caps its logits after the head: the head alone would give others
     for name in expected:
         assert torch.allclose(found[name], expected[name], rtol=1e-6, atol=0), name
+
+
+def objective(logprobs):
+    """Something like DPO's loss: nonlinear in each row's sum, so each token's gradient differs."""
+    sums = logprobs.sum(dim=-1)
+    return -F.logsigmoid(0.1 * (sums[0] - sums[1])) - F.logsigmoid(0.3 * (sums[2] - sums[3])) + 1e-3 * sums.pow(2).sum()
+
+
+def values_and_grads(model, batch, chunked, temperature=1.0):
+    model.zero_grad()
+    if chunked:
+        out = model(**batch, supervised_only=True, token_logprobs=True, temperature=temperature)
+        assert out.logits is None
+        logprobs = out.logprobs
+    else:
+        out = model(**batch, supervised_only=True)
+        logprobs = target_logprobs(out.logits, out.targets, temperature)
+    objective(logprobs).backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.requires_grad}
+    return logprobs.detach(), grads
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.7])
+def test_token_logprobs_and_their_gradients_equal_those_over_the_logits(
+    image_model, image_file, small_chunks, temperature
+):
+    batch = image_model.processor(conversations(image_file))
+    expected, expected_grads = values_and_grads(image_model, batch, chunked=False, temperature=temperature)
+    found, found_grads = values_and_grads(image_model, batch, chunked=True, temperature=temperature)
+    assert torch.allclose(found, expected, rtol=1e-6, atol=1e-6)
+    assert (found != 0).sum() == (batch["labels"][:, 1:] != -100).sum()  # a value for each supervised token only
+    assert expected_grads.keys() == found_grads.keys() and expected_grads
+    for name in expected_grads:
+        assert torch.allclose(found_grads[name], expected_grads[name], rtol=1e-4, atol=1e-7), name
+
+
+def test_a_trained_lm_head_gets_the_token_logprobs_gradients_of_the_logits_path(
+    tokenizer_dir, image_file, small_chunks
+):
+    spec = tiny_spec(tokenizer_dir)
+    spec["llm"]["peft"] = {"method": "lora", "r": 4, "target_modules": ["lm_head", "q_proj"]}
+    model = build_model(spec, progress=False)
+    batch = model.processor(conversations(image_file))
+    _, expected = values_and_grads(model, batch, chunked=False)
+    _, found = values_and_grads(model, batch, chunked=True)
+    assert [name for name in found if "lm_head" in name and found[name].abs().sum() > 0]
+    for name in expected:
+        assert torch.allclose(found[name], expected[name], rtol=1e-5, atol=1e-8), name
+
+
+def test_without_gradients_the_token_logprobs_are_the_same_numbers(image_model, image_file, small_chunks):
+    batch = image_model.processor(conversations(image_file))
+    with torch.no_grad():
+        out = image_model(**batch, supervised_only=True)
+        found = image_model(**batch, supervised_only=True, token_logprobs=True)
+    assert not found.logprobs.requires_grad
+    assert torch.allclose(found.logprobs, target_logprobs(out.logits, out.targets), rtol=1e-6, atol=1e-6)
+    assert torch.allclose(found.loss, out.loss, rtol=1e-6)  # the mean NLL, as the logits path's loss
 
 
 glibc = pytest.mark.skipif(

@@ -47,6 +47,51 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         return grads[0] if ctx.needs_input_grad[0] else None, None, None, None, None, *grads[1:]
 
 
+def _target_logprobs(head: Any, states: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
+    """log p(target) of each row under ``head(states) / temperature``: (n, D), (n,) -> (n,)."""
+    logits = head(states).float()
+    return -nn.functional.cross_entropy(logits / temperature if temperature != 1 else logits, targets, reduction="none")
+
+
+class _ChunkedLogprobs(torch.autograd.Function):
+    """Each row's log-probability of its target under ``head(states) / temperature``, a chunk of rows at a time: no
+    chunk's logits outlive it. The backward computes each chunk's logits again (the gradient that reaches a row is
+    known only then), as activation checkpointing does."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, states: torch.Tensor, targets: torch.Tensor, head: Any, rows: int, temperature: float, *trained
+    ):
+        ctx.save_for_backward(states, targets)
+        ctx.head, ctx.rows, ctx.temperature, ctx.trained = head, rows, temperature, trained
+        with torch.no_grad():
+            pieces = [
+                _target_logprobs(head, states[start : start + rows], targets[start : start + rows], temperature)
+                for start in range(0, states.shape[0], rows)
+            ]
+        return torch.cat(pieces) if pieces else states.new_zeros(0, dtype=torch.float32)
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: torch.Tensor) -> Any:
+        states, targets = ctx.saved_tensors
+        wanted = ctx.needs_input_grad[0]
+        state_grad = torch.zeros_like(states) if wanted else None
+        trained_grads = [torch.zeros_like(t) for t in ctx.trained]
+        for start in range(0, states.shape[0], ctx.rows):
+            chunk = slice(start, start + ctx.rows)
+            piece = states[chunk].detach().requires_grad_(wanted)
+            with torch.enable_grad():
+                picked = _target_logprobs(ctx.head, piece, targets[chunk], ctx.temperature)
+            inputs = [piece] * wanted + list(ctx.trained)
+            found = torch.autograd.grad(picked, inputs, grad_output[chunk], allow_unused=True)
+            if wanted:
+                state_grad[chunk] = found[0]
+            for grad, part in zip(trained_grads, found[wanted:], strict=True):
+                if part is not None:
+                    grad += part
+        return state_grad, None, None, None, None, *trained_grads
+
+
 class LLMBackbone(nn.Module):
     """The contract of the LLM backbone (frozen by default): a ``transformers`` causal LM that accepts
     ``inputs_embeds`` and a fast tokenizer with a chat template."""
@@ -209,11 +254,21 @@ class LLMBackbone(nn.Module):
         """The cross-entropy of the LM head on ``states`` (N, D) against ``targets`` (N,), summed and divided by
         ``divisor``, without the (N, V) logits: a chunk of rows at a time (about 32 MB of float32 logits each), each
         chunk's gradients taken as its loss is (where :meth:`head_splits`)."""
+        head, trained, rows = self._chunked_head()
+        return _ChunkedCrossEntropy.apply(states, targets, head, rows, divisor, *trained)
+
+    def _chunked_head(self) -> tuple[Any, list[torch.Tensor], int]:
+        """The LM head, its trained tensors, and how many rows' float32 logits make a chunk (about CHUNK_LOGITS)."""
         head = self._base().get_output_embeddings()
         vocab = head.weight.shape[0] if hasattr(head, "weight") else self.model.config.get_text_config().vocab_size
-        trained = [p for p in head.parameters() if p.requires_grad]
-        rows = max(1, CHUNK_LOGITS // vocab)
-        return _ChunkedCrossEntropy.apply(states, targets, head, rows, divisor, *trained)
+        return head, [p for p in head.parameters() if p.requires_grad], max(1, CHUNK_LOGITS // vocab)
+
+    def chunked_logprobs(self, states: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        """Each row's log-probability of its target, ``log softmax(head(states) / temperature)[target]`` (N, D), (N,)
+        -> (N,), without the (N, V) logits: a chunk of rows at a time, as :meth:`chunked_loss` (where
+        :meth:`head_splits`)."""
+        head, trained, rows = self._chunked_head()
+        return _ChunkedLogprobs.apply(states, targets, head, rows, temperature, *trained)
 
     def _base(self) -> Any:
         return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model

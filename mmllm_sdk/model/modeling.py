@@ -28,6 +28,7 @@ from mmllm_sdk.model.checkpoint import load_trained, save_checkpoint
 from mmllm_sdk.model.heads import EmbeddingHead, OutputHead, TextHead
 from mmllm_sdk.model.peft import apply_peft
 from mmllm_sdk.model.processor import IGNORE_INDEX, MMLLMProcessor, ModalityInput
+from mmllm_sdk.model.scoring import target_logprobs
 from mmllm_sdk.model.signals import install_signal_rows
 from mmllm_sdk.model.trainable import set_trainable, spec_patterns
 from mmllm_sdk.spec import ENCODER, GENERATOR, LLM, OUTPUT_PROJECTOR, PROJECTOR, ModelSpec
@@ -44,12 +45,14 @@ class MMLLMOutput(ModelOutput):
     and ``attentions`` when asked for), and ``loss`` is the LLM's mean LM loss when ``labels`` are given. With
     ``supervised_only`` the LM head runs only at the K positions where some row's next token has a label: ``logits``
     are (B, K, V) (None with ``skip_logits``) and ``targets`` (B, K) are those next tokens (IGNORE_INDEX where a row
-    has none there).
+    has none there); with ``token_logprobs``, ``logprobs`` (B, K) are the targets' log-probabilities (0 where
+    IGNORE_INDEX).
     """
 
     loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
     targets: torch.Tensor | None = None
+    logprobs: torch.Tensor | None = None  # (B, K), with supervised_only and token_logprobs
     cache: Any = None  # the LLM's key/value cache, with use_cache
     hidden_states: tuple[torch.Tensor, ...] | None = None
     attentions: tuple[torch.Tensor, ...] | None = None
@@ -245,6 +248,8 @@ class MMLLM(nn.Module):
         supervised_only: bool = False,
         num_items_in_batch: int | torch.Tensor | None = None,
         skip_logits: bool = False,
+        token_logprobs: bool = False,
+        temperature: float = 1.0,
         **kwargs: Any,
     ) -> MMLLMOutput:
         """An :class:`MMLLMOutput` for a processor batch (``.loss`` when ``labels`` are given).
@@ -255,6 +260,9 @@ class MMLLM(nn.Module):
         tokens, or their sum divided by ``num_items_in_batch`` (the Trainer's count over a whole optimizer step).
         ``skip_logits`` (with ``supervised_only``; the Trainer's loss) computes the loss without the (B, K, V) logits,
         a chunk of supervised rows at a time, where the LLM's head splits from its decoder (``logits`` is then None).
+        ``token_logprobs`` (with ``supervised_only``; the preference and RL recipes) gives each target token's
+        log-probability under the logits divided by ``temperature`` as ``logprobs`` (B, K), likewise without the
+        logits where the head splits; ``loss`` is then their negative sum over the divisor.
         """
         modality_inputs = {k: kwargs.pop(k) for k in list(kwargs) if k in self.encoders}
         unknown = [k for k, v in kwargs.items() if isinstance(v, dict)]
@@ -263,6 +271,8 @@ class MMLLM(nn.Module):
                 f"The batch has {', '.join(unknown)} inputs, but this model takes only "
                 f"{', '.join(self.encoders) or 'text'}."
             )
+        if (skip_logits or token_logprobs) and not supervised_only:
+            raise InputError("skip_logits and token_logprobs work with supervised_only=True (and labels) only.")
         inputs_embeds = self.embed_inputs(input_ids, modality_inputs)
         if not supervised_only:
             out = self.llm(inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels, **kwargs)
@@ -282,16 +292,26 @@ class MMLLM(nn.Module):
         flat_targets = targets.flatten()
         count = (flat_targets != IGNORE_INDEX).sum() if num_items_in_batch is None else num_items_in_batch
         divisor = torch.as_tensor(count, device=inputs_embeds.device, dtype=torch.float32)
-        if skip_logits and self.llm.head_splits(inputs_embeds):
-            logits = None
+        logits = logprobs = None
+        if (skip_logits or token_logprobs) and self.llm.head_splits(inputs_embeds):
             states = self.llm.logits_at(inputs_embeds, attention_mask, positions, shared, states=True, **kwargs)
             supervised = flat_targets != IGNORE_INDEX  # the LM head runs on these rows only
-            loss = self.llm.chunked_loss(states.flatten(0, 1)[supervised], flat_targets[supervised], divisor)
+            rows, supervised_targets = states.flatten(0, 1)[supervised], flat_targets[supervised]
+            if token_logprobs:
+                picked = self.llm.chunked_logprobs(rows, supervised_targets, temperature)
+                logprobs = picked.new_zeros(flat_targets.shape).masked_scatter(supervised, picked).view_as(targets)
+            else:
+                loss = self.llm.chunked_loss(rows, supervised_targets, divisor)
         else:
             logits = self.llm.logits_at(inputs_embeds, attention_mask, positions, shared_prefix=shared, **kwargs)
-            flat_logits = logits.float().flatten(0, 1)
-            loss = F.cross_entropy(flat_logits, flat_targets, ignore_index=IGNORE_INDEX, reduction="sum") / divisor
-        return MMLLMOutput(loss=loss, logits=logits, targets=targets)
+            if token_logprobs:
+                logprobs = target_logprobs(logits, targets, temperature)
+            else:
+                flat_logits = logits.float().flatten(0, 1)
+                loss = F.cross_entropy(flat_logits, flat_targets, ignore_index=IGNORE_INDEX, reduction="sum") / divisor
+        if logprobs is not None:
+            loss = -logprobs.sum() / divisor
+        return MMLLMOutput(loss=loss, logits=logits, targets=targets, logprobs=logprobs)
 
     def shared_prefix_length(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, limit: int) -> int:
         """How many leading tokens every row of a batch shares (at most ``limit``): text tokens only, all attended.

@@ -20,12 +20,18 @@ if TYPE_CHECKING:
     from mmllm_sdk.model.modeling import MMLLM
 
 
+def target_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Each target token's log-probability under ``logits / temperature``, 0 where the target is IGNORE_INDEX:
+    (B, K, V), (B, K) -> (B, K). ``MMLLM.forward(token_logprobs=True)`` gives the same without the logits."""
+    flat = logits.float().flatten(0, -2)
+    flat = flat / temperature if temperature != 1 else flat
+    picked = -F.cross_entropy(flat, targets.flatten(), ignore_index=IGNORE_INDEX, reduction="none")
+    return picked.view_as(targets)
+
+
 def sequence_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Sum of the log-probabilities of each row's supervised target tokens: (B, K, V), (B, K) -> (B,)."""
-    logprobs = F.log_softmax(logits.float(), dim=-1)  # (B, K, V)
-    supervised = targets != IGNORE_INDEX  # (B, K)
-    picked = logprobs.gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # (B, K)
-    return (picked * supervised).sum(dim=-1)
+    return target_logprobs(logits, targets).sum(dim=-1)
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Sampler
 
 from mmllm_sdk.data.examples import Conversation
@@ -304,11 +303,9 @@ class GRPOTrainer(RecordingTrainer):
     def _token_logprobs(self, model: torch.nn.Module, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """Each answer token's log-probability at the sampling temperature (N, K), and which positions are answer
         tokens (N, K)."""
-        outputs = model(**batch, supervised_only=True)
-        logits = outputs.logits.float() / self.sampling["temperature"]
-        picked = F.log_softmax(logits, dim=-1).gather(-1, outputs.targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-        mask = outputs.targets != IGNORE_INDEX
-        return picked * mask, mask
+        temperature = self.sampling["temperature"]
+        outputs = model(**batch, supervised_only=True, token_logprobs=True, temperature=temperature)
+        return outputs.logprobs, outputs.targets != IGNORE_INDEX
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         unwrapped = self.accelerator.unwrap_model(model)

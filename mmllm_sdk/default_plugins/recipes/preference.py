@@ -15,7 +15,6 @@ from mmllm_sdk.data.examples import Conversation
 from mmllm_sdk.data.formats import as_example
 from mmllm_sdk.default_plugins.recipes.preference_losses import dpo_loss, kto_loss, orpo_odds_ratio_loss, simpo_loss
 from mmllm_sdk.model.processor import IGNORE_INDEX
-from mmllm_sdk.model.scoring import sequence_logprobs
 from mmllm_sdk.training.trainer import MMTrainer
 
 if TYPE_CHECKING:
@@ -116,9 +115,10 @@ class PreferenceTrainer(RecordingTrainer):
 
     @staticmethod
     def answer_logprobs(outputs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each row's answer: (sum of its tokens' log-probabilities, its token count), both (2B,)."""
+        """Each row's answer: (sum of its tokens' log-probabilities, its token count), both (2B,), from a forward with
+        ``token_logprobs`` (no (2B, K, V) logits where the LM head splits from its decoder)."""
         counts = (outputs.targets != IGNORE_INDEX).sum(dim=-1).clamp(min=1)
-        return sequence_logprobs(outputs.logits, outputs.targets), counts
+        return outputs.logprobs.sum(dim=-1), counts
 
     def record_rewards(self, chosen: torch.Tensor, rejected: torch.Tensor) -> None:
         chosen, rejected = chosen.detach(), rejected.detach()
@@ -151,8 +151,8 @@ class DPOTrainer(PreferenceTrainer):
             torch.no_grad(),
             self.starting_point().in_place(unwrapped),
         ):  # first: the policy pass's graph needs its weights
-            reference, _ = self.answer_logprobs(unwrapped(**inputs, supervised_only=True))  # (2B,)
-        outputs = model(**inputs, supervised_only=True)
+            reference, _ = self.answer_logprobs(unwrapped(**inputs, supervised_only=True, token_logprobs=True))  # (2B,)
+        outputs = model(**inputs, supervised_only=True, token_logprobs=True)
         policy, counts = self.answer_logprobs(outputs)  # (2B,)
         if self.loss_type == "ipo":
             policy, reference = policy / counts, reference / counts
@@ -183,7 +183,7 @@ class SimPOTrainer(PreferenceTrainer):
         self.beta, self.gamma, self.label_smoothing = beta, gamma, label_smoothing
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        outputs = model(**inputs, supervised_only=True)
+        outputs = model(**inputs, supervised_only=True, token_logprobs=True)
         sums, counts = self.answer_logprobs(outputs)
         means, pairs = sums / counts, sums.shape[0] // 2
         losses = simpo_loss(
@@ -203,7 +203,7 @@ class ORPOTrainer(PreferenceTrainer):
         self.beta = beta
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        outputs = model(**inputs, supervised_only=True)
+        outputs = model(**inputs, supervised_only=True, token_logprobs=True)
         sums, counts = self.answer_logprobs(outputs)
         means, pairs = sums / counts, sums.shape[0] // 2
         nll = -sums[:pairs].sum() / counts[:pairs].sum()
@@ -242,8 +242,8 @@ class KTOTrainer(PreferenceTrainer):
         desirable = inputs.pop("desirable").to(torch.bool)
         unwrapped = self.accelerator.unwrap_model(model)
         with torch.no_grad(), self.starting_point().in_place(unwrapped):
-            reference, _ = self.answer_logprobs(unwrapped(**inputs, supervised_only=True))  # (2B,)
-        outputs = model(**inputs, supervised_only=True)
+            reference, _ = self.answer_logprobs(unwrapped(**inputs, supervised_only=True, token_logprobs=True))  # (2B,)
+        outputs = model(**inputs, supervised_only=True, token_logprobs=True)
         policy, _ = self.answer_logprobs(outputs)
         rows = policy.shape[0] // 2
         kl = (policy[rows:] - reference[rows:]).detach().mean()
