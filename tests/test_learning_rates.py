@@ -64,3 +64,23 @@ def test_sft_trains_at_its_default_rate_when_the_spec_names_none(image_spec, tmp
     del spec["training"]["learning_rate"]
     train(spec, callbacks=[rates])
     assert set(rates.rates.values()) == {1e-3}  # not the Trainer's 5e-5
+
+
+@pytest.mark.parametrize("section", ["optimizer", "scheduler"])
+def test_rates_with_a_deepspeed_optimizer_or_scheduler_are_refused_naming_both(image_spec, tmp_path, section):
+    spec = recipe(image_spec, tmp_path, {"inputs.*.projector": 1e-2})
+    spec["training"]["deepspeed"] = {"zero_optimization": {"stage": 2}, section: {"type": "AdamW", "params": {}}}
+    with pytest.raises(SpecError, match=rf"learning_rates .*'inputs\.\*\.projector'.* training\.deepspeed's {section}"):
+        train(spec)
+
+
+def test_a_deepspeed_config_file_is_read_for_the_same_check(image_spec, tmp_path):
+    config = tmp_path / "ds.json"
+    config.write_text(json.dumps({"zero_optimization": {"stage": 2}, "optimizer": {"type": "AdamW"}}))
+    spec = recipe(image_spec, tmp_path, {"inputs.*.projector": 1e-2})
+    spec["training"]["deepspeed"] = str(config)
+    with pytest.raises(SpecError, match=r"training\.deepspeed's optimizer"):
+        train(spec)
+    spec["training"]["deepspeed"] = str(tmp_path)  # a folder is not read
+    with pytest.raises(SpecError, match=r"training\.deepspeed file .* is a folder, not a regular file"):
+        train(spec)

@@ -303,7 +303,10 @@ def test_torchrun_trains_data_parallel_like_one_process_with_the_same_global_bat
         {"image": str(path), "text": f"A {name} square{'.' * (i + 1)}"} for i, (name, path) in enumerate(images.items())
     ]
     data = write_jsonl(tmp_path / "captions.jsonl", records)  # 4 captions of different lengths
+    # SGD: each update is the averaged gradient times the rate (Adam would turn rounding noise in a near-zero gradient
+    # into a full step: torchrun's workers run one thread each, the single process two, and round differently)
     training = {"per_device_train_batch_size": 2, "num_train_epochs": 2, "max_steps": -1, "logging_steps": 1}
+    training["optim"] = "sgd"
     spec = recipe(
         tmp_path, tokenizer_dir, "pt-recording", data, training={**training, "output_dir": str(tmp_path / "ddp")}
     )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fnmatch
 import json
 import os
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from mmllm_sdk.default_plugins.recipes.data import estimate_length, read_data
 from mmllm_sdk.default_plugins.recipes.features import CachedFeatures, cache_features, initialise_projectors
 from mmllm_sdk.default_plugins.recipes.host import freed_memory_kept
 from mmllm_sdk.default_plugins.recipes.processes import is_main_process, say
+from mmllm_sdk.default_plugins.recipes.settings import checked_learning_rates, refuse_fsdp_without_an_accelerator
 from mmllm_sdk.errors import CheckpointError, DataError, MMLLMError, SpecError, TrainingError
 from mmllm_sdk.files import atomic_write, load_json, read_text
 from mmllm_sdk.model.processor import MAX_CHARS_PER_TOKEN
@@ -110,7 +110,7 @@ def train(
     registry = get_registry()
     recipe = registry.get("recipes", spec.recipe, where="recipe").value
     options = validate(recipe.options, spec.options, where="options")
-    _refuse_fsdp_without_an_accelerator(spec)
+    refuse_fsdp_without_an_accelerator(spec)
     if spec.packing and not recipe.packing:
         packed = ", ".join(entry.name for entry in registry.entries("recipes") if entry.value.packing)
         raise SpecError(
@@ -129,7 +129,7 @@ def train(
         )
     chosen = select(base_spec, trainable, strict=spec.trainable is not None)
     model_spec = with_trainable(base_spec, chosen, peft)
-    learning_rates = _learning_rates(spec, sorted(chosen | ({LLM} if peft else set())))
+    learning_rates = checked_learning_rates(spec, sorted(chosen | ({LLM} if peft else set())))
 
     # the modalities examples may hold: inputs in user turns, outputs (signal tokens) in assistant turns
     modalities = {name: registry.modality(name) for name in [*model_spec.inputs, *model_spec.outputs]}
@@ -273,27 +273,6 @@ def _packed(model: MMLLM, spec: RecipeSpec, recipe: Any, typed: dict[str, list[E
         packs = [Pack(tuple(examples[i] for i in row)) for row in packing.rows]
         datasets[split] = ExampleDataset(packs, packing.lengths)
     return datasets, PackedCollator(model, length, recipe.train_on)
-
-
-def _refuse_fsdp_without_an_accelerator(spec: RecipeSpec) -> None:
-    """accelerate runs FSDP on GPU-class devices only; asked for on the CPU, a run would silently be plain DDP."""
-    if spec.training.get("fsdp") and not torch.accelerator.is_available():
-        raise SpecError(
-            f"training.fsdp {spec.training['fsdp']!r}: there is no GPU here, and accelerate shards with FSDP only on "
-            "GPU-class devices (CUDA, XPU, NPU, HPU, MLU, MUSA); on the CPU the run would be plain data-parallel "
-            "(DDP) while saying nothing. Remove fsdp, or use DeepSpeed ZeRO-2 (training.deepspeed), which shards "
-            "the optimizer state on the CPU too (docs/training.md, 'Scaling out')."
-        )
-
-
-def _learning_rates(spec: RecipeSpec, trained: list[str]) -> dict[str, float]:
-    """``learning_rates``, each glob checked to name a component this run trains (a component takes the first)."""
-    for glob in spec.learning_rates:
-        if not any(fnmatch.fnmatchcase(path, glob) for path in trained):
-            raise SpecError(
-                f"learning_rates: {glob!r} names no component this run trains; it trains {', '.join(trained)}."
-            )
-    return dict(spec.learning_rates)
 
 
 def _answer_metric(spec: RecipeSpec, heldout: DataReport | None) -> str | None:
