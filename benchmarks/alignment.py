@@ -24,7 +24,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).parent))
 
 from alignment_tasks import TASKS, TaskData, make_task
-from run import cpu_model, quiet_and_seeded
+from common import cpu_model, quiet_and_seeded
 
 
 @dataclass

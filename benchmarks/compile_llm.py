@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/compile_llm.py --threads 2
 
-The model and batches are benchmarks/run.py's (batch 8 of synthetic-shapes captions). Two copies of our model are
+The model and batches are benchmarks/common.py's (batch 8 of synthetic-shapes captions). Two copies of our model are
 built; one gets its decoder compiled (``dynamic=True``: batches differ in length; what ``training.torch_compile``
 does), and its first step is timed with the compilation. Then the two take turns on the same batches (eager,
 compiled, eager, …), so that other load on the CPU falls on both alike, with freed memory kept as ``mmllm train``
@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from run import (
+from common import (
     FULL,
     QUICK,
     benchmark_parser,

@@ -24,7 +24,7 @@ from transformers import TrainerCallback
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from run import cpu_model, quiet_and_seeded
+from common import cpu_model, quiet_and_seeded
 
 
 @dataclass

@@ -3,7 +3,7 @@ took them before, and from ``token_logprobs`` (the LM head a chunk of answer tok
 
     .venv/bin/python benchmarks/preference_memory.py --threads 2
 
-The model is benchmarks/run.py's (SmolLM2-135M-Instruct, a 49,153-token vocabulary) with LoRA adapters (r 8) on the
+The model is benchmarks/common.py's (SmolLM2-135M-Instruct, a 49,153-token vocabulary) with LoRA adapters (r 8) on the
 LLM's attention, as a DPO stage trains it. A batch is 4 pairs of long answers (chosen then rejected rows, labels on
 the answers only, as the preference collator builds it). One step is the reference pass (no gradient) and the policy
 pass with DPO's loss and its backward. Each way runs in a fresh process of its own, twice, in turns: the peak RSS
@@ -19,7 +19,7 @@ import time
 from typing import Any
 
 import torch
-from run import (
+from common import (
     SEED,
     _reset_peak,
     _status_mib,

@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/profile_steps.py --threads 2 --out profile.md
 
-The model and batches are benchmarks/run.py's (PT: 8 synthetic-shapes captions; SFT: 2 packed rows of the instruct
+The model and batches are benchmarks/common.py's (PT: 8 synthetic-shapes captions; SFT: 2 packed rows of the instruct
 mix). Each step runs once to warm up, then once under the profiler. The table groups the operators' own CPU time
 (self time, so nothing is counted twice) into what they do; the top operators follow.
 """
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from run import (
+from common import (
     FULL,
     QUICK,
     SEED,

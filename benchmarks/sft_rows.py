@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import common as bench
 import instruct_mix
-import run as bench
-from run import SEED, Row, Sizes, in_child, llava_step, memory_child, ours_step, say, yes_no
+from common import SEED, Row, Sizes, in_child, llava_step, memory_child, ours_step, say, yes_no
 
 from mmllm_sdk.default_plugins.recipes.host import freed_memory_kept
 from mmllm_sdk.default_plugins.recipes.packing import Pack, PackedCollator, pack, prepare_packing
