@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from mmllm_sdk import build_model
 from mmllm_sdk.components import llm as llm_module
 from mmllm_sdk.default_plugins.recipes.host import _glibc
+from mmllm_sdk.errors import InputError
 from mmllm_sdk.model.scoring import target_logprobs
 from mmllm_sdk.testing import tiny_spec
 
@@ -156,6 +157,21 @@ def test_without_gradients_the_token_logprobs_are_the_same_numbers(image_model, 
     assert not found.logprobs.requires_grad
     assert torch.allclose(found.logprobs, target_logprobs(out.logits, out.targets), rtol=1e-6, atol=1e-6)
     assert torch.allclose(found.loss, out.loss, rtol=1e-6)  # the mean NLL, as the logits path's loss
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"supervised_only": True, "token_logprobs": True, "temperature": 0.0}, r"temperature is 0\.0; .* above 0"),
+        ({"token_logprobs": True}, r"token_logprobs work with supervised_only=True"),
+    ],
+)
+def test_token_logprobs_refuse_a_temperature_of_zero_and_a_batch_without_supervision(
+    image_model, image_file, kwargs, message
+):
+    batch = image_model.processor(conversations(image_file))
+    with pytest.raises(InputError, match=message):
+        image_model(**batch, **kwargs)
 
 
 glibc = pytest.mark.skipif(

@@ -273,6 +273,8 @@ class MMLLM(nn.Module):
             )
         if (skip_logits or token_logprobs) and not supervised_only:
             raise InputError("skip_logits and token_logprobs work with supervised_only=True (and labels) only.")
+        if not temperature > 0:
+            raise InputError(f"temperature is {temperature}; the logits are divided by it: give a number above 0.")
         inputs_embeds = self.embed_inputs(input_ids, modality_inputs)
         if not supervised_only:
             out = self.llm(inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels, **kwargs)
