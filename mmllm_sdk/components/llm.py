@@ -47,10 +47,12 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         return grads[0] if ctx.needs_input_grad[0] else None, None, None, None, None, *grads[1:]
 
 
-def _target_logprobs(head: Any, states: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
-    """log p(target) of each row under ``head(states) / temperature``: (n, D), (n,) -> (n,)."""
-    logits = head(states).float()
-    return -nn.functional.cross_entropy(logits / temperature if temperature != 1 else logits, targets, reduction="none")
+def target_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Each target token's log-probability under ``logits / temperature``, 0 where the target is -100 (IGNORE_INDEX):
+    (..., V), (...) -> (...). One place for what the chunked head and the logits path compute."""
+    flat = logits.float().flatten(0, -2)
+    flat = flat / temperature if temperature != 1 else flat
+    return -nn.functional.cross_entropy(flat, targets.flatten(), reduction="none").view_as(targets)
 
 
 class _ChunkedLogprobs(torch.autograd.Function):
@@ -66,7 +68,7 @@ class _ChunkedLogprobs(torch.autograd.Function):
         ctx.head, ctx.rows, ctx.temperature, ctx.trained = head, rows, temperature, trained
         with torch.no_grad():
             pieces = [
-                _target_logprobs(head, states[start : start + rows], targets[start : start + rows], temperature)
+                target_logprobs(head(states[start : start + rows]), targets[start : start + rows], temperature)
                 for start in range(0, states.shape[0], rows)
             ]
         return torch.cat(pieces) if pieces else states.new_zeros(0, dtype=torch.float32)
@@ -81,7 +83,7 @@ class _ChunkedLogprobs(torch.autograd.Function):
             chunk = slice(start, start + ctx.rows)
             piece = states[chunk].detach().requires_grad_(wanted)
             with torch.enable_grad():
-                picked = _target_logprobs(ctx.head, piece, targets[chunk], ctx.temperature)
+                picked = target_logprobs(ctx.head(piece), targets[chunk], ctx.temperature)
             inputs = [piece] * wanted + list(ctx.trained)
             found = torch.autograd.grad(picked, inputs, grad_output[chunk], allow_unused=True)
             if wanted:

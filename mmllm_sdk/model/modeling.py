@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.utils import ModelOutput
 
+from mmllm_sdk.components.llm import target_logprobs
 from mmllm_sdk.components.modality import ModalitySpec
 from mmllm_sdk.data.examples import FEATURES_KEY
 from mmllm_sdk.dtypes import to_module
@@ -28,7 +29,6 @@ from mmllm_sdk.model.checkpoint import load_trained, save_checkpoint
 from mmllm_sdk.model.heads import EmbeddingHead, OutputHead, TextHead
 from mmllm_sdk.model.peft import apply_peft
 from mmllm_sdk.model.processor import IGNORE_INDEX, MMLLMProcessor, ModalityInput
-from mmllm_sdk.model.scoring import target_logprobs
 from mmllm_sdk.model.signals import install_signal_rows
 from mmllm_sdk.model.trainable import set_trainable, spec_patterns
 from mmllm_sdk.spec import ENCODER, GENERATOR, LLM, OUTPUT_PROJECTOR, PROJECTOR, ModelSpec

@@ -11,22 +11,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
-import torch.nn.functional as F
 
+from mmllm_sdk.components.llm import target_logprobs
 from mmllm_sdk.errors import InputError
 from mmllm_sdk.model.processor import IGNORE_INDEX
 
 if TYPE_CHECKING:
     from mmllm_sdk.model.modeling import MMLLM
-
-
-def target_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Each target token's log-probability under ``logits / temperature``, 0 where the target is IGNORE_INDEX:
-    (B, K, V), (B, K) -> (B, K). ``MMLLM.forward(token_logprobs=True)`` gives the same without the logits."""
-    flat = logits.float().flatten(0, -2)
-    flat = flat / temperature if temperature != 1 else flat
-    picked = -F.cross_entropy(flat, targets.flatten(), ignore_index=IGNORE_INDEX, reduction="none")
-    return picked.view_as(targets)
 
 
 def sequence_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
